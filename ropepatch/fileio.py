@@ -1,0 +1,180 @@
+"""Safe file writing: atomic rewrites with kernel-side data copies, and in-place header writes.
+
+Two ways to change a model file's header:
+
+* :func:`write_in_place` - the new header has exactly the old header's size: one ``pwrite`` of
+  the header region plus ``fsync``. Time and memory do not depend on the file size.
+* :func:`rewrite` - the header changes size: a temp file in the same directory gets the new
+  header, then the tensor bytes are copied by the kernel (a reflink / ``copy_file_range`` /
+  ``sendfile``, never through Python memory), ``fsync``, and an atomic ``rename`` over the
+  target. A failure at any point leaves the original file untouched and removes the temp file.
+
+Both take an exclusive ``flock`` on the target so two ropepatch processes never interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+from typing import Iterator
+
+from .errors import WriteError
+
+_CHUNK = 1 << 28  # bytes per copy_file_range call
+
+
+def _describe(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+@contextlib.contextmanager
+def locked(path: str, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path``; refuse at once if another holder exists."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot open for locking: {_describe(e)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise WriteError(
+                f"{path}: another ropepatch process is writing this file; wait for it to finish "
+                f"and run again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_can_replace(path: str) -> None:
+    """Refuse early when ``path`` could not be replaced (read-only file or directory)."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.access(d, os.W_OK):
+        raise WriteError(
+            f"{path}: directory {d} is read-only; write a patched copy elsewhere with -o OUT"
+        )
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise WriteError(
+            f"{path}: file is read-only; make it writable (chmod u+w) or write a copy with -o OUT"
+        )
+
+
+def check_space(directory: str, needed: int, what: str) -> None:
+    """Refuse before writing when ``directory``'s filesystem lacks ``needed`` bytes."""
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise WriteError(
+            f"{what}: needs {needed / 2**20:.1f} MiB free in {directory} for the rewrite, found "
+            f"{free / 2**20:.1f} MiB; free some space, write elsewhere with -o OUT, or use "
+            f"--no-record to patch in place"
+        )
+
+
+def write_in_place(path: str, offset: int, data: bytes, expect_size: int) -> None:
+    """Overwrite ``len(data)`` bytes at ``offset`` of ``path`` (one pwrite, then fsync)."""
+    check_can_replace(path)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot open for writing: {_describe(e)}") from None
+    try:
+        if os.fstat(fd).st_size != expect_size:
+            raise WriteError(f"{path}: file changed size while being patched; nothing written")
+        n = os.pwrite(fd, data, offset)
+        if n != len(data):  # pragma: no cover - regular files do not short-write
+            raise WriteError(f"{path}: short write ({n} of {len(data)} bytes)")
+        os.fsync(fd)
+    except OSError as e:
+        raise WriteError(f"{path}: in-place write failed: {_describe(e)}") from None
+    finally:
+        os.close(fd)
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: int, progress=None) -> None:
+    """Copy ``length`` bytes between files inside the kernel (reflink when the fs allows)."""
+    copy_range = getattr(os, "copy_file_range", None)
+    done = 0
+    while done < length:
+        n = min(_CHUNK, length - done)
+        if copy_range is not None:
+            try:
+                got = copy_range(src_fd, dst_fd, n, src_off + done, dst_off + done)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                copy_range = None
+                continue
+        else:
+            os.lseek(dst_fd, dst_off + done, os.SEEK_SET)
+            got = os.sendfile(dst_fd, src_fd, src_off + done, n)
+        if got == 0:
+            raise OSError(errno.EIO, "source file ended early")
+        done += got
+        if progress is not None:
+            progress(done, length)
+
+
+def rewrite(
+    src: str,
+    dst: str,
+    header: bytes,
+    data_offset: int,
+    data_length: int,
+    *,
+    trailing: bytes = b"",
+    progress=None,
+) -> None:
+    """Write ``header`` + ``src[data_offset : data_offset + data_length]`` (+ ``trailing``) to
+    ``dst`` atomically. ``src`` may equal ``dst``. The original ``dst`` survives any failure.
+    ``progress(done, total)`` is called after each copied chunk."""
+    dst_dir = os.path.dirname(os.path.abspath(dst))
+    check_can_replace(dst)
+    check_space(dst_dir, len(header) + data_length + len(trailing), dst)
+    try:
+        src_fd = os.open(src, os.O_RDONLY)
+    except OSError as e:
+        raise WriteError(f"{src}: cannot open: {_describe(e)}") from None
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".ropepatch-", suffix=".tmp", dir=dst_dir)
+        try:
+            written = os.pwrite(fd, header, 0)
+            if written != len(header):  # pragma: no cover
+                raise OSError(errno.EIO, "short header write")
+            _kernel_copy(src_fd, fd, data_offset, len(header), data_length, progress)
+            if trailing:
+                os.pwrite(fd, trailing, len(header) + data_length)
+            os.ftruncate(fd, len(header) + data_length + len(trailing))
+            # keep the original's permission bits
+            if os.path.exists(dst):
+                os.fchmod(fd, stat.S_IMODE(os.stat(dst).st_mode))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dst)
+        tmp = None
+        _fsync_dir(dst_dir)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise WriteError(f"{dst}: disk full during rewrite; original left intact") from None
+        raise WriteError(f"{dst}: rewrite failed: {_describe(e)}; original left intact") from None
+    finally:
+        os.close(src_fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _fsync_dir(d: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,602 @@
+"""Patch, revert and inspect the RoPE settings of GGUF files.
+
+Provenance. The first patch of a file records, under ``ropepatch.original``, an undo record:
+the original on-disk value bytes (or absence) of every key a patch may touch
+(:data:`keys.TOUCHED_KEYS`), the original data offset, any non-zero padding and the sha256 of
+the original header. Revert rebuilds the original header from it, checks the hash, and puts
+the tensor bytes back behind it: the result is the original file, byte for byte. Re-patches
+start from the recorded originals, so patching a patched file never compounds.
+
+Layout. The first patch adds keys, so it rewrites the file (kernel copy of the tensor bytes).
+It ends the header with a ``ropepatch.reserved`` filler sized so the new data offset is the
+old one plus a multiple of 4096 (block-aligned copies; reflinks where the filesystem can) and
+leaves at least :data:`MIN_SLACK` bytes of slack. Later patches resize the filler and
+overwrite just the changed header bytes in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+
+from . import __version__
+from . import keys as K
+from .errors import FormatError, NotPatchedError, UnsupportedModelError, UsageError, WriteError
+from .fileio import check_can_replace, locked, rewrite, write_in_place
+from .gguf_file import (
+    KV,
+    ArrayValue,
+    GGUFHeader,
+    filler_kv,
+    filler_overhead,
+    kv_from_value_raw,
+    make_kv,
+    read_header,
+    serialize_header,
+)
+from .keys import RopeLayout, ScalingType, ValueType, k
+from .methods import DEFAULT_METHOD, Plan, make_plan
+from .params import RopeParams
+
+MIN_SLACK = 1024  # bytes of filler left for later in-place patches
+BLOCK = 4096
+RECORD_FORMAT = 1
+_SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+_FREQ_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+# ---- reading RoPE parameters ----------------------------------------------------------------
+
+
+def _int_value(kv: KV, path: str) -> int:
+    """An integer key's value; for per-layer arrays, the first layer's (as llama.cpp's n_head())."""
+    if isinstance(kv.value, ArrayValue):
+        if kv.value.count == 0 or kv.value.elem_type not in (ValueType.UINT32, ValueType.INT32):
+            raise FormatError(f"{path}: key {kv.key!r} is an empty or non-integer array")
+        (v,) = struct.unpack_from("<I" if kv.value.elem_type == ValueType.UINT32 else "<i",
+                                  kv.value_raw, 12)
+        return v
+    if isinstance(kv.value, bool) or not isinstance(kv.value, int):
+        raise FormatError(f"{path}: key {kv.key!r}: expected an integer, found {kv.type.name} {kv.value!r}")
+    return kv.value
+
+
+def _typed(kvs: dict[str, KV], key: str, t: ValueType, path: str):
+    kv = kvs.get(key)
+    if kv is None:
+        return None
+    if kv.type != t:
+        raise FormatError(
+            f"{path}: key {key!r}: expected type {t.name} (llama.cpp requires it), found "
+            f"{kv.type.name}; fix the key with gguf-set-metadata or re-convert the model"
+        )
+    return kv.value
+
+
+def rope_params_from_kvs(kvs: dict[str, KV], tensor_names, path: str) -> RopeParams:
+    """The RoPE parameters llama.cpp would read from these metadata entries."""
+    arch = _typed(kvs, K.GENERAL_ARCHITECTURE, ValueType.STRING, path)
+    if arch is None:
+        raise FormatError(
+            f"{path}: missing key {K.GENERAL_ARCHITECTURE!r}; not a model file (for split models "
+            f"pass the first split, *-00001-of-*.gguf)"
+        )
+    if arch in K.NO_ROPE_ARCHS:
+        raise UnsupportedModelError(
+            f"{path}: architecture {arch!r} does not use rotary position embeddings; there is "
+            f"nothing for ropepatch to scale"
+        )
+    layout = K.rope_layout(arch)
+    if layout == RopeLayout.UNKNOWN and not any(key.startswith(f"{arch}.rope.") for key in kvs):
+        raise UnsupportedModelError(
+            f"{path}: architecture {arch!r} is not a known RoPE architecture and has no "
+            f"{arch}.rope.* keys; ropepatch cannot tell how it positions tokens"
+        )
+    ctx_kv = kvs.get(k(K.CONTEXT_LENGTH, arch))
+    if ctx_kv is None:
+        raise FormatError(f"{path}: missing key {k(K.CONTEXT_LENGTH, arch)!r} (the training context)")
+    n_ctx = _int_value(ctx_kv, path)
+
+    # head dim exactly as llama.cpp's loader derives n_embd_head_k
+    head_dim = None
+    if k(K.KEY_LENGTH, arch) in kvs:
+        head_dim = _int_value(kvs[k(K.KEY_LENGTH, arch)], path)
+    elif k(K.EMBEDDING_LENGTH, arch) in kvs and k(K.HEAD_COUNT, arch) in kvs:
+        n_embd = _int_value(kvs[k(K.EMBEDDING_LENGTH, arch)], path)
+        n_head = _int_value(kvs[k(K.HEAD_COUNT, arch)], path)
+        if n_head > 0:
+            head_dim = n_embd // n_head
+    rope_dim_kv = kvs.get(k(K.ROPE_DIMENSION_COUNT, arch))
+    rope_dim = _int_value(rope_dim_kv, path) if rope_dim_kv else head_dim
+    if rope_dim is None:
+        raise FormatError(
+            f"{path}: cannot find the rotary dimension count: {k(K.ROPE_DIMENSION_COUNT, arch)!r} "
+            f"is missing and so are {k(K.KEY_LENGTH, arch)!r} and "
+            f"{k(K.EMBEDDING_LENGTH, arch)!r}/{k(K.HEAD_COUNT, arch)!r}"
+        )
+    if rope_dim <= 2 or rope_dim % 2 or (head_dim and rope_dim > head_dim):
+        raise FormatError(
+            f"{path}: key {k(K.ROPE_DIMENSION_COUNT, arch)!r}: expected an even number of rotary "
+            f"dims > 2 and <= the head dim ({head_dim}), found {rope_dim}"
+        )
+
+    base = _typed(kvs, k(K.ROPE_FREQ_BASE, arch), ValueType.FLOAT32, path)
+    base = 10000.0 if base is None else base
+    if not (base > 1.0 and base < float("inf")):
+        raise FormatError(f"{path}: key {k(K.ROPE_FREQ_BASE, arch)!r}: expected a finite base > 1, found {base}")
+    stype = _typed(kvs, k(K.ROPE_SCALING_TYPE, arch), ValueType.STRING, path)
+    factor = _typed(kvs, k(K.ROPE_SCALING_FACTOR, arch), ValueType.FLOAT32, path)
+    if factor is None:
+        factor = _typed(kvs, k(K.ROPE_SCALE_LINEAR, arch), ValueType.FLOAT32, path) or 0.0
+    try:
+        scaling = ScalingType(stype if stype is not None else "linear")
+    except ValueError:
+        raise FormatError(
+            f"{path}: key {k(K.ROPE_SCALING_TYPE, arch)!r}: expected one of none, linear, yarn, "
+            f"longrope, found {stype!r} (llama.cpp aborts on it); run 'ropepatch revert' or fix the key"
+        ) from None
+    if stype is None and factor in (0.0, 1.0):
+        scaling = ScalingType.NONE
+    orig_ctx_kv = kvs.get(k(K.ROPE_SCALING_ORIG_CTX, arch))
+    orig_ctx = _int_value(orig_ctx_kv, path) if orig_ctx_kv else 0
+    attn = _typed(kvs, k(K.ROPE_SCALING_ATTN_FACTOR, arch), ValueType.FLOAT32, path)
+    return RopeParams(
+        arch=arch,
+        n_ctx_train=n_ctx,
+        rope_dim=rope_dim,
+        head_dim=head_dim or rope_dim,
+        freq_base=float(base),
+        scaling_type=scaling,
+        scaling_factor=float(factor),
+        orig_ctx=orig_ctx,
+        attn_factor=1.0 if attn is None else float(attn),
+        layout=layout,
+        has_freq_factors=any(n in _FREQ_FACTOR_TENSORS for n in tensor_names),
+    )
+
+
+# ---- provenance -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What ropepatch recorded in a file it patched."""
+
+    version: str
+    method: str
+    ctx: int
+    alpha: float
+    record: dict  # the undo record (ropepatch.original)
+
+
+def _provenance(h: GGUFHeader) -> Provenance | None:
+    raw = h.get(K.RP_ORIGINAL)
+    if raw is None:
+        return None
+    try:
+        record = json.loads(raw)
+        if record.get("format") != RECORD_FORMAT:
+            raise ValueError("format")
+        record["keys"], record["data_offset"], record["header_sha256"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise FormatError(
+            f"{h.path}: key {K.RP_ORIGINAL!r}: expected a ropepatch undo record (JSON, format "
+            f"{RECORD_FORMAT}), found something else; the provenance is damaged"
+        ) from None
+    return Provenance(
+        version=str(h.get(K.RP_VERSION, "?")),
+        method=str(h.get(K.RP_METHOD, "?")),
+        ctx=int(h.get(K.RP_CTX, 0) or 0),
+        alpha=float(h.get(K.RP_ALPHA, 0.0) or 0.0),
+        record=record,
+    )
+
+
+def _arch_of(h: GGUFHeader) -> str:
+    arch = h.get(K.GENERAL_ARCHITECTURE)
+    if not isinstance(arch, str):
+        raise FormatError(
+            f"{h.path}: missing key {K.GENERAL_ARCHITECTURE!r}; not a model file (for split models "
+            f"pass the first split, *-00001-of-*.gguf)"
+        )
+    return arch
+
+
+def _original_kvs(h: GGUFHeader, prov: Provenance | None) -> list[KV]:
+    """The metadata entries as they were before ropepatch touched the file."""
+    if prov is None:
+        return list(h.kvs)
+    recorded = prov.record["keys"]
+    out: list[KV] = []
+    for kv in h.kvs:
+        if kv.key.startswith(K.RP_PREFIX):
+            continue
+        if kv.key in recorded:
+            orig = recorded[kv.key]
+            if orig is None:
+                continue  # added by ropepatch
+            try:
+                kv = kv_from_value_raw(kv.key, ValueType(orig["type"]), bytes.fromhex(orig["raw"]))
+            except (KeyError, ValueError, TypeError, FormatError):
+                raise FormatError(
+                    f"{h.path}: key {K.RP_ORIGINAL!r}: the recorded original of {kv.key!r} is "
+                    f"damaged; the provenance cannot be used"
+                ) from None
+        out.append(kv)
+    return out
+
+
+def _make_record(h: GGUFHeader, arch: str) -> str:
+    present = {kv.key: kv for kv in h.kvs}
+    rec_keys = {}
+    for template in K.TOUCHED_KEYS:
+        key = k(template, arch)
+        kv = present.get(key)
+        rec_keys[key] = None if kv is None else {"type": int(kv.type), "raw": kv.value_raw.hex()}
+    record = {
+        "format": RECORD_FORMAT,
+        "keys": rec_keys,
+        "data_offset": h.data_offset,
+        "header_sha256": _header_sha(h),
+    }
+    if any(h.padding):
+        record["padding"] = h.padding.hex()
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def _header_sha(h: GGUFHeader) -> str:
+    body = serialize_header(h.version, h.kvs, h.tensor_info_raw, len(h.tensors))
+    return hashlib.sha256(body + h.padding).hexdigest()
+
+
+# ---- inspect --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: str
+    format: str
+    current: RopeParams  # what the runtime reads from the file now
+    original: RopeParams  # before ropepatch (== current when not patched)
+    provenance: Provenance | None
+    split: tuple[int, int] | None
+    file_size: int
+    n_tensors: int
+    n_kv: int
+    slack: int  # bytes of reserved header space for in-place re-patches
+
+
+def _split_of(path: str) -> tuple[int, int] | None:
+    m = _SPLIT_RE.search(os.path.basename(path))
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _check_first_split(path: str) -> None:
+    sp = _split_of(path)
+    if sp and sp[0] != 1:
+        first = _SPLIT_RE.sub(f"-00001-of-{sp[1]:05d}.gguf", os.path.basename(path))
+        raise UsageError(
+            f"{path}: this is split {sp[0]} of {sp[1]}; llama.cpp reads hyperparameters from the "
+            f"first split: pass {first} (the other splits need no change)"
+        )
+
+
+def _load(path: str) -> tuple[GGUFHeader, Provenance | None, RopeParams, RopeParams]:
+    _check_first_split(path)
+    h = read_header(path)
+    prov = _provenance(h)
+    names = [t.name for t in h.tensors]
+    current = rope_params_from_kvs({kv.key: kv for kv in h.kvs}, names, path)
+    orig_kvs = _original_kvs(h, prov)
+    original = rope_params_from_kvs({kv.key: kv for kv in orig_kvs}, names, path)
+    return h, prov, current, original
+
+
+def inspect_gguf(path: str) -> ModelInfo:
+    """Read a GGUF file's RoPE settings and ropepatch provenance."""
+    h, prov, current, original = _load(path)
+    filler = h.entry(K.RP_RESERVED)
+    return ModelInfo(
+        path=path,
+        format="gguf",
+        current=current,
+        original=original,
+        provenance=prov,
+        split=_split_of(path),
+        file_size=h.file_size,
+        n_tensors=len(h.tensors),
+        n_kv=len(h.kvs),
+        slack=filler.value.count if filler is not None else 0,
+    )
+
+
+# ---- patch ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: object  # None = absent
+    new: object  # None = removed
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    path: str
+    out: str
+    plan: Plan | None
+    mode: str  # "in-place" | "rewrite" | "no-op" | "dry-run"
+    changes: tuple[Change, ...]
+    warnings: tuple[str, ...] = field(default=())
+    bytes_written: int = 0
+
+
+def _desired(plan: Plan, arch: str) -> dict[str, tuple[ValueType, object] | None]:
+    """Key -> (type, value) for every touched key whose value the plan sets; None = remove."""
+    o, t = plan.original, plan.target
+    want: dict[str, tuple[ValueType, object] | None] = {
+        k(K.CONTEXT_LENGTH, arch): (ValueType.UINT32, t.n_ctx_train)
+    }
+    if t.freq_base != o.freq_base:
+        want[k(K.ROPE_FREQ_BASE, arch)] = (ValueType.FLOAT32, t.freq_base)
+    if t.scaling_type != ScalingType.NONE:
+        want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, t.scaling_type.value)
+        want[k(K.ROPE_SCALING_FACTOR, arch)] = (ValueType.FLOAT32, t.scaling_factor)
+    elif o.scaling_type != ScalingType.NONE:  # --replace-scaling of an existing scaling
+        want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, ScalingType.NONE.value)
+    if t.orig_ctx:
+        want[k(K.ROPE_SCALING_ORIG_CTX, arch)] = (ValueType.UINT32, t.orig_ctx)
+    return want
+
+
+def _apply_desired(kvs: list[KV], want, arch: str) -> list[KV]:
+    out = list(kvs)
+    for key, spec in want.items():
+        idx = next((i for i, kv in enumerate(out) if kv.key == key), None)
+        if spec is None:
+            if idx is not None:
+                del out[idx]
+            continue
+        new = make_kv(key, *spec)
+        if idx is not None:
+            out[idx] = new
+            continue
+        # insert after the last {arch}.rope.* key, else after {arch}.context_length, else at the end
+        anchor = [i for i, kv in enumerate(out) if kv.key.startswith(f"{arch}.rope.")]
+        if not anchor:
+            anchor = [i for i, kv in enumerate(out) if kv.key == k(K.CONTEXT_LENGTH, arch)]
+        out.insert(anchor[-1] + 1 if anchor else len(out), new)
+    return out
+
+
+def _changes(before: list[KV], after: list[KV]) -> tuple[Change, ...]:
+    b = {kv.key: kv for kv in before}
+    a = {kv.key: kv for kv in after}
+    out = []
+    for key in list(b) + [x for x in a if x not in b]:
+        if key in (K.RP_RESERVED, K.RP_ORIGINAL):
+            continue
+        kb, ka = b.get(key), a.get(key)
+        if kb is None or ka is None or kb.raw != ka.raw:
+            out.append(Change(key, kb.value if kb else None, ka.value if ka else None))
+    return tuple(out)
+
+
+def _layout(h: GGUFHeader, kvs: list[KV], rewrite_layout: bool) -> tuple[bytes, int]:
+    """Serialise ``kvs`` + a filler; return (header bytes incl. padding, data offset)."""
+    n_t = len(h.tensors)
+    body0 = serialize_header(h.version, kvs, h.tensor_info_raw, n_t)
+    h0 = len(body0) + filler_overhead(K.RP_RESERVED)
+    if not rewrite_layout and h.data_offset - h0 >= 0:
+        new_off = h.data_offset
+    elif BLOCK % h.alignment == 0:
+        new_off = h.data_offset
+        while new_off - h0 < MIN_SLACK:
+            new_off += BLOCK
+    else:  # exotic alignment: just round up
+        new_off = -(-(h0 + MIN_SLACK) // h.alignment) * h.alignment
+    body = serialize_header(h.version, kvs + [filler_kv(K.RP_RESERVED, new_off - h0)], h.tensor_info_raw, n_t)
+    assert len(body) == new_off
+    return body, new_off
+
+
+def _diff_span(old: bytes, new: bytes) -> tuple[int, int]:
+    """[start, end) of the bytes that differ between two equal-length buffers (0,0 if none)."""
+    if old == new:
+        return 0, 0
+    start = 0
+    step = 4096
+    while old[start : start + step] == new[start : start + step]:
+        start += step
+    while old[start] == new[start]:
+        start += 1
+    end = len(old)
+    while old[max(end - step, start) : end] == new[max(end - step, start) : end]:
+        end = max(end - step, start)
+    while old[end - 1] == new[end - 1]:
+        end -= 1
+    return start, end
+
+
+def _read_prefix(path: str, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _check_out(path: str, out: str | None) -> str:
+    if out is None:
+        return path
+    if os.path.abspath(out) == os.path.abspath(path) or (
+        os.path.exists(out) and os.path.samefile(out, path)
+    ):
+        raise UsageError(
+            f"{path}: -o/--output names the input file itself; drop -o to patch in place, or name "
+            f"a different output file"
+        )
+    if os.path.isdir(out):
+        raise UsageError(f"{out}: -o/--output is a directory; name the output file")
+    return out
+
+
+def patch_gguf(
+    path: str,
+    ctx: int,
+    method: str = DEFAULT_METHOD,
+    alpha: float | None = None,
+    *,
+    out: str | None = None,
+    dry_run: bool = False,
+    record: bool = True,
+    replace_scaling: bool = False,
+    progress=None,
+) -> PatchResult:
+    """Extend the GGUF model at ``path`` to ``ctx`` tokens with ``method``.
+
+    Writes in place (or to ``out``); ``record=False`` edits existing same-size values in place
+    without provenance (no revert, no protection against compounding).
+    """
+    target = _check_out(path, out)
+    h, prov, current, original = _load(path)
+    arch = current.arch
+    warnings: list[str] = []
+    if not record:
+        if prov is not None:
+            raise UsageError(
+                f"{path}: the file already carries ropepatch provenance, so a normal patch is "
+                f"written in place already; drop --no-record"
+            )
+        warnings.append(
+            "--no-record: no provenance is written, so 'ropepatch revert' cannot undo this patch "
+            "and a later patch will treat these values as the originals (scaling would compound)"
+        )
+        original = current
+    plan = make_plan(original, ctx, method, alpha, replace_scaling)
+    if plan.method == "dynamic":
+        warnings.append(
+            f"dynamic: llama.cpp has no dynamic NTK mode; the file gets the base dynamic NTK would "
+            f"use at {ctx} tokens ({plan.target.freq_base:.6g}), and the runtime will use it at "
+            f"EVERY length, short prompts included"
+        )
+    want = _desired(plan, arch)
+    base_kvs = _original_kvs(h, prov)
+    new_kvs = _apply_desired(base_kvs, want, arch)
+
+    if not record:
+        changes = _changes(list(h.kvs), new_kvs)
+        return _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progress)
+
+    rp = [
+        make_kv(K.RP_VERSION, ValueType.STRING, __version__),
+        make_kv(K.RP_METHOD, ValueType.STRING, plan.method),
+        make_kv(K.RP_CTX, ValueType.UINT32, ctx),
+        make_kv(K.RP_ALPHA, ValueType.FLOAT64, float(plan.alpha)),
+        h.entry(K.RP_ORIGINAL) or make_kv(K.RP_ORIGINAL, ValueType.STRING, _make_record(h, arch)),
+    ]
+    changes = _changes(list(h.kvs), new_kvs + rp)
+    header, new_off = _layout(h, new_kvs + rp, rewrite_layout=prov is None)
+    in_place = new_off == h.data_offset
+    if in_place and header == _read_prefix(path, h.data_offset):
+        if out is None:
+            return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
+        in_place = False
+    if dry_run:
+        return PatchResult(path, target, plan, "dry-run", changes, tuple(warnings))
+    with locked(path):
+        _recheck(path, h)
+        if in_place and out is None:
+            old = _read_prefix(path, h.data_offset)
+            s, e = _diff_span(old, header)
+            write_in_place(path, s, header[s:e], h.file_size)
+            return PatchResult(path, target, plan, "in-place", changes, tuple(warnings), e - s)
+        rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
+    return PatchResult(path, target, plan, "rewrite", changes, tuple(warnings), len(header) + h.data_length)
+
+
+def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progress) -> PatchResult:
+    old = {kv.key: kv for kv in h.kvs}
+    for c in changes:
+        kv_old = old.get(c.key)
+        kv_new = next(kv for kv in new_kvs if kv.key == c.key) if c.new is not None else None
+        if kv_old is None or kv_new is None or len(kv_old.raw) != len(kv_new.raw):
+            raise UsageError(
+                f"{h.path}: --no-record can only change existing values of the same size, but "
+                f"{c.key!r} would be {'added' if kv_old is None else 'resized'}; drop --no-record "
+                f"(the file is then rewritten once, with provenance)"
+            )
+    body = serialize_header(h.version, new_kvs, h.tensor_info_raw, len(h.tensors)) + h.padding
+    assert len(body) == h.data_offset
+    if not changes:
+        return PatchResult(h.path, target, plan, "no-op", (), tuple(warnings))
+    if dry_run:
+        return PatchResult(h.path, target, plan, "dry-run", changes, tuple(warnings))
+    if target != h.path:
+        with locked(h.path):
+            rewrite(h.path, target, body, h.data_offset, h.data_length, progress=progress)
+        return PatchResult(h.path, target, plan, "rewrite", changes, tuple(warnings), h.file_size)
+    with locked(h.path):
+        _recheck(h.path, h)
+        old_bytes = _read_prefix(h.path, h.data_offset)
+        s, e = _diff_span(old_bytes, body)
+        write_in_place(h.path, s, body[s:e], h.file_size)
+    return PatchResult(h.path, target, plan, "in-place", changes, tuple(warnings), e - s)
+
+
+def _recheck(path: str, h: GGUFHeader) -> None:
+    """Under the lock: make sure nobody changed the header since we read it."""
+    if os.path.getsize(path) != h.file_size or read_header(path).kvs != h.kvs:
+        raise WriteError(f"{path}: the file changed while ropepatch was preparing the patch; run again")
+
+
+# ---- revert ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RevertResult:
+    path: str
+    out: str
+    mode: str  # "in-place" | "rewrite"
+    sha256_header: str
+    changes: tuple[Change, ...]
+
+
+def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progress=None) -> RevertResult:
+    """Restore the exact original bytes of a GGUF file ropepatch patched."""
+    target = _check_out(path, out)
+    _check_first_split(path)
+    h = read_header(path)
+    prov = _provenance(h)
+    if prov is None:
+        raise NotPatchedError(
+            f"{path}: no ropepatch provenance (key {K.RP_ORIGINAL!r} is absent): the file was "
+            f"not patched by ropepatch, or was patched with --no-record; nothing to revert"
+        )
+    rec = prov.record
+    kvs = _original_kvs(h, prov)
+    body = serialize_header(h.version, kvs, h.tensor_info_raw, len(h.tensors))
+    data_off = int(rec["data_offset"])
+    pad = bytes.fromhex(rec.get("padding", "")) or bytes(max(0, data_off - len(body)))
+    header = body + pad
+    sha = hashlib.sha256(header).hexdigest()
+    if len(header) != data_off or sha != rec["header_sha256"]:
+        raise WriteError(
+            f"{path}: cannot reproduce the original header (sha256 {sha[:12]}..., recorded "
+            f"{str(rec['header_sha256'])[:12]}...): the file was changed outside ropepatch after "
+            f"patching; nothing written"
+        )
+    changes = _changes(list(h.kvs), kvs)
+    if dry_run:
+        return RevertResult(path, target, "dry-run", sha, changes)
+    check_can_replace(target)
+    with locked(path):
+        _recheck(path, h)
+        if data_off == h.data_offset and out is None:
+            old = _read_prefix(path, h.data_offset)
+            s, e = _diff_span(old, header)
+            write_in_place(path, s, header[s:e], h.file_size)
+            return RevertResult(path, target, "in-place", sha, changes)
+        rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
+    return RevertResult(path, target, "rewrite", sha, changes)

@@ -1,0 +1,106 @@
+"""Every Hugging Face name ropepatch reads or writes, spelled exactly as on disk.
+
+Three groups:
+
+* ``config.json`` keys (transformers v4 ``rope_scaling`` and v5 ``rope_parameters`` spellings),
+* ``rope_type`` values, and which of them ropepatch may stack a method on,
+* safetensors ``__metadata__`` keys ropepatch writes (``ropepatch.*``; every value is a string,
+  as the safetensors format requires), plus the safetensors format limits.
+"""
+
+from __future__ import annotations
+
+# ---- files in a model directory -----------------------------------------------------------
+CONFIG_NAME = "config.json"
+INDEX_NAME = "model.safetensors.index.json"
+SAFETENSORS_SUFFIX = ".safetensors"
+INDEX_WEIGHT_MAP = "weight_map"  # index.json: {"weight_map": {tensor name: shard file name}}
+
+# ---- config.json keys ---------------------------------------------------------------------
+MODEL_TYPE = "model_type"
+TEXT_CONFIG = "text_config"  # multimodal configs keep the language model's settings here
+ROPE_THETA = "rope_theta"
+MAX_POSITION_EMBEDDINGS = "max_position_embeddings"
+HEAD_DIM = "head_dim"
+HIDDEN_SIZE = "hidden_size"
+NUM_ATTENTION_HEADS = "num_attention_heads"
+PARTIAL_ROTARY_FACTOR = "partial_rotary_factor"
+ROPE_SCALING = "rope_scaling"  # transformers v4 block
+ROPE_PARAMETERS = "rope_parameters"  # transformers v5 block (carries rope_theta inside)
+
+# keys inside the rope block
+RS_ROPE_TYPE = "rope_type"
+RS_TYPE_LEGACY = "type"  # transformers < 4.43 spelling of rope_type
+RS_FACTOR = "factor"
+RS_ORIG_MAX_POS = "original_max_position_embeddings"
+RS_ATTENTION_FACTOR = "attention_factor"
+RS_BETA_FAST = "beta_fast"
+RS_BETA_SLOW = "beta_slow"
+RS_MSCALE = "mscale"
+RS_MSCALE_ALL_DIM = "mscale_all_dim"
+RS_TRUNCATE = "truncate"
+RS_LOW_FREQ_FACTOR = "low_freq_factor"
+RS_HIGH_FREQ_FACTOR = "high_freq_factor"
+RS_SHORT_FACTOR = "short_factor"
+RS_LONG_FACTOR = "long_factor"
+RS_MROPE_SECTION = "mrope_section"
+
+# Keys that describe a scaling: dropped from the rope block when a method writes a new one.
+# Every other key in the block (rope_theta, partial_rotary_factor, ...) is kept.
+SCALING_BLOCK_KEYS = frozenset(
+    {
+        RS_ROPE_TYPE,
+        RS_TYPE_LEGACY,
+        RS_FACTOR,
+        RS_ORIG_MAX_POS,
+        RS_ATTENTION_FACTOR,
+        RS_BETA_FAST,
+        RS_BETA_SLOW,
+        RS_MSCALE,
+        RS_MSCALE_ALL_DIM,
+        RS_TRUNCATE,
+        RS_LOW_FREQ_FACTOR,
+        RS_HIGH_FREQ_FACTOR,
+        RS_SHORT_FACTOR,
+        RS_LONG_FACTOR,
+    }
+)
+
+# ---- rope_type values ---------------------------------------------------------------------
+RT_DEFAULT = "default"
+RT_LINEAR = "linear"
+RT_DYNAMIC = "dynamic"
+RT_YARN = "yarn"
+RT_LLAMA3 = "llama3"
+RT_LONGROPE = "longrope"
+RT_SU = "su"  # old Phi-3 name of longrope
+RT_MROPE = "mrope"  # Qwen2-VL multimodal rotary (v4 spelling; later "default" + mrope_section)
+
+# Scalings a ropepatch method may replace when the user asks (replace_scaling=True). Others
+# (mrope, proportional, axial, 2d, unknown) are refused outright: dropping them breaks the model.
+REPLACEABLE_ROPE_TYPES = frozenset({RT_LINEAR, RT_DYNAMIC, RT_YARN, RT_LLAMA3, RT_LONGROPE, RT_SU})
+
+# ---- safetensors ----------------------------------------------------------------------------
+ST_METADATA = "__metadata__"
+ST_FORMAT = "format"
+ST_FORMAT_PT = "pt"  # transformers refuses files whose format is not pt/tf/flax/mlx
+ST_MAX_HEADER = 100_000_000  # safetensors' MAX_HEADER_SIZE
+# Spare bytes (spaces) ropepatch leaves after the header JSON when it has to rewrite a file, so
+# that every later re-patch or revert of the metadata fits in place.
+ST_HEADER_SLACK = 1024
+ST_HEADER_ALIGN = 8  # keep the data section 8-byte aligned, as the safetensors writer does
+
+# ---- ropepatch provenance in every shard's __metadata__ (values are strings) ---------------
+RP_PREFIX = "ropepatch."
+RP_VERSION = "ropepatch.version"  # ropepatch version that wrote the file
+RP_METHOD = "ropepatch.method"  # method name from the registry
+RP_CTX = "ropepatch.ctx"  # target context, decimal
+RP_ALPHA = "ropepatch.alpha"  # alpha / factor used, repr() of the float
+RP_CONFIG_SHA256 = "ropepatch.config_sha256"  # sha256 of the config.json bytes ropepatch wrote
+# JSON undo record for THIS shard's header plus the original config.json text:
+#   {"v": 1, "header_length": N0, "pad": "<bytes after the JSON>", "metadata": "<exact original
+#    __metadata__ value text>" | null, "config": "<original config.json text>",
+#    "config_link": "<symlink target>" | null, "link": "<symlink target of this shard>" | null}
+RP_ORIGINAL = "ropepatch.original"
+RP_KEYS = (RP_VERSION, RP_METHOD, RP_CTX, RP_ALPHA, RP_CONFIG_SHA256, RP_ORIGINAL)
+RP_RECORD_VERSION = 1

@@ -1,0 +1,229 @@
+"""The context-extension methods: pure math, one registry.
+
+Notation (as in docs/methods.md): b = rotary base, d = rotated dims, L = original training
+context, N = target context, s = N / L.
+
+Each :class:`Method` is a small declarative object: its name, a one-line summary, the paper or
+post it comes from, what its ``alpha`` parameter means, and a pure function that maps the
+model's ORIGINAL :class:`RopeParams` plus (N, alpha) to the parameters to write.
+No I/O here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import UnsupportedModelError, UsageError
+from .keys import ScalingType
+from .params import RopeParams
+
+
+# ---- formulas -----------------------------------------------------------------------------
+
+
+def ntk_exponent(rope_dim: int) -> float:
+    """d / (d - 2): the exponent that makes the lowest frequency scale exactly like PI."""
+    if rope_dim <= 2:
+        raise UsageError(f"rotary dimension count must be > 2 for NTK scaling, found {rope_dim}")
+    return rope_dim / (rope_dim - 2)
+
+
+def ntk_base(base: float, rope_dim: int, alpha: float) -> float:
+    """NTK-aware base: b' = b * alpha^(d/(d-2))."""
+    return base * alpha ** ntk_exponent(rope_dim)
+
+
+def dynamic_ntk_base(base: float, rope_dim: int, alpha: float, length: int, orig_ctx: int) -> float:
+    """Dynamic NTK base at sequence length l: b * ((a*l/L) - (a-1))^(d/(d-2)) if l > L, else b."""
+    if length <= orig_ctx:
+        return base
+    return base * ((alpha * length / orig_ctx) - (alpha - 1)) ** ntk_exponent(rope_dim)
+
+
+def inv_freqs(base: float, rope_dim: int) -> list[float]:
+    """theta_i = b^(-2i/d) for i = 0 .. d/2-1 (the per-pair rotation speeds)."""
+    return [base ** (-2.0 * i / rope_dim) for i in range(rope_dim // 2)]
+
+
+def yarn_mscale(factor: float, attn_factor: float = 1.0) -> float:
+    """YaRN's attention temperature: attn_factor * (1 + 0.1 ln s) for s > 1."""
+    if factor <= 1.0:
+        return attn_factor
+    return attn_factor * (1.0 + 0.1 * math.log(factor))
+
+
+# ---- the registry -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Method:
+    """One context-extension method."""
+
+    name: str
+    summary: str
+    reference: str
+    alpha_help: str
+    writes: str  # the GGUF fields this method writes, for help text and docs
+    _apply: Callable[[RopeParams, int, float], RopeParams]
+
+    def apply(self, orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+        """Parameters to write for target context ``ctx`` given the ORIGINAL params."""
+        return self._apply(orig, ctx, alpha)
+
+
+def _unscaled(orig: RopeParams, ctx: int) -> RopeParams:
+    return orig.with_(
+        n_ctx_train=ctx, scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0
+    )
+
+
+def _none(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+    return _unscaled(orig, ctx)
+
+
+def _ntk(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+    return _unscaled(orig, ctx).with_(freq_base=ntk_base(orig.freq_base, orig.rope_dim, alpha))
+
+
+def _dynamic(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+    base = dynamic_ntk_base(orig.freq_base, orig.rope_dim, alpha, ctx, orig.n_ctx_train)
+    return _unscaled(orig, ctx).with_(freq_base=base)
+
+
+def _linear(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+    return orig.with_(n_ctx_train=ctx, scaling_type=ScalingType.LINEAR, scaling_factor=alpha, orig_ctx=0)
+
+
+def _yarn(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+    return orig.with_(
+        n_ctx_train=ctx,
+        scaling_type=ScalingType.YARN,
+        scaling_factor=alpha,
+        orig_ctx=orig.n_ctx_train,
+    )
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "ntk",
+            "NTK-aware scaling: raise the rotary base so low frequencies interpolate, high ones extrapolate",
+            "bloc97, 'NTK-Aware Scaled RoPE allows LLaMA models to have extended (8k+) context size "
+            "without any fine-tuning' (r/LocalLLaMA, 2023)",
+            "alpha: the scale s in b' = b * s^(d/(d-2)); default N/L (often best set above N/L)",
+            "rope.freq_base, context_length",
+            _ntk,
+        ),
+        Method(
+            "dynamic",
+            "Dynamic NTK, frozen at the target length: the base dynamic NTK would use at N tokens",
+            "emozilla, 'Dynamically Scaled RoPE further increases performance of long context "
+            "LLaMA with zero fine-tuning' (r/LocalLLaMA, 2023)",
+            "alpha: the factor a in b * ((a*N/L) - (a-1))^(d/(d-2)); default N/L (HF's rope_scaling.factor)",
+            "rope.freq_base, context_length (llama.cpp has no dynamic mode: the base is used at every length)",
+            _dynamic,
+        ),
+        Method(
+            "linear",
+            "Linear position interpolation: divide every position by s",
+            "Chen et al., 'Extending Context Window of Large Language Models via Positional "
+            "Interpolation' (arXiv:2306.15595, 2023)",
+            "alpha: the factor s (positions m -> m/s); default N/L",
+            "rope.scaling.type=linear, rope.scaling.factor, context_length",
+            _linear,
+        ),
+        Method(
+            "yarn",
+            "YaRN: NTK-by-parts interpolation plus attention temperature",
+            "Peng et al., 'YaRN: Efficient Context Window Extension of Large Language Models' "
+            "(arXiv:2309.00071, 2023)",
+            "alpha: the factor s; default N/L",
+            "rope.scaling.type=yarn, rope.scaling.factor, rope.scaling.original_context_length, context_length",
+            _yarn,
+        ),
+        Method(
+            "none",
+            "No scaling: only raise the context length (the baseline; quality collapses past L)",
+            "-",
+            "unused",
+            "context_length",
+            _none,
+        ),
+    )
+}
+
+DEFAULT_METHOD = "ntk"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one method would do to one model: the inputs and the resulting parameters."""
+
+    method: str
+    ctx: int
+    alpha: float
+    alpha_given: bool
+    original: RopeParams
+    target: RopeParams
+
+    @property
+    def scale(self) -> float:
+        """s = N / L."""
+        return self.ctx / self.original.n_ctx_train
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name`` (UsageError listing the choices otherwise)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown method {name!r}: expected one of {', '.join(METHODS)}"
+        ) from None
+
+
+def check_composable(orig: RopeParams, method: str, replace_scaling: bool = False) -> None:
+    """Refuse to stack a method on top of a scaling the model already ships with."""
+    if replace_scaling:
+        return
+    if orig.has_freq_factors:
+        raise UnsupportedModelError(
+            f"the model already uses per-pair rope frequency factors (rope_freqs tensor, "
+            f"llama3/longrope style); {method} cannot compose with them: pass --replace-scaling "
+            f"to apply {method} anyway"
+        )
+    if orig.freq_scale != 1.0 or orig.scaling_type not in (ScalingType.NONE, ScalingType.LINEAR):
+        raise UnsupportedModelError(
+            f"the model already uses {orig.scaling_type.value} rope scaling "
+            f"(factor {orig.scaling_factor:g}); {method} cannot compose with it: pass "
+            f"--replace-scaling to discard it and apply {method} to the unscaled model"
+        )
+
+
+def make_plan(
+    orig: RopeParams,
+    ctx: int,
+    method: str = DEFAULT_METHOD,
+    alpha: float | None = None,
+    replace_scaling: bool = False,
+) -> Plan:
+    """Plan extending the ORIGINAL model ``orig`` to ``ctx`` tokens with ``method``."""
+    m = get_method(method)
+    if not isinstance(ctx, int) or ctx <= orig.n_ctx_train:
+        raise UsageError(
+            f"--ctx must be larger than the model's original context {orig.n_ctx_train}, found {ctx}"
+        )
+    if ctx > 0xFFFFFFFF:
+        raise UsageError(f"--ctx must fit in 32 bits, found {ctx}")
+    if alpha is not None and not (math.isfinite(alpha) and alpha >= 1.0):
+        raise UsageError(f"--alpha must be a finite number >= 1, found {alpha}")
+    check_composable(orig, m.name, replace_scaling)
+    base_orig = orig
+    if replace_scaling:
+        base_orig = orig.with_(scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0,
+                               has_freq_factors=orig.has_freq_factors)
+    a = alpha if alpha is not None else ctx / orig.n_ctx_train
+    return Plan(m.name, ctx, a, alpha is not None, orig, m.apply(base_orig, ctx, a))

@@ -1,0 +1,102 @@
+"""Shared test helpers: paths of the committed fixtures and a tiny synthetic GGUF builder."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+GGUF_FIXTURES = [
+    "tiny-llama-f32.gguf",
+    "tiny-llama-q8_0.gguf",
+    "tiny-qwen2-f32.gguf",
+    "tiny-qwen2-q8_0.gguf",
+]
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture
+def copy_fixture(tmp_path):
+    """Copy a committed fixture into tmp_path (tests never modify fixtures/)."""
+
+    def _copy(name: str, dest_name: str | None = None) -> str:
+        dst = tmp_path / (dest_name or name)
+        shutil.copyfile(FIXTURES / name, dst)
+        return str(dst)
+
+    return _copy
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``python -m ropepatch ARGS`` as a user would; returns the completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ropepatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+# ---- synthetic GGUF files (for header-level tests; not loadable by llama.cpp) ---------------
+
+
+def build_gguf(path, kvs, tensors=(("token_embd.weight", (8, 4), 0),), version=3, alignment=32,
+               data_fill=b"\x11") -> str:
+    """Write a GGUF with metadata ``kvs`` = [(key, ValueType, value)] and F32 tensors of
+    ``(name, shape, ggml_type)``, through ropepatch's own encoder."""
+    from ropepatch.gguf_file import GGML_BLOCK_SIZES, make_kv, serialize_header
+
+    entries = [make_kv(k, t, v) for k, t, v in kvs]
+    infos, offset, blobs = b"", 0, []
+    for name, shape, gt in tensors:
+        block, size = GGML_BLOCK_SIZES[gt]
+        n = 1
+        for d in shape:
+            n *= d
+        nbytes = n // block * size
+        nb = name.encode()
+        infos += struct.pack("<Q", len(nb)) + nb + struct.pack("<I", len(shape))
+        infos += b"".join(struct.pack("<Q", d) for d in shape)
+        infos += struct.pack("<IQ", gt, offset)
+        blobs.append((offset, data_fill * nbytes))
+        offset += -(-nbytes // alignment) * alignment
+    head = serialize_header(version, entries, infos, len(tensors))
+    head += bytes(-len(head) % alignment)
+    data = bytearray(offset)
+    for off, blob in blobs:
+        data[off : off + len(blob)] = blob
+    with open(path, "wb") as f:
+        f.write(head + bytes(data))
+    return str(path)
+
+
+def llama_kvs(arch="llama", ctx=128, base=10000.0, rope_dim=16, extra=()):
+    from ropepatch.keys import ValueType as T
+
+    kvs = [
+        ("general.architecture", T.STRING, arch),
+        ("general.name", T.STRING, "synthetic"),
+        (f"{arch}.context_length", T.UINT32, ctx),
+        (f"{arch}.embedding_length", T.UINT32, 64),
+        (f"{arch}.attention.head_count", T.UINT32, 4),
+        (f"{arch}.rope.freq_base", T.FLOAT32, base),
+    ]
+    if rope_dim is not None:
+        kvs.append((f"{arch}.rope.dimension_count", T.UINT32, rope_dim))
+    return kvs + list(extra)
