@@ -78,7 +78,10 @@ def check_space(directory: str, needed: int, what: str) -> None:
 
 def write_in_place(path: str, offset: int, data: bytes, expect_size: int) -> None:
     """Overwrite ``len(data)`` bytes at ``offset`` of ``path`` (one pwrite, then fsync)."""
-    check_can_replace(path)
+    if not os.access(path, os.W_OK):
+        raise WriteError(
+            f"{path}: file is read-only; make it writable (chmod u+w) or write a copy with -o OUT"
+        )
     try:
         fd = os.open(path, os.O_RDWR)
     except OSError as e:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from . import __version__
 from . import keys as K
-from .errors import FormatError, NotPatchedError, UnsupportedModelError, UsageError, WriteError
+from .errors import RopepatchError, FormatError, NotPatchedError, UnsupportedModelError, UsageError, WriteError
 from .fileio import check_can_replace, locked, rewrite, write_in_place
 from .gguf_file import (
     KV,
@@ -474,7 +474,10 @@ def patch_gguf(
             "and a later patch will treat these values as the originals (scaling would compound)"
         )
         original = current
-    plan = make_plan(original, ctx, method, alpha, replace_scaling)
+    try:
+        plan = make_plan(original, ctx, method, alpha, replace_scaling)
+    except RopepatchError as e:
+        raise type(e)(f"{path}: {e}") from None
     if plan.method == "dynamic":
         warnings.append(
             f"dynamic: llama.cpp has no dynamic NTK mode; the file gets the base dynamic NTK would "

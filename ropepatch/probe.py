@@ -23,7 +23,9 @@ Every resource (batch, context, model) is freed, also on error.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import logging
 import os
 import re
 import threading
@@ -269,7 +271,7 @@ class _Recorder:
         self.lib = lib
         self.layers = layers
         self.last_layer = max(layers) if layers else None
-        self.done = False  # past the last chosen layer: stop observing
+        self.done = layers is not None and not layers  # nothing (more) to observe
         self.pending: dict[int, tuple[np.ndarray, int]] = {}  # ROPE node addr -> (src0 copy, src0.data)
         self.captures: list[RopeCapture] = []
         self.error: BaseException | None = None
@@ -336,6 +338,20 @@ class _Recorder:
         return True
 
 
+@contextlib.contextmanager
+def _quiet_llama_log(quiet: bool):
+    """llama-cpp-python prints llama.cpp's log when its logger's level allows; raise it to
+    ERROR for the duration of the call, then restore it."""
+    logger = logging.getLogger("llama-cpp-python")
+    old = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 # ---- the probe -------------------------------------------------------------------------------
 
 
@@ -398,6 +414,8 @@ def probe(
     kv_overrides: Mapping[str, bool | int | float | str] | None = None,
     n_threads: int | None = None,
     logits: bool = True,
+    kv_cache_type: str | None = None,
+    quiet: bool = True,
 ) -> ProbeResult:
     """Decode ``tokens`` at ``positions`` (a start position, or the consecutive positions
     themselves) in a fresh context and capture the ROPE nodes of ``layers`` (None: all).
@@ -406,7 +424,9 @@ def probe(
     file" defaults (0 / -1, as ``llama_context_default_params``); ``rope_scaling_type`` may
     also be a name ("none", "linear", "yarn", "longrope"). ``n_gpu_layers`` (-1: all) and
     ``kv_overrides`` go to the model params. All tokens go in one batch and one ubatch, so
-    each ROPE node is captured once per layer.
+    each ROPE node is captured once per layer. ``kv_cache_type`` ("f32" / "f16"; None keeps
+    the runtime default, f16) sets the K and V cache types. ``quiet`` silences llama.cpp's
+    info log for the call (llama-cpp-python's "llama-cpp-python" logger, restored after).
     """
     toks = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
     if toks.size == 0:
@@ -423,8 +443,11 @@ def probe(
     if not path.is_file():
         raise UsageError(f"probe: no such model file: {path}")
     layer_set = None if layers is None else frozenset(int(v) for v in layers)
+    kv_types = {None: None, "f32": GGML_TYPE_F32, "f16": GGML_TYPE_F16}
+    if kv_cache_type not in kv_types:
+        raise UsageError(f"probe: kv_cache_type must be 'f32' or 'f16', got {kv_cache_type!r}")
 
-    with _lock:
+    with _lock, _quiet_llama_log(quiet):
         llama_cpp = _llama()
         lib = _ggml()
 
@@ -464,6 +487,8 @@ def probe(
             cparams.yarn_beta_fast = float(yarn_beta_fast)
             cparams.yarn_beta_slow = float(yarn_beta_slow)
             cparams.yarn_orig_ctx = int(yarn_orig_ctx)
+            if kv_types[kv_cache_type] is not None:
+                cparams.type_k = cparams.type_v = kv_types[kv_cache_type]
             cparams.cb_eval = cb
             cparams.cb_eval_user_data = None
             ctx = llama_cpp.llama_init_from_model(model, cparams)

@@ -169,7 +169,14 @@ def rope_angles(
             return theta_interp
         low, high = yarn_corr_dims(rope_dim, n_ctx_orig, freq_base, beta_fast, beta_slow, dtype=_F32)
         ramp_mix = yarn_ramp(n_pairs, low, high, dtype=_F32) * _f32(ext_factor)
-        return (theta_interp * (_f32(1) - ramp_mix) + theta_extrap * ramp_mix).astype(_F32)
+        # theta = theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix. GCC with
+        # -march=native (llama-cpp-python's default CPU build) contracts this into
+        # fma(theta_interp, 1 - ramp_mix, theta_extrap * ramp_mix); measured: the plain
+        # float32 form is 1 ulp of theta off on some pairs, the fma form matches. Emulated
+        # here: the f32 x f32 product is exact in float64, then one rounding to float32.
+        extrap_part = (theta_extrap * ramp_mix).astype(np.float64)
+        fused = theta_interp.astype(np.float64) * (_f32(1) - ramp_mix).astype(np.float64) + extrap_part
+        return fused.astype(_F32)
 
     # float64: the intended values, each pair's frequency computed directly
     inv_freq = float(freq_base) ** (-2.0 * np.arange(n_pairs, dtype=np.float64) / rope_dim)

@@ -1,0 +1,609 @@
+"""Read a Hugging Face ``config.json``'s rope settings and write a method's settings back.
+
+Public API (no file writes here; :mod:`ropepatch.hf_patch` does the I/O)::
+
+    parse_config(text: str, path: str) -> ConfigDoc         # FormatError on malformed JSON
+    load_config(path: str) -> ConfigDoc
+    read_rope(doc: ConfigDoc) -> HFRope                     # FormatError on missing rope fields
+    check_composable_hf(rope: HFRope, method: str, replace_scaling: bool = False) -> None
+    unscaled_params(rope: HFRope) -> RopeParams             # the model before any scaling (L, b, d)
+    apply_plan(doc: ConfigDoc, rope: HFRope, plan: Plan) -> tuple[dict, list[ConfigChange]]
+    dump_config(data: dict, style: JsonStyle) -> str        # in the file's own JSON style
+    rope_block(plan: Plan) -> RopeBlock                     # what each method writes, spelled neutrally
+
+Where the settings live (the same precedence transformers v5 uses):
+
+* section: ``text_config`` when it is an object carrying any rope key (multimodal configs),
+  else the top level;
+* block: a non-empty ``rope_scaling`` object (v4) wins over ``rope_parameters`` (v5);
+  ``rope_type`` falls back to the legacy ``type``; no block means ``default``;
+* ``rope_theta``: inside the block when there, else the section's ``rope_theta`` (required: a
+  config without one is refused rather than guessing the model's default);
+* rotated dims d = int(head_dim * partial_rotary_factor), head_dim = ``head_dim`` or
+  ``hidden_size // num_attention_heads``; partial_rotary_factor from the block, else the section.
+
+What each method writes (L = the model's original context, N = target, a = alpha, default N/L):
+
+* ``ntk``: ``rope_theta`` = b * a^(d/(d-2)) (every place the config holds rope_theta), no
+  scaling block, ``max_position_embeddings`` = N (so servers do not cap at L; the default rope
+  never reads it);
+* ``dynamic``: block ``{"rope_type": "dynamic", "factor": a}`` (a float),
+  ``max_position_embeddings`` = L (dynamic NTK scales relative to it);
+* ``linear``: block ``{"rope_type": "linear", "factor": a}``, ``max_position_embeddings`` = L
+  (vLLM derives the usable length as max_position_embeddings * factor);
+* ``yarn``: block ``{"rope_type": "yarn", "factor": a, "original_max_position_embeddings": L}``,
+  ``max_position_embeddings`` = N (a top-level ``original_max_position_embeddings``, which
+  transformers prefers, is set to L too);
+* ``none``: no scaling block, ``max_position_embeddings`` = N.
+
+v4-style configs get ``rope_scaling`` (replacing the value in place when the key exists, ``null``
+for ntk/none); v5-style configs (``rope_parameters``, no ``rope_scaling``) get the scaling keys in
+``rope_parameters`` next to its ``rope_theta`` and other non-scaling keys, which are kept. Key
+order is kept; a new key goes in sorted position when its object's keys are sorted (files written
+by transformers), else at the end. Output uses the file's own indent (spaces or tab), separators,
+ASCII escaping and line endings.
+
+Layout: ``HFRope.layout`` is given in GGUF terms from ``model_type`` (llama -> NORM, qwen2 ->
+NEOX, see :func:`ropepatch.keys.rope_layout`). In transformers every model rotates with
+``rotate_half`` (pairs i, i + d/2); llama.cpp's converter permutes llama Q/K weights so NORM on
+the GGUF equals rotate_half on the HF weights. The inverse frequencies are the same either way.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import hf_keys as hk
+from .errors import FormatError, UnsupportedModelError
+from .keys import NO_ROPE_ARCHS, RopeLayout, ScalingType, rope_layout
+from .methods import Plan
+from .params import RopeParams
+
+
+# ---- JSON documents -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JsonStyle:
+    """How a JSON file is spelled, so a rewrite looks like the original."""
+
+    indent: int | str | None = 2
+    item_sep: str = ","
+    key_sep: str = ": "
+    ensure_ascii: bool = True
+    newline: str = "\n"
+    final_newline: bool = True
+
+
+@dataclass(frozen=True)
+class ConfigDoc:
+    """A parsed config.json: its exact text, the data and its spelling."""
+
+    path: str
+    text: str
+    data: dict = field(hash=False, compare=False)
+    style: JsonStyle
+
+    @property
+    def round_trips(self) -> bool:
+        """True when re-serialising the unchanged data reproduces the file exactly."""
+        return dump_config(self.data, self.style) == self.text
+
+
+def _no_dupes(path: str):
+    def hook(pairs):
+        d: dict = {}
+        for k, v in pairs:
+            if k in d:
+                raise FormatError(
+                    f"{path}: duplicate key {k!r} in the JSON; keep one of them and run again"
+                )
+            d[k] = v
+        return d
+
+    return hook
+
+
+def detect_style(text: str) -> JsonStyle:
+    """The indent, separators, escaping and line ending ``text`` uses."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    final = text.endswith("\n")
+    ensure_ascii = not any(ord(ch) > 127 for ch in text)
+    m = re.search(r"[\[{][ \t]*\r?\n([ \t]+)\S", text)
+    if m:
+        ws = m.group(1)
+        indent: int | str | None = ws if "\t" in ws else len(ws)
+        key_sep = ": " if re.search(r'"\s*:[ \t]', text) else ":"
+        return JsonStyle(indent, ",", key_sep, ensure_ascii, newline, final)
+    if "\n" in text.strip():  # newlines but no indentation: indent=0
+        key_sep = ": " if re.search(r'"\s*:[ \t]', text) else ":"
+        return JsonStyle(0, ",", key_sep, ensure_ascii, newline, final)
+    item_sep = ", " if re.search(r",[ \t]", text) else ","
+    key_sep = ": " if re.search(r":[ \t]", text) else ":"
+    return JsonStyle(None, item_sep, key_sep, ensure_ascii, newline, final)
+
+
+def dump_config(data: dict, style: JsonStyle) -> str:
+    """``data`` serialised in ``style``."""
+    s = json.dumps(
+        data,
+        indent=style.indent,
+        separators=(style.item_sep, style.key_sep),
+        ensure_ascii=style.ensure_ascii,
+    )
+    if style.newline != "\n":
+        s = s.replace("\n", style.newline)  # JSON strings never hold a raw newline
+    if style.final_newline:
+        s += style.newline
+    return s
+
+
+def parse_config(text: str, path: str) -> ConfigDoc:
+    """Parse config.json text (FormatError naming the line and column when malformed)."""
+    try:
+        data = json.loads(text, object_pairs_hook=_no_dupes(path))
+    except json.JSONDecodeError as e:
+        raise FormatError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}); fix or "
+            f"re-download config.json"
+        ) from None
+    if not isinstance(data, dict):
+        raise FormatError(
+            f"{path}: expected a JSON object at the top level, found {type(data).__name__}"
+        )
+    return ConfigDoc(path, text, data, detect_style(text))
+
+
+def load_config(path: str) -> ConfigDoc:
+    """Read and parse config.json at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not UTF-8 text (byte {e.start}); expected a JSON config") from None
+    return parse_config(text, path)
+
+
+# ---- reading the rope settings -----------------------------------------------------------
+
+_ROPE_KEYS = (hk.ROPE_THETA, hk.ROPE_SCALING, hk.ROPE_PARAMETERS, hk.MAX_POSITION_EMBEDDINGS)
+
+
+@dataclass(frozen=True)
+class HFRope:
+    """A model's rope settings as config.json states them (transformers semantics)."""
+
+    config_path: str
+    model_type: str
+    section: tuple[str, ...]  # () for the top level, ("text_config",) for multimodal configs
+    block_key: str  # "rope_scaling" or "rope_parameters": where the scaling block is / goes
+    block_present: bool  # a non-empty block exists in the file
+    rope_theta: float
+    max_position_embeddings: int
+    head_dim: int
+    partial_rotary_factor: float
+    rope_dim: int
+    rope_type: str  # "default" when there is no scaling
+    factor: float | None = None
+    original_max_position_embeddings: int | None = None
+    attention_factor: float | None = None
+    block: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+    layout: RopeLayout = RopeLayout.UNKNOWN
+
+    @property
+    def where(self) -> str:
+        """Dotted prefix of the section holding the settings ("" or "text_config.")."""
+        return "".join(s + "." for s in self.section)
+
+    @property
+    def orig_ctx(self) -> int:
+        """L: the context the model was trained at before any scaling in this config."""
+        if self.rope_type in (hk.RT_YARN, hk.RT_LLAMA3, hk.RT_LONGROPE, hk.RT_SU):
+            return self.original_max_position_embeddings or self.max_position_embeddings
+        return self.max_position_embeddings
+
+    @property
+    def effective_ctx(self) -> int:
+        """The context this config allows, derived as vLLM does (max_model_len)."""
+        f = self.factor or 1.0
+        if self.rope_type in (hk.RT_LINEAR, hk.RT_DYNAMIC):
+            return int(self.max_position_embeddings * f)
+        if self.rope_type == hk.RT_YARN and self.original_max_position_embeddings:
+            return int(self.original_max_position_embeddings * f)
+        return self.max_position_embeddings
+
+    @property
+    def is_scaled(self) -> bool:
+        """True when a positional scaling is configured (factor != 1 or per-pair factors)."""
+        if self.rope_type in (hk.RT_DEFAULT,):
+            return False
+        if self.rope_type in (hk.RT_LINEAR, hk.RT_DYNAMIC, hk.RT_YARN):
+            return self.factor is None or self.factor != 1.0
+        return True
+
+    def to_params(self) -> RopeParams:
+        """The settings in GGUF terms (what llama.cpp's converter would write).
+
+        dynamic has no GGUF equivalent: it shows as unscaled with the original base.
+        """
+        st, factor, orig, freq = ScalingType.NONE, 0.0, 0, False
+        if self.rope_type == hk.RT_LINEAR:
+            st, factor = ScalingType.LINEAR, self.factor or 0.0
+        elif self.rope_type == hk.RT_YARN:
+            st, factor = ScalingType.YARN, self.factor or 0.0
+            orig = self.original_max_position_embeddings or 0
+        elif self.rope_type in (hk.RT_LONGROPE, hk.RT_SU):
+            st, factor, freq = ScalingType.LONGROPE, self.factor or 0.0, True
+            orig = self.original_max_position_embeddings or 0
+        elif self.rope_type == hk.RT_LLAMA3:
+            freq = True
+        return RopeParams(
+            arch=self.model_type,
+            n_ctx_train=self.max_position_embeddings,
+            rope_dim=self.rope_dim,
+            head_dim=self.head_dim,
+            freq_base=self.rope_theta,
+            scaling_type=st,
+            scaling_factor=factor,
+            orig_ctx=orig,
+            layout=self.layout,
+            has_freq_factors=freq,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config_path,
+            "model_type": self.model_type,
+            "section": self.where.rstrip(".") or None,
+            "block_key": self.block_key,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "head_dim": self.head_dim,
+            "partial_rotary_factor": self.partial_rotary_factor,
+            "rope_dim": self.rope_dim,
+            "rope_type": self.rope_type,
+            "factor": self.factor,
+            "original_max_position_embeddings": self.original_max_position_embeddings,
+            "attention_factor": self.attention_factor,
+            "orig_ctx": self.orig_ctx,
+            "effective_ctx": self.effective_ctx,
+            "layout": self.layout.value,
+        }
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _arch_candidates(model_type: str) -> list[str]:
+    mt = model_type.lower()
+    base = mt[: -len("_text")] if mt.endswith("_text") else mt
+    return [mt, base, base.replace("_", ""), base.replace("_", "-")]
+
+
+def hf_layout(model_type: str) -> RopeLayout:
+    """GGUF-terms layout for an HF model_type (UNKNOWN when not listed)."""
+    for name in _arch_candidates(model_type):
+        lay = rope_layout(name)
+        if lay != RopeLayout.UNKNOWN:
+            return lay
+    return RopeLayout.UNKNOWN
+
+
+def _section(data: dict) -> tuple[tuple[str, ...], dict]:
+    tc = data.get(hk.TEXT_CONFIG)
+    if isinstance(tc, dict) and any(k in tc for k in _ROPE_KEYS):
+        return (hk.TEXT_CONFIG,), tc
+    return (), data
+
+
+def _block(path: str, where: str, c: dict) -> tuple[str, dict, bool]:
+    rs = c.get(hk.ROPE_SCALING)
+    rp = c.get(hk.ROPE_PARAMETERS)
+    for key, val in ((hk.ROPE_SCALING, rs), (hk.ROPE_PARAMETERS, rp)):
+        if val is not None and not isinstance(val, dict):
+            raise FormatError(
+                f"{path}: {where}{key} must be an object or null, found {json.dumps(val)[:40]}; "
+                f"fix config.json"
+            )
+    if rs:
+        return hk.ROPE_SCALING, rs, True
+    if isinstance(rp, dict):
+        return hk.ROPE_PARAMETERS, rp, bool(rp)
+    return hk.ROPE_SCALING, {}, False
+
+
+def read_rope(doc: ConfigDoc) -> HFRope:
+    """The rope settings ``doc`` states (FormatError naming the missing or odd field)."""
+    path, data = doc.path, doc.data
+    section, c = _section(data)
+    where = "".join(s + "." for s in section)
+    model_type = c.get(hk.MODEL_TYPE) or data.get(hk.MODEL_TYPE) or "unknown"
+    if not isinstance(model_type, str):
+        raise FormatError(f"{path}: {where}model_type must be a string, found {model_type!r}")
+    if any(n in NO_ROPE_ARCHS for n in _arch_candidates(model_type)):
+        raise UnsupportedModelError(
+            f"{path}: model_type {model_type!r} does not use rotary position embeddings; "
+            f"there is nothing for ropepatch to extend"
+        )
+    block_key, block, present = _block(path, where, c)
+    bw = f"{where}{block_key}."
+
+    nested = [k for k, v in block.items() if isinstance(v, dict) or (v is None and k.endswith("attention"))]
+    if nested and not any(
+        k in block for k in (hk.RS_ROPE_TYPE, hk.RS_TYPE_LEGACY, hk.ROPE_THETA, hk.RS_FACTOR)
+    ):
+        raise UnsupportedModelError(
+            f"{path}: {where}{block_key} holds per-layer-type settings ({', '.join(nested)}); "
+            f"ropepatch only patches a single rope block: edit config.json by hand"
+        )
+
+    if hk.ROPE_THETA in block:
+        theta, theta_at = block[hk.ROPE_THETA], f"{bw}{hk.ROPE_THETA}"
+    else:
+        theta, theta_at = c.get(hk.ROPE_THETA), f"{where}{hk.ROPE_THETA}"
+    if theta is None:
+        raise FormatError(
+            f"{path}: no rope_theta (expected a positive number at {where}rope_theta or "
+            f"{bw}rope_theta, found none); add the model's rope_theta to config.json"
+        )
+    if not _is_num(theta) or theta <= 1:
+        raise FormatError(f"{path}: {theta_at} must be a number > 1, found {json.dumps(theta)[:40]}")
+
+    mpe = c.get(hk.MAX_POSITION_EMBEDDINGS)
+    if not _is_int(mpe) or mpe <= 0:
+        what = "none" if mpe is None else json.dumps(mpe)[:40]
+        raise FormatError(
+            f"{path}: {where}max_position_embeddings must be a positive integer, found {what}; "
+            f"add the model's training context to config.json"
+        )
+
+    head_dim = c.get(hk.HEAD_DIM)
+    if head_dim is None:
+        hs, nh = c.get(hk.HIDDEN_SIZE), c.get(hk.NUM_ATTENTION_HEADS)
+        if not (_is_int(hs) and _is_int(nh) and hs > 0 and nh > 0):
+            raise FormatError(
+                f"{path}: cannot derive the head size: expected {where}head_dim or "
+                f"{where}hidden_size and {where}num_attention_heads as positive integers, found "
+                f"head_dim=None, hidden_size={hs!r}, num_attention_heads={nh!r}"
+            )
+        head_dim = hs // nh
+    elif not _is_int(head_dim) or head_dim <= 0:
+        raise FormatError(f"{path}: {where}head_dim must be a positive integer, found {head_dim!r}")
+
+    prf = block.get(hk.PARTIAL_ROTARY_FACTOR, c.get(hk.PARTIAL_ROTARY_FACTOR))
+    if prf is None:
+        prf = 1.0
+    if not _is_num(prf) or not 0 < prf <= 1:
+        raise FormatError(
+            f"{path}: partial_rotary_factor must be a number in (0, 1], found {json.dumps(prf)[:40]}"
+        )
+    rope_dim = int(head_dim * prf)
+
+    rope_type = block.get(hk.RS_ROPE_TYPE, block.get(hk.RS_TYPE_LEGACY, hk.RT_DEFAULT))
+    if not isinstance(rope_type, str):
+        raise FormatError(f"{path}: {bw}rope_type must be a string, found {json.dumps(rope_type)[:40]}")
+    factor = block.get(hk.RS_FACTOR)
+    if factor is not None and (not _is_num(factor) or factor <= 0):
+        raise FormatError(f"{path}: {bw}factor must be a positive number, found {json.dumps(factor)[:40]}")
+    omp = block.get(hk.RS_ORIG_MAX_POS)
+    if rope_type in (hk.RT_YARN, hk.RT_LLAMA3, hk.RT_LONGROPE, hk.RT_SU) and _is_int(
+        c.get(hk.RS_ORIG_MAX_POS)
+    ):
+        omp = c[hk.RS_ORIG_MAX_POS]  # transformers prefers the top-level value (Phi-3)
+    if omp is not None and (not _is_int(omp) or omp <= 0):
+        raise FormatError(
+            f"{path}: {bw}original_max_position_embeddings must be a positive integer, found "
+            f"{json.dumps(omp)[:40]}"
+        )
+    att = block.get(hk.RS_ATTENTION_FACTOR)
+    return HFRope(
+        config_path=path,
+        model_type=model_type,
+        section=section,
+        block_key=block_key,
+        block_present=present,
+        rope_theta=float(theta),
+        max_position_embeddings=mpe,
+        head_dim=head_dim,
+        partial_rotary_factor=float(prf),
+        rope_dim=rope_dim,
+        rope_type=rope_type,
+        factor=float(factor) if factor is not None else None,
+        original_max_position_embeddings=omp,
+        attention_factor=float(att) if _is_num(att) else None,
+        block=dict(block),
+        layout=hf_layout(model_type),
+    )
+
+
+def check_composable_hf(rope: HFRope, method: str, replace_scaling: bool = False) -> None:
+    """Refuse to stack ``method`` on a scaling the config already has (unless replacing it).
+
+    Refused always: multimodal rotary sections (mrope / mrope_section) and rope types ropepatch
+    does not know (dropping them would break the model). Refused unless ``replace_scaling``:
+    any configured scaling (linear/dynamic/yarn with factor != 1, llama3, longrope).
+    """
+    p, where = rope.config_path, f"{rope.where}{rope.block_key}"
+    block = rope.block or {}
+    if rope.rope_type == hk.RT_MROPE or hk.RS_MROPE_SECTION in block:
+        raise UnsupportedModelError(
+            f"{p}: {where} uses multimodal rotary sections (mrope_section); ropepatch cannot "
+            f"rewrite it without breaking the vision positions: edit config.json by hand"
+        )
+    if not rope.is_scaled:
+        return
+    if rope.rope_type not in hk.REPLACEABLE_ROPE_TYPES:
+        raise UnsupportedModelError(
+            f"{p}: {where}.rope_type is {rope.rope_type!r}, which ropepatch does not know how to "
+            f"replace; expected default, linear, dynamic, yarn, llama3 or longrope: edit "
+            f"config.json by hand"
+        )
+    if replace_scaling:
+        return
+    fac = f"factor {rope.factor:g}" if rope.factor is not None else "no factor"
+    raise UnsupportedModelError(
+        f"{p}: {where}.rope_type is {rope.rope_type!r} ({fac}); {method} cannot compose with an "
+        f"existing {rope.rope_type} scaling: pass --replace-scaling (replace_scaling=True) to "
+        f"discard it and apply {method} to the unscaled model (original context {rope.orig_ctx})"
+    )
+
+
+def unscaled_params(rope: HFRope) -> RopeParams:
+    """The model before any scaling: L = :attr:`HFRope.orig_ctx`, the plain base, d."""
+    return RopeParams(
+        arch=rope.model_type,
+        n_ctx_train=rope.orig_ctx,
+        rope_dim=rope.rope_dim,
+        head_dim=rope.head_dim,
+        freq_base=rope.rope_theta,
+        layout=rope.layout,
+    )
+
+
+# ---- what each method writes --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RopeBlock:
+    """A method's HF settings, spelled neutrally (see :func:`rope_block`)."""
+
+    rope_theta: float
+    scaling: dict | None  # {"rope_type": ..., "factor": ..., ...} or None (plain default rope)
+    max_position_embeddings: int
+
+
+def rope_block(plan: Plan) -> RopeBlock:
+    """What ``plan`` writes into an HF config. ``plan.original`` must be the UNSCALED model
+    (n_ctx_train = L, freq_base = b), as :func:`unscaled_params` builds it."""
+    L, N, a = plan.original.n_ctx_train, plan.ctx, float(plan.alpha)
+    b = plan.original.freq_base
+    m = plan.method
+    if m == "ntk":
+        return RopeBlock(float(plan.target.freq_base), None, N)
+    if m == "none":
+        return RopeBlock(b, None, N)
+    if m == "dynamic":
+        return RopeBlock(b, {hk.RS_ROPE_TYPE: hk.RT_DYNAMIC, hk.RS_FACTOR: a}, L)
+    if m == "linear":
+        return RopeBlock(b, {hk.RS_ROPE_TYPE: hk.RT_LINEAR, hk.RS_FACTOR: a}, L)
+    if m == "yarn":
+        return RopeBlock(
+            b, {hk.RS_ROPE_TYPE: hk.RT_YARN, hk.RS_FACTOR: a, hk.RS_ORIG_MAX_POS: L}, N
+        )
+    raise UnsupportedModelError(f"method {m!r} has no Hugging Face config spelling")
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One key whose value differs between two configs."""
+
+    key: str  # dotted path, e.g. "rope_scaling" or "text_config.rope_theta"
+    before: Any
+    after: Any
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "before": self.before, "after": self.after}
+
+
+def _sorted_keys(d: dict) -> bool:
+    keys = list(d)
+    return len(keys) > 1 and keys == sorted(keys)
+
+
+def _set(d: dict, key: str, value: Any, sort: bool | None = None) -> dict:
+    """Set ``d[key]`` keeping key order; a new key goes in sorted position when ``d`` is sorted."""
+    if key in d:
+        d[key] = value
+        return d
+    if sort is None:
+        sort = _sorted_keys(d)
+    if not sort:
+        d[key] = value
+        return d
+    items = list(d.items()) + [(key, value)]
+    items.sort(key=lambda kv: kv[0])
+    d.clear()
+    d.update(items)
+    return d
+
+
+def _ordered(block: dict, sort: bool) -> dict:
+    return dict(sorted(block.items())) if sort else block
+
+
+def apply_plan(doc: ConfigDoc, rope: HFRope, plan: Plan) -> tuple[dict, list[ConfigChange]]:
+    """A copy of ``doc.data`` (the ORIGINAL config) with ``plan``'s settings written, plus the
+    list of changed keys. ``rope`` must be :func:`read_rope` of ``doc``."""
+    new = copy.deepcopy(doc.data)
+    c = new
+    for s in rope.section:
+        c = c[s]
+    rb = rope_block(plan)
+    sort = _sorted_keys(c)
+    ntk = plan.method == "ntk"
+
+    if rope.block_key == hk.ROPE_PARAMETERS:
+        old = c.get(hk.ROPE_PARAMETERS) or {}
+        blk = {k: v for k, v in old.items() if k not in hk.SCALING_BLOCK_KEYS}
+        bsort = _sorted_keys(old) or (not old and sort)
+        if hk.RS_ROPE_TYPE in old:  # keep rope_type's position
+            blk = {}
+            for k, v in old.items():
+                if k == hk.RS_ROPE_TYPE:
+                    blk[k] = None
+                elif k not in hk.SCALING_BLOCK_KEYS:
+                    blk[k] = v
+        scaling = rb.scaling or {hk.RS_ROPE_TYPE: hk.RT_DEFAULT}
+        for k, v in scaling.items():
+            _set(blk, k, v, bsort)
+        if hk.ROPE_THETA in blk or hk.ROPE_THETA not in c:
+            _set(blk, hk.ROPE_THETA, rb.rope_theta if ntk else blk.get(hk.ROPE_THETA, rb.rope_theta), bsort)
+        _set(c, hk.ROPE_PARAMETERS, blk, sort)
+        if hk.ROPE_THETA in c and ntk:
+            c[hk.ROPE_THETA] = rb.rope_theta
+    else:
+        if rb.scaling is not None:
+            _set(c, hk.ROPE_SCALING, _ordered(dict(rb.scaling), sort), sort)
+        elif hk.ROPE_SCALING in c:
+            c[hk.ROPE_SCALING] = None
+        if ntk:
+            _set(c, hk.ROPE_THETA, rb.rope_theta, sort)
+    c[hk.MAX_POSITION_EMBEDDINGS] = rb.max_position_embeddings
+    if plan.method == "yarn" and hk.RS_ORIG_MAX_POS in c:
+        c[hk.RS_ORIG_MAX_POS] = plan.original.n_ctx_train
+
+    return new, diff_configs(doc.data, new)
+
+
+def diff_configs(before: dict, after: dict, prefix: str = "") -> list[ConfigChange]:
+    """Keys whose values differ (recursing into text_config only)."""
+    out: list[ConfigChange] = []
+    for k in list(before) + [k for k in after if k not in before]:
+        b, a = before.get(k, _MISSING), after.get(k, _MISSING)
+        if k == hk.TEXT_CONFIG and isinstance(b, dict) and isinstance(a, dict):
+            out.extend(diff_configs(b, a, f"{prefix}{k}."))
+        elif b != a or type(b) is not type(a):
+            out.append(ConfigChange(prefix + k, None if b is _MISSING else b, None if a is _MISSING else a))
+    return out
+
+
+class _Missing:
+    def __repr__(self) -> str:  # pragma: no cover
+        return "<missing>"
+
+
+_MISSING = _Missing()

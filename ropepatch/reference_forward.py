@@ -1,0 +1,290 @@
+"""A NumPy reference forward pass for llama and qwen2 GGUF models (small models only).
+
+In the style of llama2.c's model.py: the whole transformer as a few plain functions, a
+comment per step, float64 throughout. Weights are read with ``gguf.GGUFReader`` and
+dequantized with ``gguf.quants.dequantize``; the rotary embedding is
+:func:`ropepatch.rope_reference.apply_rope` driven by the same op parameters llama.cpp
+would use (:func:`ropepatch.rope_reference.ggml_rope_args`, optionally with runtime
+overrides), so its logits can be compared with a runtime probe's -- including at
+positions and distances beyond the training context.
+
+Scope: dense llama / qwen2 blocks (RMSNorm, attention with GQA and optional q/k/v biases,
+SwiGLU MLP, output norm and head; tied embeddings when ``output.weight`` is absent).
+One sequence, decoded from an empty cache: a causal mask over the given positions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .errors import FormatError, UnsupportedModelError, UsageError
+from .keys import RopeLayout, ScalingType, rope_layout
+from .params import RopeParams
+from .rope_reference import apply_rope_op, ggml_rope_args
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """Hyperparameters, RoPE settings and float64 weights of a GGUF model (numpy layout:
+    a GGUF matrix with ne = [n_in, n_out] is an array of shape (n_out, n_in))."""
+
+    path: str
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    rms_eps: float
+    rope: RopeParams
+    weights: Mapping[str, np.ndarray] = field(repr=False)
+    freq_factors: np.ndarray | None = field(default=None, repr=False)  # rope_freqs.weight, if any
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self.weights["token_embd.weight"].shape[0])
+
+    def w(self, name: str) -> np.ndarray | None:
+        return self.weights.get(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _field(reader, key: str, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def _tensor_f64(t) -> np.ndarray:
+    """One ReaderTensor as float64 in numpy layout (rows = ne1, cols = ne0)."""
+    from gguf import GGMLQuantizationType  # noqa: PLC0415
+    from gguf.quants import dequantize  # noqa: PLC0415
+
+    shape = tuple(int(v) for v in reversed(list(t.shape)))  # ne reversed
+    qtype = GGMLQuantizationType(int(t.tensor_type))
+    if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.F64):
+        arr = np.asarray(t.data)
+    else:
+        arr = dequantize(np.asarray(t.data), qtype)
+    return np.asarray(arr, dtype=np.float64).reshape(shape)
+
+
+def load_model(path: str | os.PathLike) -> ReferenceModel:
+    """Read a llama / qwen2 GGUF: hyperparameters, RoPE settings and all weights as float64."""
+    try:
+        import gguf  # noqa: PLC0415
+    except ImportError as exc:  # pragma: no cover - gguf is a dependency
+        raise UnsupportedModelError(f"gguf-py is required for the reference forward: {exc}") from None
+    p = Path(path)
+    try:
+        reader = gguf.GGUFReader(str(p))
+    except (OSError, ValueError) as exc:
+        raise FormatError(f"{p}: not a readable GGUF file ({exc})") from None
+    arch = _field(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHS:
+        raise UnsupportedModelError(f"{p}: reference forward supports {', '.join(SUPPORTED_ARCHS)}, not {arch!r}")
+
+    def need(key):
+        v = _field(reader, key.format(arch=arch))
+        if v is None:
+            raise FormatError(f"{p}: missing key {key.format(arch=arch)}")
+        return v
+
+    n_embd = int(need("{arch}.embedding_length"))
+    n_head = int(need("{arch}.attention.head_count"))
+    n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv", n_head))
+    head_dim = int(_field(reader, f"{arch}.attention.key_length", n_embd // n_head))
+    scaling = _field(reader, f"{arch}.rope.scaling.type", "linear")
+    try:
+        scaling_type = ScalingType(scaling)
+    except ValueError:
+        raise FormatError(f"{p}: unknown {arch}.rope.scaling.type {scaling!r}") from None
+    factor = _field(reader, f"{arch}.rope.scaling.factor")
+    if factor is None:
+        factor = _field(reader, f"{arch}.rope.scale_linear", 0.0)
+    weights = {t.name: _tensor_f64(t) for t in reader.tensors}
+    rope = RopeParams(
+        arch=arch,
+        n_ctx_train=int(need("{arch}.context_length")),
+        rope_dim=int(_field(reader, f"{arch}.rope.dimension_count", head_dim)),
+        head_dim=head_dim,
+        freq_base=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        scaling_type=scaling_type,
+        scaling_factor=float(factor),
+        orig_ctx=int(_field(reader, f"{arch}.rope.scaling.original_context_length", 0)),
+        attn_factor=float(_field(reader, f"{arch}.rope.scaling.attn_factor", 1.0)),
+        layout=rope_layout(arch),
+        has_freq_factors="rope_freqs.weight" in weights,
+    )
+    ff = weights.get("rope_freqs.weight")
+    return ReferenceModel(
+        path=str(p),
+        arch=arch,
+        n_layer=int(need("{arch}.block_count")),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim=head_dim,
+        rms_eps=float(need("{arch}.attention.layer_norm_rms_epsilon")),
+        rope=rope,
+        weights=weights,
+        freq_factors=None if ff is None else ff.reshape(-1),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the blocks
+# ---------------------------------------------------------------------------------------------
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x^2) + eps) * weight, over the last axis."""
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * weight
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """x @ W^T (+ b): ggml_mul_mat(W, x) with W stored (n_out, n_in)."""
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, positions: np.ndarray, scale: float
+) -> np.ndarray:
+    """Causal multi-head attention with grouped KV heads.
+
+    q: (n_tokens, n_head, d), k/v: (n_tokens, n_head_kv, d); query head h reads KV head
+    h // (n_head / n_head_kv) (ggml's broadcast). Token i sees token j iff pos_j <= pos_i.
+    """
+    n_tok, n_head, _ = q.shape
+    group = n_head // k.shape[1]
+    # expand KV heads to query heads
+    k = np.repeat(k, group, axis=1)
+    v = np.repeat(v, group, axis=1)
+    # scores (n_head, n_tokens_q, n_tokens_k)
+    scores = np.einsum("ihd,jhd->hij", q, k) * scale
+    mask = positions[None, :] > positions[:, None]  # key after query
+    scores = np.where(mask[None, :, :], -np.inf, scores)
+    probs = softmax(scores, axis=-1)
+    # weighted values, back to (n_tokens, n_head * d)
+    out = np.einsum("hij,jhd->ihd", probs, v)
+    return out.reshape(n_tok, -1)
+
+
+def forward(
+    model: ReferenceModel,
+    tokens: Iterable[int],
+    positions: int | Iterable[int] = 0,
+    *,
+    rope_op: Mapping | None = None,
+    rope_dtype=np.float64,
+    **overrides,
+) -> np.ndarray:
+    """Logits (n_tokens, n_vocab), float64, for ``tokens`` at ``positions`` (a start position
+    or the positions themselves) of one sequence with an empty cache.
+
+    The rotary uses ``rope_op`` if given (ggml op parameters, e.g. a probe's captured
+    ``op.as_dict()``), else ``ggml_rope_args(model.rope, **overrides)`` where ``overrides``
+    are llama_context_params RoPE fields (rope_freq_base, rope_freq_scale, rope_scaling_type,
+    yarn_orig_ctx, ...)."""
+    toks = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
+    if toks.size == 0:
+        raise UsageError("reference forward: no tokens")
+    if toks.min() < 0 or toks.max() >= model.n_vocab:
+        raise UsageError(f"reference forward: token ids must lie in [0, {model.n_vocab})")
+    if isinstance(positions, (int, np.integer)):
+        pos = int(positions) + np.arange(toks.size, dtype=np.int64)
+    else:
+        pos = np.asarray(list(positions), dtype=np.int64).reshape(-1)
+    if pos.size != toks.size:
+        raise UsageError(f"reference forward: {pos.size} positions for {toks.size} tokens")
+    op = dict(rope_op) if rope_op is not None else ggml_rope_args(model.rope, **overrides)
+    if rope_op is not None and overrides:
+        raise UsageError("reference forward: give rope_op or overrides, not both")
+    if op["mode"] != (2 if model.rope.layout == RopeLayout.NEOX else 0) and rope_op is None:
+        raise UsageError("reference forward: layout mismatch")  # pragma: no cover - defensive
+    w = model.w
+    scale = 1.0 / np.sqrt(model.head_dim)
+
+    # token embeddings: rows of token_embd
+    x = w("token_embd.weight")[toks]
+    for il in range(model.n_layer):
+        b = f"blk.{il}."
+        # --- attention ---
+        h = rms_norm(x, w(b + "attn_norm.weight"), model.rms_eps)
+        q = linear(h, w(b + "attn_q.weight"), w(b + "attn_q.bias"))
+        k = linear(h, w(b + "attn_k.weight"), w(b + "attn_k.bias"))
+        v = linear(h, w(b + "attn_v.weight"), w(b + "attn_v.bias"))
+        q = q.reshape(toks.size, model.n_head, model.head_dim)
+        k = k.reshape(toks.size, model.n_head_kv, model.head_dim)
+        v = v.reshape(toks.size, model.n_head_kv, model.head_dim)
+        # rotary position embedding on q and k, exactly as the ROPE op
+        q = apply_rope_op(q, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
+        k = apply_rope_op(k, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
+        att = attention(q, k, v, pos, scale)
+        x = x + linear(att, w(b + "attn_output.weight"), w(b + "attn_output.bias"))
+        # --- SwiGLU MLP ---
+        h = rms_norm(x, w(b + "ffn_norm.weight"), model.rms_eps)
+        gate = silu(linear(h, w(b + "ffn_gate.weight")))
+        up = linear(h, w(b + "ffn_up.weight"))
+        x = x + linear(gate * up, w(b + "ffn_down.weight"))
+    # output norm and head (tied to the embeddings when output.weight is absent)
+    x = rms_norm(x, w("output_norm.weight"), model.rms_eps)
+    head = w("output.weight") if w("output.weight") is not None else w("token_embd.weight")
+    return linear(x, head)
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing logits
+# ---------------------------------------------------------------------------------------------
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    return x - m - np.log(np.sum(np.exp(x - m), axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class LogitsComparison:
+    max_abs: float  # max |ref - runtime| over all logits
+    top1_agreement: float  # fraction of tokens whose argmax agrees
+    kl_max: float  # max over tokens of KL(p_ref || p_runtime), nats
+    kl_mean: float
+
+
+def compare_logits(ref: np.ndarray, runtime: np.ndarray) -> LogitsComparison:
+    """Max abs error, top-1 agreement and KL(ref || runtime) of two (n_tokens, n_vocab) arrays."""
+    ref = np.asarray(ref, dtype=np.float64)
+    rt = np.asarray(runtime, dtype=np.float64)
+    if ref.shape != rt.shape:
+        raise UsageError(f"compare_logits: shapes differ {ref.shape} vs {rt.shape}")
+    lp, lq = log_softmax(ref), log_softmax(rt)
+    kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
+    return LogitsComparison(
+        max_abs=float(np.max(np.abs(ref - rt))),
+        top1_agreement=float(np.mean(np.argmax(ref, -1) == np.argmax(rt, -1))),
+        kl_max=float(np.max(kl)),
+        kl_mean=float(np.mean(kl)),
+    )

@@ -1,0 +1,363 @@
+"""Pure-Python safetensors header reader and writer (no torch, no safetensors import).
+
+File layout: ``u64 LE N`` | ``N`` bytes of UTF-8 JSON (starts with ``{``, may end with padding
+spaces) | tensor data. The JSON object maps tensor names to ``{"dtype", "shape",
+"data_offsets": [begin, end]}`` (offsets relative to the data start) plus an optional
+``"__metadata__"`` string->string map.
+
+Public API::
+
+    read_header(path: str) -> SafetensorsHeader            # validated, FormatError otherwise
+    with_metadata_text(hdr, value_text: str | None) -> str  # header JSON with __metadata__ replaced
+    metadata_json(meta: Mapping[str, str]) -> str           # compact JSON for a metadata map
+    pad_header(json_text, current_length, slack=...) -> bytes  # the N' header bytes to write
+    write_header(hdr, header: bytes, dst=None, in_place_ok=True) -> str  # "in-place" | "rewrite"
+
+Editing is surgical: only the text of the ``__metadata__`` value changes (or the member is
+inserted right after the opening ``{`` when the file had none); every tensor entry, the entry
+order, the spacing and "format" are kept byte for byte, so an exact undo record is just the old
+metadata text and the old header length. A new header that fits in the old length is padded with
+spaces and written in place (one pwrite); otherwise the file is rewritten through
+:func:`ropepatch.fileio.rewrite` (tensor bytes copied by the kernel, temp file, fsync, rename),
+leaving :data:`~ropepatch.hf_keys.ST_HEADER_SLACK` spare bytes so later edits fit in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from . import fileio
+from .errors import FormatError
+from .hf_keys import ST_HEADER_ALIGN, ST_HEADER_SLACK, ST_MAX_HEADER, ST_METADATA
+
+# element size in bits for every dtype the safetensors format defines
+DTYPE_BITS: Mapping[str, int] = MappingProxyType(
+    {
+        "BOOL": 8,
+        "U8": 8,
+        "I8": 8,
+        "F8_E5M2": 8,
+        "F8_E4M3": 8,
+        "F8_E8M0": 8,
+        "I16": 16,
+        "U16": 16,
+        "F16": 16,
+        "BF16": 16,
+        "I32": 32,
+        "U32": 32,
+        "F32": 32,
+        "C64": 64,
+        "F64": 64,
+        "I64": 64,
+        "U64": 64,
+        "F4": 4,
+        "F6_E2M3": 6,
+        "F6_E3M2": 6,
+    }
+)
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor's header entry (offsets relative to the data section)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A validated safetensors header.
+
+    ``text`` is the whole N-byte header region decoded (JSON followed by padding); ``json_end``
+    is the index just past the closing brace, so ``text[json_end:]`` is the padding.
+    ``metadata_span`` is the ``(start, end)`` of the ``__metadata__`` VALUE inside ``text`` and
+    ``metadata_member_start`` the index of its key's opening quote (both None when absent).
+    """
+
+    path: str
+    file_size: int
+    header_length: int
+    text: str
+    json_end: int
+    metadata: Mapping[str, str] | None
+    metadata_span: tuple[int, int] | None
+    metadata_member_start: int | None
+    tensors: tuple[TensorEntry, ...]
+
+    @property
+    def data_offset(self) -> int:
+        """Absolute file offset of the tensor data."""
+        return 8 + self.header_length
+
+    @property
+    def data_length(self) -> int:
+        return self.file_size - self.data_offset
+
+    @property
+    def json_text(self) -> str:
+        """The header JSON without its trailing padding."""
+        return self.text[: self.json_end]
+
+    @property
+    def padding(self) -> str:
+        return self.text[self.json_end :]
+
+    @property
+    def metadata_text(self) -> str | None:
+        """The exact on-disk text of the ``__metadata__`` value (None when absent)."""
+        if self.metadata_span is None:
+            return None
+        a, b = self.metadata_span
+        return self.text[a:b]
+
+    @property
+    def header_bytes(self) -> bytes:
+        """The N header bytes exactly as on disk (without the u64 length prefix)."""
+        return self.text.encode("utf-8")
+
+
+def _bad(path: str, what: str) -> FormatError:
+    return FormatError(f"{path}: not a valid safetensors file: {what}")
+
+
+def _no_dupes(path: str):
+    def hook(pairs: list[tuple[str, Any]]) -> dict:
+        d: dict = {}
+        for k, v in pairs:
+            if k in d:
+                raise _bad(path, f"duplicate key {k!r} in the header JSON; re-save the file")
+            d[k] = v
+        return d
+
+    return hook
+
+
+def _scan_object(path: str, text: str) -> tuple[list[tuple[str, int, int, int, Any]], int]:
+    """Members of the top-level object as (key, key_start, value_start, value_end, value)."""
+    decoder = json.JSONDecoder(object_pairs_hook=_no_dupes(path))
+    members: list[tuple[str, int, int, int, Any]] = []
+    seen: set[str] = set()
+    try:
+        i = 1  # text[0] == "{" checked by the caller
+        i = _WS.match(text, i).end()
+        if text.startswith("}", i):
+            return members, i + 1
+        while True:
+            if not text.startswith('"', i):
+                raise ValueError(f"expected a quoted key at header byte {i}")
+            key, j = json.decoder.scanstring(text, i + 1)
+            j = _WS.match(text, j).end()
+            if not text.startswith(":", j):
+                raise ValueError(f"expected ':' at header byte {j}")
+            v0 = _WS.match(text, j + 1).end()
+            value, v1 = decoder.raw_decode(text, v0)
+            if key in seen:
+                raise _bad(path, f"duplicate key {key!r} in the header JSON; re-save the file")
+            seen.add(key)
+            members.append((key, i, v0, v1, value))
+            i = _WS.match(text, v1).end()
+            if text.startswith(",", i):
+                i = _WS.match(text, i + 1).end()
+                continue
+            if text.startswith("}", i):
+                return members, i + 1
+            raise ValueError(f"expected ',' or '}}' at header byte {i}")
+    except ValueError as e:
+        raise _bad(path, f"malformed header JSON ({str(e).splitlines()[0]})") from None
+
+
+def read_header(path: str) -> SafetensorsHeader:
+    """Read and validate the header of the safetensors file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise _bad(path, f"file is {size} bytes, shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", prefix)
+            if n > ST_MAX_HEADER:
+                raise _bad(
+                    path,
+                    f"header length {n} exceeds the {ST_MAX_HEADER}-byte limit; the file is corrupt "
+                    f"or not safetensors",
+                )
+            if 8 + n > size:
+                raise _bad(
+                    path,
+                    f"header length {n} runs past the end of the {size}-byte file; the file is "
+                    f"truncated or not safetensors",
+                )
+            raw = f.read(n)
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(raw) != n:
+        raise _bad(path, "file shrank while being read")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _bad(path, f"header is not UTF-8 (byte {e.start})") from None
+    if not text.startswith("{"):
+        raise _bad(path, f"header must start with '{{', found {text[:1]!r}")
+    members, json_end = _scan_object(path, text)
+    rest = text[json_end:]
+    if rest.strip(" \t\n\r"):
+        raise _bad(path, f"unexpected bytes after the header JSON at header byte {json_end}")
+
+    metadata: Mapping[str, str] | None = None
+    span: tuple[int, int] | None = None
+    member_start: int | None = None
+    tensors: list[TensorEntry] = []
+    data_length = size - 8 - n
+    for key, k0, v0, v1, value in members:
+        if key == ST_METADATA:
+            span, member_start = (v0, v1), k0
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise _bad(path, f"__metadata__ must be an object of strings, found {type(value).__name__}")
+            for mk, mv in value.items():
+                if not isinstance(mv, str):
+                    raise _bad(
+                        path,
+                        f"__metadata__ value for {mk!r} must be a string, found "
+                        f"{json.dumps(mv)[:40]}; re-save the file with string metadata",
+                    )
+            metadata = MappingProxyType(dict(value))
+            continue
+        tensors.append(_tensor_entry(path, key, value))
+
+    # contiguous, no holes, exactly covering the data section (what safetensors itself checks)
+    pos = 0
+    for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
+        if t.begin != pos:
+            what = "overlaps the previous tensor" if t.begin < pos else f"leaves a hole at {pos}"
+            raise _bad(path, f"tensor {t.name!r} starts at data offset {t.begin} and {what}")
+        pos = t.end
+    if pos != data_length:
+        raise _bad(
+            path,
+            f"tensors cover {pos} data bytes but the file holds {data_length}; the file is "
+            f"truncated or has trailing bytes",
+        )
+    return SafetensorsHeader(
+        path, size, n, text, json_end, metadata, span, member_start, tuple(tensors)
+    )
+
+
+def _tensor_entry(path: str, name: str, value: Any) -> TensorEntry:
+    if not isinstance(value, dict):
+        raise _bad(path, f"entry {name!r} must be an object, found {type(value).__name__}")
+    dtype = value.get("dtype")
+    shape = value.get("shape")
+    offs = value.get("data_offsets")
+    if dtype not in DTYPE_BITS:
+        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise _bad(path, f"tensor {name!r} shape must be a list of non-negative integers, found {shape!r}")
+    if (
+        not isinstance(offs, list)
+        or len(offs) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
+        or offs[0] > offs[1]
+    ):
+        raise _bad(path, f"tensor {name!r} data_offsets must be [begin, end] with begin <= end, found {offs!r}")
+    count = 1
+    for d in shape:
+        count *= d
+    bits = count * DTYPE_BITS[dtype]
+    if bits % 8:
+        raise _bad(path, f"tensor {name!r}: {count} x {dtype} is not a whole number of bytes")
+    if offs[1] - offs[0] != bits // 8:
+        raise _bad(
+            path,
+            f"tensor {name!r} ({dtype} {shape}) needs {bits // 8} bytes but data_offsets span "
+            f"{offs[1] - offs[0]}",
+        )
+    return TensorEntry(name, dtype, tuple(shape), offs[0], offs[1])
+
+
+def metadata_json(meta: Mapping[str, str]) -> str:
+    """Compact JSON for a metadata map (the spelling the safetensors writer uses)."""
+    return json.dumps(dict(meta), separators=(",", ":"), ensure_ascii=False)
+
+
+def with_metadata_text(hdr: SafetensorsHeader, value_text: str | None) -> str:
+    """The header JSON (no padding) with the ``__metadata__`` value replaced by ``value_text``.
+
+    When the header has no ``__metadata__``, the member is inserted right after the opening
+    brace. ``value_text=None`` removes a member that was inserted that way (the undo of the
+    insertion; FormatError when the member is anywhere else).
+    """
+    text = hdr.json_text
+    if value_text is None:
+        if hdr.metadata_span is None:
+            return text
+        b = hdr.metadata_span[1]
+        if hdr.metadata_member_start != 1:
+            raise _bad(hdr.path, "__metadata__ is not where ropepatch put it; the header was rewritten by another tool")
+        if text.startswith(",", b):
+            return text[:1] + text[b + 1 :]
+        if text.startswith("}", b):
+            return text[:1] + text[b:]
+        raise _bad(hdr.path, "__metadata__ is not where ropepatch put it; the header was rewritten by another tool")
+    if hdr.metadata_span is not None:
+        a, b = hdr.metadata_span
+        return text[:a] + value_text + text[b:]
+    member = f'"{ST_METADATA}":{value_text}'
+    empty = _WS.match(text, 1).end() == len(text) - 1  # "{ }"
+    return text[:1] + member + ("" if empty else ",") + text[1:]
+
+
+def _round_up(n: int, align: int) -> int:
+    return (n + align - 1) // align * align
+
+
+def pad_header(json_text: str, current_length: int, slack: int = ST_HEADER_SLACK) -> bytes:
+    """The header bytes to write: padded with spaces to ``current_length`` when the JSON fits,
+    else to a new 8-byte-aligned length with ``slack`` spare bytes."""
+    data = json_text.encode("utf-8")
+    length = current_length if len(data) <= current_length else _round_up(len(data) + slack, ST_HEADER_ALIGN)
+    return data + b" " * (length - len(data))
+
+
+def write_header(
+    hdr: SafetensorsHeader, header: bytes, dst: str | None = None, in_place_ok: bool = True
+) -> str:
+    """Write ``header`` (the complete new N' header bytes) in front of ``hdr``'s tensor data.
+
+    In place (one pwrite at offset 8) when ``dst`` is None or ``hdr.path``, ``in_place_ok`` and
+    the length is unchanged; otherwise through :func:`fileio.rewrite` into ``dst`` (default
+    ``hdr.path``; replacing a symlink or hard link with a new regular file). Returns
+    ``"in-place"`` or ``"rewrite"``.
+    """
+    if len(header) > ST_MAX_HEADER:
+        raise FormatError(
+            f"{hdr.path}: new safetensors header would be {len(header)} bytes, over the "
+            f"{ST_MAX_HEADER}-byte limit; nothing written"
+        )
+    target = dst or hdr.path
+    same = dst is None or os.path.abspath(dst) == os.path.abspath(hdr.path)
+    if same and in_place_ok and len(header) == hdr.header_length:
+        fileio.write_in_place(hdr.path, 8, header, hdr.file_size)
+        return "in-place"
+    prefix = struct.pack("<Q", len(header))
+    fileio.rewrite(hdr.path, target, prefix + header, hdr.data_offset, hdr.data_length)
+    return "rewrite"

@@ -1,0 +1,78 @@
+"""The CLI is documented and scriptable: every command has help with an example, is in the
+README, emits JSON with --json; CI runs the README's exact test command."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import FIXTURES, ROOT, run_cli
+from ropepatch.cli import COMMANDS
+from ropepatch.methods import METHODS
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    test_cmd = ci[-1]
+    assert "pytest" in test_cmd
+    assert f"   {test_cmd}\n" in README
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_is_documented_with_an_example(command):
+    assert f"`ropepatch {command} " in README
+    r = run_cli(command, "-h")
+    assert r.returncode == 0
+    assert "example" in r.stdout and f"ropepatch {command}" in r.stdout
+    assert "--json" in r.stdout
+
+
+def test_every_method_is_documented():
+    methods_doc = (ROOT / "docs" / "methods.md").read_text()
+    r = run_cli("gguf", "-h")
+    for name, m in METHODS.items():
+        assert f"`{name}`" in methods_doc and f"`{name}`" in README
+        assert name in r.stdout
+        author = m.reference.split(",")[0]
+        assert author in methods_doc, (name, author)
+
+
+def test_json_output_of_every_command(tmp_path):
+    src = FIXTURES / "tiny-qwen2-f32.gguf"
+    p = str(tmp_path / "m.gguf")
+    shutil.copyfile(src, p)
+    out = {}
+    for args in (
+        ["inspect", p],
+        ["plan", p, "--ctx", "1024"],
+        ["plan", "--base", "100000", "--rope-dim", "64", "--orig-ctx", "8192", "--ctx", "16384"],
+        ["gguf", p, "--ctx", "1024", "--method", "yarn"],
+        ["revert", p],
+    ):
+        r = run_cli(*args, "--json")
+        assert r.returncode == 0, r.stderr
+        out[args[0] + str(len(out))] = json.loads(r.stdout)
+    plan = out["plan2"]["plans"]["ntk"]
+    assert plan["params"]["freq_base"] == pytest.approx(100000 * 2 ** (64 / 62))
+    assert plan["runtime"]["llama_cpp_flags"][:2] == ["-c", "16384"]
+    assert out["gguf3"]["mode"] == "rewrite"
+    assert out["inspect0"]["current"]["layout"] == "neox"
+
+
+def test_plan_prints_runtime_equivalents():
+    r = run_cli("plan", "--base", "100000", "--rope-dim", "64", "--orig-ctx", "8192", "--ctx", "16384")
+    assert r.returncode == 0
+    assert "--rope-freq-base 204522.2871" in r.stdout
+    assert "--rope-scaling yarn --rope-scale 2.0 --yarn-orig-ctx 8192" in r.stdout
+    assert "--override-kv llama.rope.freq_base=float:204522.2871" in r.stdout
+    assert "rope_scaling_type=1, rope_freq_scale=0.5" in r.stdout
+    assert "PARAMETER num_ctx 16384" in r.stdout
+
+
+def test_no_command_prints_help():
+    r = run_cli()
+    assert r.returncode == 2 and "quick start" in r.stdout

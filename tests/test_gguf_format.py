@@ -1,0 +1,96 @@
+"""Golden-byte tests of the GGUF header writer and reader."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from conftest import FIXTURES, GGUF_FIXTURES, build_gguf, llama_kvs
+from ropepatch import gguf_patch as gp
+from ropepatch.gguf_file import (
+    GGML_BLOCK_SIZES,
+    ArrayValue,
+    filler_kv,
+    make_kv,
+    read_header,
+    serialize_header,
+)
+from ropepatch.keys import ValueType as T
+
+KEY = "0300000000000000" "612e62"  # u64 length 3, then "a.b"
+GOLDEN = [
+    (T.UINT32, 16384, KEY + "04000000" "00400000"),
+    (T.FLOAT32, 100000.0, KEY + "06000000" "0050c347"),
+    (T.STRING, "yarn", KEY + "08000000" "0400000000000000" "7961726e"),
+    (T.BOOL, True, KEY + "07000000" "01"),
+    (T.FLOAT64, 2.5, KEY + "0c000000" "0000000000000440"),
+    (T.UINT64, 7, KEY + "0a000000" "0700000000000000"),
+    (T.INT32, -1, KEY + "05000000" "ffffffff"),
+]
+
+
+@pytest.mark.parametrize("t,value,hexbytes", GOLDEN)
+def test_kv_encoding_golden(t, value, hexbytes):
+    kv = make_kv("a.b", t, value)
+    assert kv.raw.hex() == hexbytes
+    assert kv.value == value
+
+
+def test_exact_bytes_of_a_whole_header():
+    kvs = [make_kv("general.architecture", T.STRING, "llama"), make_kv("llama.context_length", T.UINT32, 128)]
+    body = serialize_header(3, kvs, b"", 0)
+    assert body.hex() == (
+        "47475546"  # magic "GGUF"
+        "03000000"  # version 3
+        "0000000000000000"  # 0 tensors
+        "0200000000000000"  # 2 KVs
+        "1400000000000000" + b"general.architecture".hex() + "08000000" + "0500000000000000" + b"llama".hex()
+        + "1400000000000000" + b"llama.context_length".hex() + "04000000" + "80000000"
+    )
+
+
+def test_filler_is_a_uint8_array_of_zeros():
+    kv = filler_kv("ropepatch.reserved", 5)
+    assert kv.raw == struct.pack("<Q", 18) + b"ropepatch.reserved" + struct.pack("<IIQ", 9, 0, 5) + bytes(5)
+    assert kv.value == ArrayValue(T.UINT8, 5)
+
+
+def test_block_sizes_match_gguf_package():
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    for tid, sizes in GGML_BLOCK_SIZES.items():
+        assert GGML_QUANT_SIZES[GGMLQuantizationType(tid)] == sizes, tid
+
+
+@pytest.mark.parametrize("fixture", GGUF_FIXTURES)
+def test_reader_round_trips_fixture_headers_exactly(fixture):
+    path = FIXTURES / fixture
+    h = read_header(str(path))
+    body = serialize_header(h.version, h.kvs, h.tensor_info_raw, len(h.tensors))
+    with open(path, "rb") as f:
+        assert f.read(h.data_offset) == body + h.padding
+    # and agrees with gguf-py's reader on every key and tensor
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    assert [kv.key for kv in h.kvs] == [f.name for f in r.fields.values() if not f.name.startswith("GGUF.")]
+    assert [t.name for t in h.tensors] == [t.name for t in r.tensors]
+    assert h.data_offset == r.data_offset
+
+
+def test_first_patch_layout_keeps_block_alignment_and_slack(tmp_path):
+    p = build_gguf(tmp_path / "m.gguf", llama_kvs())
+    old = read_header(p)
+    gp.patch_gguf(p, 1024, "yarn")
+    new = read_header(p)
+    assert (new.data_offset - old.data_offset) % 4096 == 0
+    assert new.get("ropepatch.reserved").count >= gp.MIN_SLACK
+    assert new.header_end == new.data_offset  # the filler absorbs all padding
+    # order: original keys keep their places, new rope keys follow the last rope key,
+    # ropepatch keys come last with the filler at the very end
+    keys = [kv.key for kv in new.kvs]
+    old_keys = [kv.key for kv in old.kvs]
+    assert [k for k in keys if k in old_keys] == old_keys
+    assert keys[-1] == "ropepatch.reserved"
+    assert keys.index("llama.rope.scaling.type") == keys.index("llama.rope.dimension_count") + 1
