@@ -2,14 +2,14 @@
 
 Two ways to change a model file's header:
 
-* :func:`write_in_place` - the new header has exactly the old header's size: one ``pwrite`` of
-  the header region plus ``fsync``. Time and memory do not depend on the file size.
+* :func:`write_spans_in_place` - the new header has exactly the old header's size: a ``pwrite``
+  of each changed run of bytes plus one ``fsync``. Time and memory do not depend on the file size.
 * :func:`rewrite` - the header changes size: a temp file in the same directory gets the new
   header, then the tensor bytes are copied by the kernel (a reflink / ``copy_file_range`` /
   ``sendfile``, never through Python memory), ``fsync``, and an atomic ``rename`` over the
   target. A failure at any point leaves the original file untouched and removes the temp file.
 
-Both take an exclusive ``flock`` on the target so two ropepatch processes never interleave.
+Callers hold :func:`locked` on the target so two ropepatch processes never interleave.
 """
 
 from __future__ import annotations
@@ -78,6 +78,11 @@ def check_space(directory: str, needed: int, what: str) -> None:
 
 def write_in_place(path: str, offset: int, data: bytes, expect_size: int) -> None:
     """Overwrite ``len(data)`` bytes at ``offset`` of ``path`` (one pwrite, then fsync)."""
+    write_spans_in_place(path, [(offset, data)], expect_size)
+
+
+def write_spans_in_place(path: str, spans, expect_size: int) -> None:
+    """Overwrite ``spans`` = [(offset, bytes)] of ``path`` (a pwrite each, then one fsync)."""
     if not os.access(path, os.W_OK):
         raise WriteError(
             f"{path}: file is read-only; make it writable (chmod u+w) or write a copy with -o OUT"
@@ -89,9 +94,10 @@ def write_in_place(path: str, offset: int, data: bytes, expect_size: int) -> Non
     try:
         if os.fstat(fd).st_size != expect_size:
             raise WriteError(f"{path}: file changed size while being patched; nothing written")
-        n = os.pwrite(fd, data, offset)
-        if n != len(data):  # pragma: no cover - regular files do not short-write
-            raise WriteError(f"{path}: short write ({n} of {len(data)} bytes)")
+        for offset, data in spans:
+            n = os.pwrite(fd, data, offset)
+            if n != len(data):  # pragma: no cover - regular files do not short-write
+                raise WriteError(f"{path}: short write ({n} of {len(data)} bytes)")
         os.fsync(fd)
     except OSError as e:
         raise WriteError(f"{path}: in-place write failed: {_describe(e)}") from None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from . import __version__
 from . import keys as K
 from .errors import RopepatchError, FormatError, NotPatchedError, UnsupportedModelError, UsageError, WriteError
-from .fileio import check_can_replace, locked, rewrite, write_in_place
+from .fileio import check_can_replace, locked, rewrite, write_spans_in_place
 from .gguf_file import (
     KV,
     ArrayValue,
@@ -365,11 +365,9 @@ def _apply_desired(kvs: list[KV], want, arch: str) -> list[KV]:
         if idx is not None:
             out[idx] = new
             continue
-        # insert after the last {arch}.rope.* key, else after {arch}.context_length, else at the end
-        anchor = [i for i, kv in enumerate(out) if kv.key.startswith(f"{arch}.rope.")]
-        if not anchor:
-            anchor = [i for i, kv in enumerate(out) if kv.key == k(K.CONTEXT_LENGTH, arch)]
-        out.insert(anchor[-1] + 1 if anchor else len(out), new)
+        # new keys go after every original key (before ropepatch's own), so a later re-patch
+        # that adds or drops one rewrites only the header's tail, never the tokenizer arrays
+        out.append(new)
     return out
 
 
@@ -404,22 +402,26 @@ def _layout(h: GGUFHeader, kvs: list[KV], rewrite_layout: bool) -> tuple[bytes, 
     return body, new_off
 
 
-def _diff_span(old: bytes, new: bytes) -> tuple[int, int]:
-    """[start, end) of the bytes that differ between two equal-length buffers (0,0 if none)."""
-    if old == new:
-        return 0, 0
-    start = 0
-    step = 4096
-    while old[start : start + step] == new[start : start + step]:
-        start += step
-    while old[start] == new[start]:
-        start += 1
-    end = len(old)
-    while old[max(end - step, start) : end] == new[max(end - step, start) : end]:
-        end = max(end - step, start)
-    while old[end - 1] == new[end - 1]:
-        end -= 1
-    return start, end
+def _diff_spans(old: bytes, new: bytes, block: int = 4096) -> list[tuple[int, bytes]]:
+    """The runs where two equal-length buffers differ, as (offset, new bytes); runs closer than
+    a block apart are merged. Compared block by block so a multi-MB header costs microseconds."""
+    assert len(old) == len(new)
+    spans: list[list[int]] = []
+    for b0 in range(0, len(old), block):
+        b1 = min(b0 + block, len(old))
+        if old[b0:b1] == new[b0:b1]:
+            continue
+        s = b0
+        while old[s] == new[s]:
+            s += 1
+        e = b1
+        while old[e - 1] == new[e - 1]:
+            e -= 1
+        if spans and s - spans[-1][1] <= block:
+            spans[-1][1] = e
+        else:
+            spans.append([s, e])
+    return [(s, new[s:e]) for s, e in spans]
 
 
 def _read_prefix(path: str, n: int) -> bytes:
@@ -511,10 +513,10 @@ def patch_gguf(
     with locked(path):
         _recheck(path, h)
         if in_place and out is None:
-            old = _read_prefix(path, h.data_offset)
-            s, e = _diff_span(old, header)
-            write_in_place(path, s, header[s:e], h.file_size)
-            return PatchResult(path, target, plan, "in-place", changes, tuple(warnings), e - s)
+            spans = _diff_spans(_read_prefix(path, h.data_offset), header)
+            write_spans_in_place(path, spans, h.file_size)
+            return PatchResult(path, target, plan, "in-place", changes, tuple(warnings),
+                               sum(len(b) for _, b in spans))
         rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
     return PatchResult(path, target, plan, "rewrite", changes, tuple(warnings), len(header) + h.data_length)
 
@@ -542,10 +544,10 @@ def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progr
         return PatchResult(h.path, target, plan, "rewrite", changes, tuple(warnings), h.file_size)
     with locked(h.path):
         _recheck(h.path, h)
-        old_bytes = _read_prefix(h.path, h.data_offset)
-        s, e = _diff_span(old_bytes, body)
-        write_in_place(h.path, s, body[s:e], h.file_size)
-    return PatchResult(h.path, target, plan, "in-place", changes, tuple(warnings), e - s)
+        spans = _diff_spans(_read_prefix(h.path, h.data_offset), body)
+        write_spans_in_place(h.path, spans, h.file_size)
+    return PatchResult(h.path, target, plan, "in-place", changes, tuple(warnings),
+                       sum(len(b) for _, b in spans))
 
 
 def _recheck(path: str, h: GGUFHeader) -> None:
@@ -597,9 +599,7 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
     with locked(path):
         _recheck(path, h)
         if data_off == h.data_offset and out is None:
-            old = _read_prefix(path, h.data_offset)
-            s, e = _diff_span(old, header)
-            write_in_place(path, s, header[s:e], h.file_size)
+            write_spans_in_place(path, _diff_spans(_read_prefix(path, h.data_offset), header), h.file_size)
             return RevertResult(path, target, "in-place", sha, changes)
         rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
     return RevertResult(path, target, "rewrite", sha, changes)

@@ -415,6 +415,7 @@ def probe(
     n_threads: int | None = None,
     logits: bool = True,
     kv_cache_type: str | None = None,
+    flash_attn: bool | None = None,
     quiet: bool = True,
 ) -> ProbeResult:
     """Decode ``tokens`` at ``positions`` (a start position, or the consecutive positions
@@ -425,7 +426,8 @@ def probe(
     also be a name ("none", "linear", "yarn", "longrope"). ``n_gpu_layers`` (-1: all) and
     ``kv_overrides`` go to the model params. All tokens go in one batch and one ubatch, so
     each ROPE node is captured once per layer. ``kv_cache_type`` ("f32" / "f16"; None keeps
-    the runtime default, f16) sets the K and V cache types. ``quiet`` silences llama.cpp's
+    the runtime default, f16) sets the K and V cache types; ``flash_attn`` forces flash
+    attention on or off (None: the runtime's auto). ``quiet`` silences llama.cpp's
     info log for the call (llama-cpp-python's "llama-cpp-python" logger, restored after).
     """
     toks = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
@@ -489,6 +491,8 @@ def probe(
             cparams.yarn_orig_ctx = int(yarn_orig_ctx)
             if kv_types[kv_cache_type] is not None:
                 cparams.type_k = cparams.type_v = kv_types[kv_cache_type]
+            if flash_attn is not None:
+                cparams.flash_attn_type = 1 if flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_*
             cparams.cb_eval = cb
             cparams.cb_eval_user_data = None
             ctx = llama_cpp.llama_init_from_model(model, cparams)

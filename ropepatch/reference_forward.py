@@ -45,6 +45,7 @@ class ReferenceModel:
     rms_eps: float
     rope: RopeParams
     weights: Mapping[str, np.ndarray] = field(repr=False)
+    weight_types: Mapping[str, str] = field(default_factory=dict, repr=False)  # name -> "F32", "Q8_0", ...
     freq_factors: np.ndarray | None = field(default=None, repr=False)  # rope_freqs.weight, if any
 
     @property
@@ -85,6 +86,7 @@ def load_model(path: str | os.PathLike) -> ReferenceModel:
     """Read a llama / qwen2 GGUF: hyperparameters, RoPE settings and all weights as float64."""
     try:
         import gguf  # noqa: PLC0415
+        from gguf import GGMLQuantizationType  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - gguf is a dependency
         raise UnsupportedModelError(f"gguf-py is required for the reference forward: {exc}") from None
     p = Path(path)
@@ -115,6 +117,7 @@ def load_model(path: str | os.PathLike) -> ReferenceModel:
     if factor is None:
         factor = _field(reader, f"{arch}.rope.scale_linear", 0.0)
     weights = {t.name: _tensor_f64(t) for t in reader.tensors}
+    weight_types = {t.name: GGMLQuantizationType(int(t.tensor_type)).name for t in reader.tensors}
     rope = RopeParams(
         arch=arch,
         n_ctx_train=int(need("{arch}.context_length")),
@@ -140,6 +143,7 @@ def load_model(path: str | os.PathLike) -> ReferenceModel:
         rms_eps=float(need("{arch}.attention.layer_norm_rms_epsilon")),
         rope=rope,
         weights=weights,
+        weight_types=weight_types,
         freq_factors=None if ff is None else ff.reshape(-1),
     )
 
@@ -158,6 +162,27 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     """x @ W^T (+ b): ggml_mul_mat(W, x) with W stored (n_out, n_in)."""
     y = x @ w.T
     return y if b is None else y + b
+
+
+QK8_0 = 32
+
+
+def quantize_q8_0_activations(x: np.ndarray) -> np.ndarray:
+    """x as ggml's CPU backend feeds it to a matmul with Q8_0 weights: each row quantized
+    to Q8_0 (blocks of 32: d = amax/127 stored as fp16, q = round(x * 127/amax)) and
+    dequantized back, so ``quantize_q8_0_activations(x) @ W.T`` is the runtime's product up
+    to float32 summation order (quantize_row_q8_0, x86 AVX path: round half to even)."""
+    shape = x.shape
+    if shape[-1] % QK8_0:
+        raise UsageError(f"Q8_0 activations need a multiple of {QK8_0} columns, got {shape[-1]}")
+    v = np.asarray(x, dtype=np.float32).reshape(-1, shape[-1] // QK8_0, QK8_0)
+    amax = np.max(np.abs(v), axis=-1, keepdims=True)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax != 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(v * inv)  # _mm256_round_ps(_MM_ROUND_NEAREST): half to even
+    d16 = d.astype(np.float16).astype(np.float64)  # y.d = fp16(d)
+    return (q.astype(np.float64) * d16).reshape(shape)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -199,6 +224,7 @@ def forward(
     *,
     rope_op: Mapping | None = None,
     rope_dtype=np.float64,
+    ggml_q8_0_activations: bool = False,
     **overrides,
 ) -> np.ndarray:
     """Logits (n_tokens, n_vocab), float64, for ``tokens`` at ``positions`` (a start position
@@ -207,7 +233,11 @@ def forward(
     The rotary uses ``rope_op`` if given (ggml op parameters, e.g. a probe's captured
     ``op.as_dict()``), else ``ggml_rope_args(model.rope, **overrides)`` where ``overrides``
     are llama_context_params RoPE fields (rope_freq_base, rope_freq_scale, rope_scaling_type,
-    yarn_orig_ctx, ...)."""
+    yarn_orig_ctx, ...).
+
+    ``ggml_q8_0_activations``: mimic ggml's CPU matmul with Q8_0 weights, which quantizes the
+    activations to Q8_0 first (:func:`quantize_q8_0_activations`). Off, the reference is the
+    exact product with the dequantized weights."""
     toks = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
     if toks.size == 0:
         raise UsageError("reference forward: no tokens")
@@ -224,7 +254,15 @@ def forward(
         raise UsageError("reference forward: give rope_op or overrides, not both")
     if op["mode"] != (2 if model.rope.layout == RopeLayout.NEOX else 0) and rope_op is None:
         raise UsageError("reference forward: layout mismatch")  # pragma: no cover - defensive
-    w = model.w
+    def w(name):
+        return model.w(name)
+
+    def lin(x, name, bias=None):
+        """A weight matmul as the runtime does it (Q8_0 activations if asked)."""
+        if ggml_q8_0_activations and model.weight_types.get(name) == "Q8_0":
+            x = quantize_q8_0_activations(x)
+        return linear(x, w(name), None if bias is None else w(bias))
+
     scale = 1.0 / np.sqrt(model.head_dim)
 
     # token embeddings: rows of token_embd
@@ -233,9 +271,9 @@ def forward(
         b = f"blk.{il}."
         # --- attention ---
         h = rms_norm(x, w(b + "attn_norm.weight"), model.rms_eps)
-        q = linear(h, w(b + "attn_q.weight"), w(b + "attn_q.bias"))
-        k = linear(h, w(b + "attn_k.weight"), w(b + "attn_k.bias"))
-        v = linear(h, w(b + "attn_v.weight"), w(b + "attn_v.bias"))
+        q = lin(h, b + "attn_q.weight", b + "attn_q.bias")
+        k = lin(h, b + "attn_k.weight", b + "attn_k.bias")
+        v = lin(h, b + "attn_v.weight", b + "attn_v.bias")
         q = q.reshape(toks.size, model.n_head, model.head_dim)
         k = k.reshape(toks.size, model.n_head_kv, model.head_dim)
         v = v.reshape(toks.size, model.n_head_kv, model.head_dim)
@@ -243,16 +281,15 @@ def forward(
         q = apply_rope_op(q, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
         k = apply_rope_op(k, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
         att = attention(q, k, v, pos, scale)
-        x = x + linear(att, w(b + "attn_output.weight"), w(b + "attn_output.bias"))
+        x = x + lin(att, b + "attn_output.weight", b + "attn_output.bias")
         # --- SwiGLU MLP ---
         h = rms_norm(x, w(b + "ffn_norm.weight"), model.rms_eps)
-        gate = silu(linear(h, w(b + "ffn_gate.weight")))
-        up = linear(h, w(b + "ffn_up.weight"))
-        x = x + linear(gate * up, w(b + "ffn_down.weight"))
+        gate = silu(lin(h, b + "ffn_gate.weight"))
+        up = lin(h, b + "ffn_up.weight")
+        x = x + lin(gate * up, b + "ffn_down.weight")
     # output norm and head (tied to the embeddings when output.weight is absent)
     x = rms_norm(x, w("output_norm.weight"), model.rms_eps)
-    head = w("output.weight") if w("output.weight") is not None else w("token_embd.weight")
-    return linear(x, head)
+    return lin(x, "output.weight" if w("output.weight") is not None else "token_embd.weight")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,13 +306,15 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class LogitsComparison:
     max_abs: float  # max |ref - runtime| over all logits
+    p95_abs: float  # 95th percentile over tokens of each token's max |ref - runtime|
     top1_agreement: float  # fraction of tokens whose argmax agrees
     kl_max: float  # max over tokens of KL(p_ref || p_runtime), nats
     kl_mean: float
 
 
 def compare_logits(ref: np.ndarray, runtime: np.ndarray) -> LogitsComparison:
-    """Max abs error, top-1 agreement and KL(ref || runtime) of two (n_tokens, n_vocab) arrays."""
+    """Max abs error (overall and the 95th percentile of per-token maxima), top-1 agreement
+    and KL(ref || runtime) of two (n_tokens, n_vocab) logit arrays."""
     ref = np.asarray(ref, dtype=np.float64)
     rt = np.asarray(runtime, dtype=np.float64)
     if ref.shape != rt.shape:
@@ -284,6 +323,7 @@ def compare_logits(ref: np.ndarray, runtime: np.ndarray) -> LogitsComparison:
     kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
     return LogitsComparison(
         max_abs=float(np.max(np.abs(ref - rt))),
+        p95_abs=float(np.percentile(np.max(np.abs(ref - rt), axis=-1), 95)),
         top1_agreement=float(np.mean(np.argmax(ref, -1) == np.argmax(rt, -1))),
         kl_max=float(np.max(kl)),
         kl_mean=float(np.mean(kl)),

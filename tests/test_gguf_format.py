@@ -60,6 +60,8 @@ def test_block_sizes_match_gguf_package():
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     for tid, sizes in GGML_BLOCK_SIZES.items():
+        if tid == 9:  # Q8_1: ggml's block_q8_1 is 2 halves + 32 int8 = 36; gguf-py says 40
+            continue
         assert GGML_QUANT_SIZES[GGMLQuantizationType(tid)] == sizes, tid
 
 
@@ -87,10 +89,11 @@ def test_first_patch_layout_keeps_block_alignment_and_slack(tmp_path):
     assert (new.data_offset - old.data_offset) % 4096 == 0
     assert new.get("ropepatch.reserved").count >= gp.MIN_SLACK
     assert new.header_end == new.data_offset  # the filler absorbs all padding
-    # order: original keys keep their places, new rope keys follow the last rope key,
-    # ropepatch keys come last with the filler at the very end
+    # order: original keys keep their places, new rope keys follow them, then ropepatch's keys
+    # with the filler at the very end
     keys = [kv.key for kv in new.kvs]
     old_keys = [kv.key for kv in old.kvs]
     assert [k for k in keys if k in old_keys] == old_keys
     assert keys[-1] == "ropepatch.reserved"
-    assert keys.index("llama.rope.scaling.type") == keys.index("llama.rope.dimension_count") + 1
+    assert keys.index("llama.rope.scaling.type") == len(old_keys)
+    assert keys.index("ropepatch.version") == len(old_keys) + 3

@@ -7,18 +7,30 @@ attention spans distances up to 319 > 128, both from position 0 and from positio
 the file's RoPE and with runtime overrides, and compare the runtime's logits with the
 reference forward (max abs error, top-1 agreement, KL(ref || runtime)).
 
-Tolerances (measured on the tiny fixtures, then given headroom; see the report in
-``_measure`` output with ``pytest -s``):
+The runtime is run with an F32 KV cache and flash attention off (``kv_cache_type="f32",
+flash_attn=False``): the CPU flash-attention kernel converts Q to F16 and the default cache is
+F16, which alone gives ~1e-2 logit errors (checked separately, looser, in
+``test_default_runtime_config_is_close``). For Q8_0 weights the reference mimics ggml's
+activation quantization (``ggml_q8_0_activations=True``: the CPU backend quantizes the
+activations of every Q8_0 matmul to Q8_0).
 
-* F32 weights, F32 KV cache: the runtime computes in float32 throughout, the reference in
-  float64: max |logit diff| <= 2e-3, KL <= 1e-6 nats, top-1 all equal.
-* Q8_0 weights: ggml multiplies Q8_0 weights by activations that it first quantizes to Q8_0
-  (the CPU vec_dot type), the reference uses the dequantized weights with exact activations;
-  that 8-bit activation rounding gives max |logit diff| ~1e-1: tolerance 0.5, KL <= 1e-3,
-  top-1 >= 90 %.
+The reference's rotary runs in its float32 mode (``rope_dtype=np.float32``, ggml's own
+float32 angle recipe); the exact float64 rotary differs from the runtime's float32 angles
+by up to ~1e-4 rad at positions ~1300, which shows up as ~4e-4 in the logits.
 
-Negative control: the reference with a wrong RoPE (base / layout / scale) must be clearly
-worse than the tolerance, so these comparisons do detect a wrong rotary.
+Tolerances (measured on the tiny fixtures with 320 tokens, then given headroom):
+
+* F32: runtime float32 vs reference float64. Measured max |logit diff| <= 1.6e-5 (logits
+  of magnitude ~10, i.e. ~1e-6 relative), KL max <= 1.1e-11. Tolerance: max_abs 2e-4,
+  KL max 1e-9, KL mean 1e-10, top-1 100 %.
+* Q8_0 (emulated activations): most tokens agree to ~1e-6, but about one activation per
+  run sits on a Q8_0 rounding boundary (float32 vs float64 arithmetic) and flips one 8-bit
+  step; through attention that perturbs every later token by up to ~0.2. Measured
+  max_abs <= 0.21, KL max <= 3.4e-3, KL mean <= 2.2e-4, top-1 >= 99.4 %. Tolerance:
+  max_abs 0.5, KL max 1e-2, KL mean 1e-3, top-1 >= 98 %. (Without the activation
+  emulation: KL mean ~1.1e-3, max_abs ~0.45.)
+* A wrong rotary (layout, base x2, scale 0.5) gives max_abs > 10, KL mean ~1..3 nats,
+  top-1 < 50 %.
 """
 
 from __future__ import annotations
@@ -41,10 +53,11 @@ N_TOKENS = 320  # distances up to 319 > n_ctx_train = 128
 TOKENS = np.random.default_rng(7).integers(3, 260, size=N_TOKENS).tolist()
 TOKENS[0] = 1  # <s>
 
-TOL = {  # name -> (max_abs, kl_max, top1_min)
-    "f32": (2e-3, 1e-6, 1.0),
-    "q8_0": (0.5, 1e-3, 0.9),
+TOL = {  # name -> (max_abs, kl_max, kl_mean, top1_min)
+    "f32": (2e-4, 1e-9, 1e-10, 1.0),
+    "q8_0": (0.5, 1e-2, 1e-3, 0.98),
 }
+RUNTIME = dict(n_ctx=2048, layers=(), kv_cache_type="f32", flash_attn=False)
 
 _MODELS: dict[str, object] = {}
 
@@ -62,10 +75,15 @@ def _tol(name):
     return TOL["q8_0" if "q8_0" in name else "f32"]
 
 
+def _ref(m, tokens, start, **kw):
+    return forward(m, tokens, start, ggml_q8_0_activations=True, rope_dtype=np.float32, **kw)
+
+
 def _check(cmp, name):
-    max_abs, kl_max, top1 = _tol(name)
+    max_abs, kl_max, kl_mean, top1 = _tol(name)
     assert cmp.max_abs <= max_abs, cmp
     assert cmp.kl_max <= kl_max, cmp
+    assert cmp.kl_mean <= kl_mean, cmp
     assert cmp.top1_agreement >= top1, cmp
 
 
@@ -83,10 +101,10 @@ CASES = {
 def test_reference_forward_matches_runtime(name, case):
     m = model(name)
     start, kw = CASES[case]
-    res = probe(m.path, TOKENS, start, n_ctx=2048, layers=(), kv_cache_type="f32", **kw)
-    ref = forward(m, TOKENS, start, **kw)
+    res = probe(m.path, TOKENS, start, **RUNTIME, **kw)
+    ref = _ref(m, TOKENS, start, **kw)
     cmp = compare_logits(ref, res.logits)
-    print(f"\n{name} {case}: max_abs={cmp.max_abs:.3g} top1={cmp.top1_agreement:.3f} "
+    print(f"\n{name} {case}: max_abs={cmp.max_abs:.3g} p95={cmp.p95_abs:.3g} top1={cmp.top1_agreement:.3f} "
           f"kl_max={cmp.kl_max:.3g} kl_mean={cmp.kl_mean:.3g}")
     _check(cmp, name)
 
@@ -94,27 +112,29 @@ def test_reference_forward_matches_runtime(name, case):
 @pytest.mark.parametrize("name", ["tiny-llama-f32.gguf", "tiny-qwen2-f32.gguf", "tiny-qwen2-q8_0.gguf"])
 def test_wrong_rope_is_detected(name):
     m = model(name)
-    res = probe(m.path, TOKENS, 0, n_ctx=2048, layers=(), kv_cache_type="f32")
+    res = probe(m.path, TOKENS, 0, **RUNTIME)
     right = ggml_rope_args(m.rope)
     wrong_layout = dict(right, mode=0 if right["mode"] == 2 else 2)
     wrong_base = dict(right, freq_base=right["freq_base"] * 2)
     wrong_scale = dict(right, freq_scale=0.5)
-    max_abs, kl_max, _ = _tol(name)
-    good = compare_logits(forward(m, TOKENS, 0, rope_op=right), res.logits)
-    assert good.max_abs <= max_abs
+    _, _, kl_mean, _ = _tol(name)
+    good = compare_logits(_ref(m, TOKENS, 0, rope_op=right), res.logits)
+    _check(good, name)
     for op in (wrong_layout, wrong_base, wrong_scale):
-        bad = compare_logits(forward(m, TOKENS, 0, rope_op=op), res.logits)
+        bad = compare_logits(_ref(m, TOKENS, 0, rope_op=op), res.logits)
         print(f"\n{name} wrong rope {op}: {bad}")
-        assert bad.max_abs > 3 * max_abs and bad.kl_max > 10 * kl_max and bad.max_abs > 10 * good.max_abs
+        assert bad.max_abs > 1.0 and bad.kl_mean > 100 * kl_mean and bad.top1_agreement < 0.9
 
 
-def test_default_f16_kv_cache_is_close_but_looser():
-    """The runtime's default KV cache is F16: errors grow (K and V rounded to 11 bits)."""
-    m = model("tiny-llama-f32.gguf")
+@pytest.mark.parametrize("name", ["tiny-llama-f32.gguf", "tiny-qwen2-q8_0.gguf"])
+def test_default_runtime_config_is_close(name):
+    """Default runtime settings (F16 KV cache, flash attention auto = on for CPU): Q/K/V
+    are rounded to F16 inside attention; measured max |diff| ~1e-2 (F32), KL ~1e-5."""
+    m = model(name)
     res = probe(m.path, TOKENS, 1000, n_ctx=2048, layers=())
-    cmp = compare_logits(forward(m, TOKENS, 1000), res.logits)
-    print(f"\nf16 kv cache: {cmp}")
-    assert cmp.max_abs < 0.1 and cmp.kl_max < 1e-3 and cmp.top1_agreement >= 0.95
+    cmp = compare_logits(_ref(m, TOKENS, 1000), res.logits)
+    print(f"\ndefault runtime config {name}: {cmp}")
+    assert cmp.max_abs < 0.6 and cmp.kl_max < 2e-2 and cmp.top1_agreement >= 0.95
 
 
 def test_forward_shapes_and_layout():
