@@ -19,7 +19,7 @@ import errno
 import fcntl
 import os
 import stat
-import tempfile
+
 from typing import Iterator
 
 from .errors import WriteError
@@ -151,6 +151,8 @@ def rewrite(
         raise WriteError(f"{src}: cannot open: {_describe(e)}") from None
     tmp = None
     try:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=".ropepatch-", suffix=".tmp", dir=dst_dir)
         try:
             written = os.pwrite(fd, header, 0)

@@ -39,6 +39,7 @@ _SCALAR = {
     ValueType.FLOAT64: "<d",
 }
 _SCALAR_SIZE = {t: struct.calcsize(f) for t, f in _SCALAR.items()}
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class GGUFHeader:
     data_offset: int
     file_size: int
     padding: bytes  # bytes between header_end and data_offset (normally zeros)
+    raw: bytes  # the whole header region, bytes [0, data_offset)
 
     def get(self, key: str, default=None):
         for kv in self.kvs:
@@ -173,8 +175,17 @@ def _read_value(c: _Cursor, t: ValueType, key: str):
     if et == ValueType.STRING:
         # each string is at least its 8-byte length: reject counts the file cannot hold
         c.need(count * 8, f"array of {count} strings in {key!r}")
+        # hot loop (vocabularies have 10^5 strings): hop over length-prefixed strings
+        unpack, buf, pos, end = _U64.unpack_from, c.buf, c.pos, c.size - 8
         for _ in range(count):
-            c.skip_string(f"element of {key!r}")
+            if pos > end:
+                break
+            pos += 8 + unpack(buf, pos)[0]
+        else:
+            if pos <= c.size:
+                c.pos = pos
+                return ArrayValue(et, count)
+        c.need(pos - c.pos + 8, f"array of {count} strings in {key!r}")
     else:
         c.need(count * _SCALAR_SIZE[et], f"array of {count} elements in {key!r}")
         c.pos += count * _SCALAR_SIZE[et]
@@ -286,6 +297,7 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
         data_offset=data_offset,
         file_size=file_size,
         padding=bytes(buf[header_end:data_offset]),
+        raw=bytes(buf[:data_offset]),
     )
 
 

@@ -504,7 +504,7 @@ def patch_gguf(
     changes = _changes(list(h.kvs), new_kvs + rp)
     header, new_off = _layout(h, new_kvs + rp, rewrite_layout=prov is None)
     in_place = new_off == h.data_offset
-    if in_place and header == _read_prefix(path, h.data_offset):
+    if in_place and header == h.raw:
         if out is None:
             return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
         in_place = False
@@ -513,7 +513,7 @@ def patch_gguf(
     with locked(path):
         _recheck(path, h)
         if in_place and out is None:
-            spans = _diff_spans(_read_prefix(path, h.data_offset), header)
+            spans = _diff_spans(h.raw, header)
             write_spans_in_place(path, spans, h.file_size)
             return PatchResult(path, target, plan, "in-place", changes, tuple(warnings),
                                sum(len(b) for _, b in spans))
@@ -544,7 +544,7 @@ def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progr
         return PatchResult(h.path, target, plan, "rewrite", changes, tuple(warnings), h.file_size)
     with locked(h.path):
         _recheck(h.path, h)
-        spans = _diff_spans(_read_prefix(h.path, h.data_offset), body)
+        spans = _diff_spans(h.raw, body)
         write_spans_in_place(h.path, spans, h.file_size)
     return PatchResult(h.path, target, plan, "in-place", changes, tuple(warnings),
                        sum(len(b) for _, b in spans))
@@ -552,7 +552,7 @@ def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progr
 
 def _recheck(path: str, h: GGUFHeader) -> None:
     """Under the lock: make sure nobody changed the header since we read it."""
-    if os.path.getsize(path) != h.file_size or read_header(path).kvs != h.kvs:
+    if os.path.getsize(path) != h.file_size or _read_prefix(path, h.data_offset) != h.raw:
         raise WriteError(f"{path}: the file changed while ropepatch was preparing the patch; run again")
 
 
@@ -599,7 +599,7 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
     with locked(path):
         _recheck(path, h)
         if data_off == h.data_offset and out is None:
-            write_spans_in_place(path, _diff_spans(_read_prefix(path, h.data_offset), header), h.file_size)
+            write_spans_in_place(path, _diff_spans(h.raw, header), h.file_size)
             return RevertResult(path, target, "in-place", sha, changes)
         rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
     return RevertResult(path, target, "rewrite", sha, changes)

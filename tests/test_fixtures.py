@@ -215,10 +215,18 @@ def new_llama(name: str, **kw):
 
 
 def load(name: str):
-    """One cached default Llama per fixture."""
+    """One cached default Llama per fixture (closed at the end of the module)."""
     if name not in _MODELS:
         _MODELS[name] = new_llama(name)
     return _MODELS[name]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_cached_models():
+    yield
+    # close explicitly: Llama.__del__ at interpreter exit fails noisily once llama_cpp is torn down
+    while _MODELS:
+        _MODELS.popitem()[1].close()
 
 
 def logits_of(llm, tokens: list[int]) -> np.ndarray:
@@ -276,7 +284,11 @@ def test_rope_base_visibly_changes_logits(name: str) -> None:
     """Position 0 is not rotated; later positions must react to a different freq_base."""
     toks = load(name).tokenize(PROMPT.encode())
     ref = logits_of(load(name), toks)
-    changed = logits_of(new_llama(name, rope_freq_base=100.0), toks)
+    other = new_llama(name, rope_freq_base=100.0)
+    try:
+        changed = logits_of(other, toks)
+    finally:
+        other.close()
     np.testing.assert_allclose(changed[0], ref[0], atol=1e-4)
     assert np.abs(changed[1:] - ref[1:]).max(axis=1).mean() > 0.5
 
