@@ -102,9 +102,12 @@ def yarn_corr_dims(
 def yarn_ramp(n_pairs: int, low: float, high: float, dtype=np.float64) -> np.ndarray:
     """ggml's ``rope_yarn_ramp`` per pair i: 1 for i <= low (extrapolate), 0 for i >= high
     (interpolate), linear in between; the denominator is floored at 0.001."""
-    i = np.arange(n_pairs, dtype=dtype)
-    y = (i - dtype(low)) / dtype(max(0.001, high - low))
-    return (1 - np.minimum(1, np.maximum(0, y))).astype(dtype)
+    dt = _check_dtype(dtype).type
+    # y = (i0/2 - low) / MAX(0.001f, high - low), i0/2 being the pair index
+    i = np.arange(n_pairs, dtype=dt)
+    y = (i - dt(low)) / dt(max(0.001, high - low))
+    # ramp = 1 - clamp(y, 0, 1)
+    return (1 - np.minimum(1, np.maximum(0, y))).astype(dt)
 
 
 def yarn_mscale(freq_scale: float, ext_factor: float, attn_factor: float = 1.0, dtype=np.float64) -> float:
@@ -357,8 +360,9 @@ def ggml_rope_args(
         attn *= file attn_factor ({arch}.rope.scaling.attn_factor, default 1)
       The kernel (rope_yarn) multiplies cos/sin by attn * (1 + 0.1 logf(1/freq_scale)) when
       ext_factor != 0, so for factor > 1 the net magnitude is still 1 + 0.1 ln s (times the
-      file's attn_factor), while the op's attn_factor itself is ~1 (float32 round-off of
-      x * (1/x) may leave it 1 ulp off 1.0). For factor < 1 the net magnitude is 1.
+      file's attn_factor), while the op's attn_factor itself is 1 (x * (1/x) in float32;
+      exactly 1.0f for the factors 2, 3, 4, 8, 16, 32 checked, computed here the same way
+      anyway). For factor < 1 the op carries 1/(1 + 0.1 ln f) > 1 and the net magnitude is 1.
       The file's attn_factor multiplies cos/sin for EVERY scaling type, not only yarn.
       (Architectures with ``rope.scaling.yarn_log_multiplier`` -- deepseek2, mistral3 -- use
       get_mscale(f, m)/get_mscale(f, m_all) instead; RopeParams does not carry that key.)

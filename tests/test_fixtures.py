@@ -237,8 +237,7 @@ def logits_of(llm, tokens: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize("name", GGUF_NAMES)
 def test_llama_cpp_loads_and_decodes(name: str) -> None:
-    import llama_cpp
-
+    llama_cpp = pytest.importorskip("llama_cpp")
     arch = ARCH_OF[name]
     llm = load(name)
     assert llama_cpp.llama_model_n_ctx_train(llm.model) == 128
