@@ -7,7 +7,9 @@ Two ways to change a model file's header:
 * :func:`rewrite` - the header changes size: a temp file in the same directory gets the new
   header, then the tensor bytes are copied by the kernel (a reflink / ``copy_file_range`` /
   ``sendfile``, never through Python memory), ``fsync``, and an atomic ``rename`` over the
-  target. A failure at any point leaves the original file untouched and removes the temp file.
+  target. A failure at any point leaves the original file untouched and removes the temp file;
+  a temp file orphaned by a kill -9 is removed by the next rewrite into that directory
+  (:func:`remove_stale_temps`).
 
 Callers hold :func:`locked` on the target so two ropepatch processes never interleave.
 """
@@ -18,6 +20,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import stat
 
 from typing import Iterator
@@ -25,6 +28,23 @@ from typing import Iterator
 from .errors import WriteError
 
 _CHUNK = 1 << 28  # bytes per copy_file_range call
+
+# Test-only crash hook (tools/crash_harness.py, tests/test_crash_safety.py). With
+# ROPEPATCH_CRASH_AFTER=N in the environment, the process sends itself SIGKILL right after its
+# Nth file-changing step below (temp file created, pwrite, copy chunk, truncate, chmod, fsync,
+# rename), so a harness can stop a real run at every syscall boundary of a rewrite or an in-place
+# write; ROPEPATCH_CRASH_SIGNAL=STOP freezes it there instead (SIGCONT resumes it), for tests
+# that change the world mid-write (fill the disk, make the file immutable, start a second run).
+# Unset (always, outside tests), each step costs one integer compare.
+_CRASH_AFTER = int(os.environ.get("ROPEPATCH_CRASH_AFTER", "0") or "0")
+_steps = 0
+
+
+def _crash_point() -> None:
+    global _steps
+    _steps += 1
+    if _steps == _CRASH_AFTER:
+        os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("ROPEPATCH_CRASH_SIGNAL", "KILL")))
 
 
 def _describe(e: OSError) -> str:
@@ -98,7 +118,9 @@ def write_spans_in_place(path: str, spans, expect_size: int) -> None:
             n = os.pwrite(fd, data, offset)
             if n != len(data):  # pragma: no cover - regular files do not short-write
                 raise WriteError(f"{path}: short write ({n} of {len(data)} bytes)")
+            _crash_point()
         os.fsync(fd)
+        _crash_point()
     except OSError as e:
         raise WriteError(f"{path}: in-place write failed: {_describe(e)}") from None
     finally:
@@ -125,6 +147,7 @@ def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: i
         if got == 0:
             raise OSError(errno.EIO, "source file ended early")
         done += got
+        _crash_point()
         if progress is not None:
             progress(done, length)
 
@@ -144,6 +167,7 @@ def rewrite(
     ``progress(done, total)`` is called after each copied chunk."""
     dst_dir = os.path.dirname(os.path.abspath(dst))
     check_can_replace(dst)
+    remove_stale_temps(dst_dir)
     check_space(dst_dir, len(header) + data_length + len(trailing), dst)
     try:
         src_fd = os.open(src, os.O_RDONLY)
@@ -153,24 +177,34 @@ def rewrite(
     try:
         import tempfile
 
-        fd, tmp = tempfile.mkstemp(prefix=".ropepatch-", suffix=".tmp", dir=dst_dir)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=dst_dir)
         try:
+            # held until the rename: tells remove_stale_temps this temp file is alive
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _crash_point()
             written = os.pwrite(fd, header, 0)
             if written != len(header):  # pragma: no cover
                 raise OSError(errno.EIO, "short header write")
+            _crash_point()
             _kernel_copy(src_fd, fd, data_offset, len(header), data_length, progress)
             if trailing:
                 os.pwrite(fd, trailing, len(header) + data_length)
+                _crash_point()
             os.ftruncate(fd, len(header) + data_length + len(trailing))
+            _crash_point()
             # keep the original's permission bits
             if os.path.exists(dst):
                 os.fchmod(fd, stat.S_IMODE(os.stat(dst).st_mode))
+                _crash_point()
             os.fsync(fd)
+            _crash_point()
+            os.replace(tmp, dst)
+            tmp = None
+            _crash_point()
         finally:
             os.close(fd)
-        os.replace(tmp, dst)
-        tmp = None
         _fsync_dir(dst_dir)
+        _crash_point()
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise WriteError(f"{dst}: disk full during rewrite; original left intact") from None
@@ -180,6 +214,39 @@ def rewrite(
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+
+
+_TMP_PREFIX, _TMP_SUFFIX = ".ropepatch-", ".tmp"
+
+
+def remove_stale_temps(directory: str) -> int:
+    """Delete the ``.ropepatch-*.tmp`` files a killed ropepatch left in ``directory``; return how
+    many. A live rewrite holds an flock on its temp file until the rename, and the kernel drops
+    it when the process dies, so a temp file whose lock can be taken has no owner left."""
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if not (name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX)):
+            continue
+        p = os.path.join(directory, name)
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(p)
+            removed += 1
+        except OSError:
+            pass  # alive (locked), or not ours to remove
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _fsync_dir(d: str) -> None:

@@ -335,10 +335,11 @@ class PatchResult:
     bytes_written: int = 0
 
 
-def _desired(plan: Plan, arch: str) -> dict[str, tuple[ValueType, object] | None]:
-    """Key -> (type, value) for every touched key whose value the plan sets; None = remove."""
+def _desired(plan: Plan, arch: str) -> dict[str, tuple[ValueType, object]]:
+    """Key -> (type, value) for every touched key whose value the plan sets; the other touched
+    keys keep their original state (value or absence)."""
     o, t = plan.original, plan.target
-    want: dict[str, tuple[ValueType, object] | None] = {
+    want: dict[str, tuple[ValueType, object]] = {
         k(K.CONTEXT_LENGTH, arch): (ValueType.UINT32, t.n_ctx_train)
     }
     if t.freq_base != o.freq_base:
@@ -353,14 +354,10 @@ def _desired(plan: Plan, arch: str) -> dict[str, tuple[ValueType, object] | None
     return want
 
 
-def _apply_desired(kvs: list[KV], want, arch: str) -> list[KV]:
+def _apply_desired(kvs: list[KV], want) -> list[KV]:
     out = list(kvs)
     for key, spec in want.items():
         idx = next((i for i, kv in enumerate(out) if kv.key == key), None)
-        if spec is None:
-            if idx is not None:
-                del out[idx]
-            continue
         new = make_kv(key, *spec)
         if idx is not None:
             out[idx] = new
@@ -488,7 +485,7 @@ def patch_gguf(
         )
     want = _desired(plan, arch)
     base_kvs = _original_kvs(h, prov)
-    new_kvs = _apply_desired(base_kvs, want, arch)
+    new_kvs = _apply_desired(base_kvs, want)
 
     if not record:
         changes = _changes(list(h.kvs), new_kvs)

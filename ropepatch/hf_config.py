@@ -353,6 +353,8 @@ def read_rope(doc: ConfigDoc) -> HFRope:
 
     if hk.ROPE_THETA in block:
         theta, theta_at = block[hk.ROPE_THETA], f"{bw}{hk.ROPE_THETA}"
+    elif hk.ROPE_THETA not in c and hk.ROTARY_EMB_BASE in c:
+        theta, theta_at = c[hk.ROTARY_EMB_BASE], f"{where}{hk.ROTARY_EMB_BASE}"
     else:
         theta, theta_at = c.get(hk.ROPE_THETA), f"{where}{hk.ROPE_THETA}"
     if theta is None:
@@ -384,9 +386,9 @@ def read_rope(doc: ConfigDoc) -> HFRope:
     elif not _is_int(head_dim) or head_dim <= 0:
         raise FormatError(f"{path}: {where}head_dim must be a positive integer, found {head_dim!r}")
 
-    prf = block.get(hk.PARTIAL_ROTARY_FACTOR, c.get(hk.PARTIAL_ROTARY_FACTOR))
+    prf = block.get(hk.PARTIAL_ROTARY_FACTOR, c.get(hk.PARTIAL_ROTARY_FACTOR, c.get(hk.ROTARY_PCT)))
     if prf is None:
-        prf = 1.0
+        prf = hk.MODEL_PARTIAL_ROTARY_DEFAULT.get(model_type, 1.0)
     if not _is_num(prf) or not 0 < prf <= 1:
         raise FormatError(
             f"{path}: partial_rotary_factor must be a number in (0, 1], found {json.dumps(prf)[:40]}"
@@ -443,6 +445,14 @@ def check_composable_hf(rope: HFRope, method: str, replace_scaling: bool = False
         raise UnsupportedModelError(
             f"{p}: {where} uses multimodal rotary sections (mrope_section); ropepatch cannot "
             f"rewrite it without breaking the vision positions: edit config.json by hand"
+        )
+    allowed = hk.MODEL_ROPE_TYPES.get(rope.model_type)
+    wants = hk.METHOD_ROPE_TYPE.get(method, hk.RT_DEFAULT)
+    if allowed is not None and wants not in allowed:
+        raise UnsupportedModelError(
+            f"{p}: transformers' {rope.model_type} config accepts rope_type "
+            f"{' or '.join(sorted(allowed))} only, and {method} writes {wants!r}: use --method ntk "
+            f"(it changes rope_theta only)"
         )
     if not rope.is_scaled:
         return
@@ -573,15 +583,17 @@ def apply_plan(doc: ConfigDoc, rope: HFRope, plan: Plan) -> tuple[dict, list[Con
         if hk.ROPE_THETA in blk or hk.ROPE_THETA not in c:
             _set(blk, hk.ROPE_THETA, rb.rope_theta if ntk else blk.get(hk.ROPE_THETA, rb.rope_theta), bsort)
         _set(c, hk.ROPE_PARAMETERS, blk, sort)
-        if hk.ROPE_THETA in c and ntk:
-            c[hk.ROPE_THETA] = rb.rope_theta
     else:
         if rb.scaling is not None:
             _set(c, hk.ROPE_SCALING, _ordered(dict(rb.scaling), sort), sort)
         elif hk.ROPE_SCALING in c:
             c[hk.ROPE_SCALING] = None
-        if ntk:
+        if ntk and hk.ROPE_THETA not in c and hk.ROTARY_EMB_BASE not in c:
             _set(c, hk.ROPE_THETA, rb.rope_theta, sort)
+    if ntk:  # every place the section states the base
+        for k in (hk.ROPE_THETA, hk.ROTARY_EMB_BASE):
+            if k in c:
+                c[k] = rb.rope_theta
     c[hk.MAX_POSITION_EMBEDDINGS] = rb.max_position_embeddings
     if plan.method == "yarn" and hk.RS_ORIG_MAX_POS in c:
         c[hk.RS_ORIG_MAX_POS] = plan.original.n_ctx_train

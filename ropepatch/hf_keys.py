@@ -27,6 +27,9 @@ NUM_ATTENTION_HEADS = "num_attention_heads"
 PARTIAL_ROTARY_FACTOR = "partial_rotary_factor"
 ROPE_SCALING = "rope_scaling"  # transformers v4 block
 ROPE_PARAMETERS = "rope_parameters"  # transformers v5 block (carries rope_theta inside)
+# GPT-NeoX-style legacy spellings (transformers maps them onto rope_theta / partial_rotary_factor)
+ROTARY_EMB_BASE = "rotary_emb_base"
+ROTARY_PCT = "rotary_pct"
 
 # keys inside the rope block
 RS_ROPE_TYPE = "rope_type"
@@ -79,6 +82,33 @@ RT_MROPE = "mrope"  # Qwen2-VL multimodal rotary (v4 spelling; later "default" +
 # Scalings a ropepatch method may replace when the user asks (replace_scaling=True). Others
 # (mrope, proportional, axial, 2d, unknown) are refused outright: dropping them breaks the model.
 REPLACEABLE_ROPE_TYPES = frozenset({RT_LINEAR, RT_DYNAMIC, RT_YARN, RT_LLAMA3, RT_LONGROPE, RT_SU})
+
+# The rope_type each ropepatch method writes into an HF config.
+METHOD_ROPE_TYPE = {"ntk": RT_DEFAULT, "none": RT_DEFAULT, "dynamic": RT_DYNAMIC, "linear": RT_LINEAR,
+                    "yarn": RT_YARN}
+
+# Model types whose transformers config class accepts only some rope types (it raises on the
+# others, or silently turns "yarn" into "longrope"): from transformers 5.23 configuration_*.py.
+MODEL_ROPE_TYPES = {
+    "phi3": frozenset({RT_DEFAULT, RT_LONGROPE}),
+    "phi4_multimodal": frozenset({RT_DEFAULT, RT_LONGROPE}),
+}
+
+# partial_rotary_factor that transformers assumes when config.json omits it (default 1.0).
+MODEL_PARTIAL_ROTARY_DEFAULT = {
+    "phi": 0.5,
+    "persimmon": 0.5,
+    "stablelm": 0.25,
+    "gpt_neox": 0.25,
+    "glm": 0.5,
+    "glm4": 0.5,
+    "glm4_moe": 0.5,
+    "nemotron": 0.5,
+    "recurrent_gemma": 0.5,
+    "qwen3_next": 0.25,
+    "qwen3_5": 0.25,
+    "qwen3_5_moe": 0.25,
+}
 
 # ---- safetensors ----------------------------------------------------------------------------
 ST_METADATA = "__metadata__"

@@ -119,7 +119,9 @@ def hf_inv_freq(config: Any, seq_len: int | None = None) -> tuple[np.ndarray, fl
         import json
 
         config = parse_config(json.dumps(config), "<config>")
-    rope = config if isinstance(config, HFRope) else read_rope(config if isinstance(config, ConfigDoc) else config)
+    if not isinstance(config, (ConfigDoc, HFRope)):
+        raise TypeError(f"expected a config dict, ConfigDoc or HFRope, found {type(config).__name__}")
+    rope = config if isinstance(config, HFRope) else read_rope(config)
     block = rope.block or {}
     b, d = rope.rope_theta, rope.rope_dim
     rt = rope.rope_type

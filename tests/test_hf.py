@@ -173,7 +173,9 @@ def test_patch_and_revert_each_method(tmp_path, name, method):
     assert rec["config"] == text0 and rec["metadata"] == '{"format":"pt"}'
     after = load_file(str(d / "model.safetensors"))
     assert all(np.array_equal(after[k], v) for k, v in tensors_before.items())
+    assert json.loads(json.dumps(r.to_dict()))["patched"]["rope_type"] == hk.METHOD_ROPE_TYPE[method]
     info = inspect_hf(str(d))
+    assert json.loads(json.dumps(info.to_dict()))["record"]["method"] == method
     assert info.patched and info.record["method"] == method and info.record["ctx"] == N
     assert info.original.max_position_embeddings == L and info.original.rope_type == "default"
     assert info.rope.effective_ctx == N
@@ -291,7 +293,7 @@ def test_other_metadata_and_tensor_order_kept(tmp_path):
     assert [t.name for t in h1.tensors] == [t.name for t in h0.tensors]
     assert [(t.begin, t.end) for t in h1.tensors] == [(t.begin, t.end) for t in h0.tensors]
     meta = dict(h1.metadata)
-    assert list(meta)[:2] == ["format", "note"] and meta["note"] == "ünïcode ok"
+    assert list(meta)[:2] == list(h0.metadata) and meta["note"] == "ünïcode ok"
     # the text outside __metadata__ is untouched
     a, b = h1.metadata_span
     a0, b0 = h0.metadata_span
@@ -535,6 +537,24 @@ def test_incompatible_scaling_refused(tmp_path, scaling, pattern):
     assert cfg_of(d)["rope_scaling"] is None
 
 
+def test_model_type_rope_restrictions_and_legacy_keys(tmp_path):
+    d = make_model(tmp_path / "phi3", llama_config(model_type="phi3", architectures=["Phi3ForCausalLM"]))
+    with pytest.raises(UnsupportedModelError, match=r"config\.json: transformers' phi3 config accepts rope_type default or longrope only, and yarn writes 'yarn': use --method ntk \(it changes rope_theta only\)"):
+        patch_hf(str(d), N, "yarn")
+    patch_hf(str(d), N, "ntk")
+    # GPT-NeoX spellings: rotary_emb_base is the base, rotary_pct the rotated fraction
+    cfg = llama_config(model_type="gpt_neox", head_dim=..., rope_theta=..., rotary_emb_base=10000, rotary_pct=0.25)
+    d = make_model(tmp_path / "neox", cfg)
+    rope = read_rope(load_config(str(d / "config.json")))
+    assert (rope.rope_theta, rope.rope_dim, rope.layout.value) == (10000.0, 4, "neox")
+    patch_hf(str(d), N, "ntk")
+    new = cfg_of(d)
+    assert new["rotary_emb_base"] == pytest.approx(10000 * 4.0 ** (4 / 2)) and "rope_theta" not in new
+    # partial_rotary_factor omitted: the model type's transformers default
+    d = make_model(tmp_path / "phi", llama_config(model_type="phi", head_dim=...))
+    assert read_rope(load_config(str(d / "config.json"))).rope_dim == 8
+
+
 def test_factor_one_scaling_is_no_scaling(tmp_path):
     d = make_model(tmp_path / "m", llama_config(rope_scaling={"type": "linear", "factor": 1.0}))
     patch_hf(str(d), N, "yarn")
@@ -764,6 +784,21 @@ def test_reference_formulas_without_torch():
     assert np.array_equal(ref.dynamic_inv_freq(10000.0, 16, 4.0, 128, seq_len=64)[0], base)
 
 
+def default_rope(cfg, model_type):
+    """transformers' default-rope inverse frequencies: ROPE_INIT_FUNCTIONS["default"] (v4) or
+    the model's own RotaryEmbedding.compute_default_rope_parameters (v5)."""
+    import importlib
+
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if "default" in ROPE_INIT_FUNCTIONS:
+        return ROPE_INIT_FUNCTIONS["default"](cfg, None)
+    mod = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+    cls = next(getattr(mod, n) for n in dir(mod) if n.endswith("RotaryEmbedding")
+               and hasattr(getattr(mod, n), "compute_default_rope_parameters"))
+    return cls.compute_default_rope_parameters(cfg)
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "partial"])
 @pytest.mark.parametrize("method", METHODS)
 def test_reference_matches_transformers(tmp_path, name, method):
@@ -772,8 +807,10 @@ def test_reference_matches_transformers(tmp_path, name, method):
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    if name == "partial":
-        d = make_model(tmp_path / "m", llama_config(partial_rotary_factor=0.5, rope_theta=500000.0))
+    if name == "partial":  # phi: partial rotary (d = 8 of head_dim 16), base 500000
+        d = make_model(tmp_path / "m", llama_config(
+            model_type="phi", architectures=["PhiForCausalLM"], partial_rotary_factor=0.5,
+            rope_theta=500000.0, head_dim=..., rms_norm_eps=..., layer_norm_eps=1e-05))
     else:
         d = fixture_model(tmp_path, name)
     patch_hf(str(d), 1000, method)
@@ -783,12 +820,7 @@ def test_reference_matches_transformers(tmp_path, name, method):
     rtype = rope.rope_type
     for seq_len in (None, 700, 3000):
         if rtype == "default":
-            fn = ROPE_INIT_FUNCTIONS.get("default")
-            if fn is None:  # transformers v5: the model class computes the default rope
-                from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-                fn = LlamaRotaryEmbedding.compute_default_rope_parameters
-            inv, att = fn(cfg, None, seq_len=seq_len) if fn is ROPE_INIT_FUNCTIONS.get("default") else fn(cfg)
+            inv, att = default_rope(cfg, rope.model_type)
         else:
             inv, att = ROPE_INIT_FUNCTIONS[rtype](cfg, None, seq_len=seq_len)
         want, want_att = ref.hf_inv_freq(doc, seq_len=seq_len)
@@ -812,7 +844,8 @@ def test_transformers_loads_patched_model(tmp_path):
     with torch.no_grad():
         m1 = AutoModelForCausalLM.from_pretrained(str(d))
         out = m1(ids).logits
-    assert m1.config.rope_parameters["rope_type"] == "yarn"
+    rope = getattr(m1.config, "rope_parameters", None) or m1.config.rope_scaling  # v5 / v4
+    assert rope["rope_type"] == "yarn"
     assert out.shape == base.shape and not torch.allclose(out, base)
     revert_hf(str(d))
     with torch.no_grad():

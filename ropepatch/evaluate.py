@@ -1,0 +1,867 @@
+"""Perplexity by position, method by method, through llama.cpp itself.
+
+:func:`evaluate` tokenizes a text once with the model's own tokenizer and scores the same
+``ctx``-token window(s) with each context-extension method applied at RUN time (context
+parameters from :func:`ropepatch.runtime_flags.llama_cpp_python_kwargs`: no file copies), plus
+the honest baseline ``window``: the UNSCALED model scoring the same tokens through a sliding
+window of its training length L (stride L/2, every scored token sees at least L/2 tokens of
+context, the KV cache cleared per window).
+
+Scoring is streaming: the sequence is decoded in batches of ``n_batch`` tokens through
+llama-cpp-python's low-level API (``llama_batch_init`` / ``llama_decode`` /
+``llama_get_logits``) with logits requested only for positions whose next token is scored, and
+each batch's logits are reduced to per-token negative log-likelihoods at once (log-softmax in
+numpy, float64 accumulation). Memory is O(n_batch x n_vocab), never O(ctx x n_vocab).
+:func:`score_full_logits` is the non-streaming reference (one decode, every logit kept) that
+the tests compare against.
+
+Positions: window ``w`` is ``[BOS] + text_tokens[w*(ctx-1) : (w+1)*(ctx-1)]`` (no BOS when
+the model does not add one); the token at position ``p`` (1 <= p < ctx) is scored from
+positions ``0 .. p-1``. Bucket ``[start, end)`` holds the scored positions in that range,
+summed over windows; ``ppl_in`` covers positions below the training length L, ``ppl_ext``
+the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import FormatError, RopepatchError, UsageError
+from .keys import LLAMA_ROPE_SCALING_TYPE, ScalingType
+from .methods import METHODS, make_plan
+from .params import RopeParams
+from .runtime_flags import llama_cpp_python_kwargs
+
+WINDOW = "window"  # the sliding-window baseline's method name
+DEFAULT_METHODS = ("none", "linear", "ntk", "dynamic", "yarn")
+DEFAULT_N_BATCH = 512
+DEFAULT_N_BUCKETS = 8
+
+
+# ---- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Perplexity over the scored positions ``start <= p < end`` (all windows)."""
+
+    start: int
+    end: int
+    ppl: float
+    n: int  # scored tokens in the bucket (windows x positions)
+
+    def to_json(self) -> dict:
+        return {"start": self.start, "end": self.end, "ppl": _num(self.ppl)}
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """One method's perplexity by position."""
+
+    name: str  # the label in the report ("ntk", "ntk@2.5", "window")
+    method: str  # registry name, or "window"
+    alpha: float | None  # None for none/window
+    params: Mapping[str, object]  # what was applied (JSON-ready)
+    buckets: tuple[Bucket, ...]
+    ppl_in: float
+    ppl_ext: float
+    n_in: int
+    n_ext: int
+    seconds: float  # wall time of this method's scoring
+    decode_seconds: float  # of which inside llama_decode (+ synchronize)
+    tokens_decoded: int
+    # per-position NLL sums and counts over windows (index = position); for re-bucketing/plots
+    nll_sum: np.ndarray = field(repr=False, compare=False, default=None)
+    count: np.ndarray = field(repr=False, compare=False, default=None)
+
+    def to_json(self) -> dict:
+        return {
+            "params": dict(self.params),
+            "buckets": [b.to_json() for b in self.buckets],
+            "ppl_in": _num(self.ppl_in),
+            "ppl_ext": _num(self.ppl_ext),
+        }
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the time went: inside llama.cpp's decode versus everything else."""
+
+    seconds: float
+    decode_seconds: float
+    tokens_decoded: int
+    windows: int
+    text_tokens: int
+    n_batch: int
+    n_threads: int
+
+    @property
+    def decode_share(self) -> float:
+        return self.decode_seconds / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_decoded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "seconds": round(self.seconds, 3),
+            "decode_seconds": round(self.decode_seconds, 3),
+            "other_seconds": round(self.seconds - self.decode_seconds, 3),
+            "decode_share": round(self.decode_share, 4),
+            "tokens_decoded": self.tokens_decoded,
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "windows": self.windows,
+            "text_tokens": self.text_tokens,
+            "n_batch": self.n_batch,
+            "n_threads": self.n_threads,
+        }
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Everything :func:`evaluate` measured."""
+
+    model: str
+    n_ctx_train: int
+    ctx: int
+    tokens: int  # scored tokens per method (windows x (ctx - 1))
+    methods: Mapping[str, MethodResult]
+    timing: Timing
+
+    def to_json(self) -> dict:
+        """The JSON shape of ``ropepatch eval --json`` (a dict ready for ``json.dumps``)."""
+        return {
+            "model": self.model,
+            "n_ctx_train": self.n_ctx_train,
+            "ctx": self.ctx,
+            "tokens": self.tokens,
+            "methods": {name: r.to_json() for name, r in self.methods.items()},
+            "timing": self.timing.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every decoded batch."""
+
+    label: str  # method being scored
+    done: int  # tokens decoded so far (all methods)
+    total: int  # tokens to decode in all
+    tokens_per_s: float
+    eta_s: float
+    elapsed_s: float
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def _num(x: float) -> float | None:
+    """JSON-safe float (NaN/inf -> None), rounded to a readable precision."""
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.6g}")
+
+
+# ---- method specs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method to evaluate: ``label`` is how it is reported."""
+
+    label: str
+    method: str  # a registry name or "window"
+    alpha: float | None = None
+
+
+def parse_methods(spec: str | Sequence[str] | None, alphas: Mapping[str, float] | float | None = None,
+                  ) -> list[MethodSpec]:
+    """``"none,ntk,ntk@2.5,yarn"`` -> specs. ``alphas``: one value for every scaled method, or
+    a mapping method -> alpha (for methods given without ``@alpha``)."""
+    if spec is None:
+        items: list[str] = list(DEFAULT_METHODS)
+    elif isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",") if s.strip()]
+    else:
+        items = [str(s).strip() for s in spec]
+    if not items:
+        raise UsageError("--methods: expected a comma-separated list of methods, found nothing")
+    out: list[MethodSpec] = []
+    for item in items:
+        name, _, a = item.partition("@")
+        name = name.strip().lower()
+        if name != WINDOW and name not in METHODS:
+            raise UsageError(
+                f"--methods: unknown method {name!r}: expected some of {', '.join([*METHODS, WINDOW])}"
+            )
+        alpha: float | None = None
+        if a:
+            try:
+                alpha = float(a)
+            except ValueError:
+                raise UsageError(f"--methods: {item!r}: expected METHOD@ALPHA with a number") from None
+        elif isinstance(alphas, Mapping):
+            alpha = alphas.get(name)
+        elif alphas is not None:
+            alpha = float(alphas)
+        if name in (WINDOW, "none"):
+            alpha = None
+        if alpha is not None and not (math.isfinite(alpha) and alpha >= 1.0):
+            raise UsageError(f"--alpha for {name}: expected a finite number >= 1, found {alpha}")
+        label = item.strip().lower() if a else name
+        if any(s.label == label for s in out):
+            continue
+        out.append(MethodSpec(label, name, alpha))
+    return out
+
+
+def parse_alphas(spec: str | None) -> float | dict[str, float] | None:
+    """``--alpha 2.5`` (every scaled method) or ``--alpha ntk=2.5,yarn=2``."""
+    if spec is None or str(spec).strip() == "":
+        return None
+    s = str(spec)
+    if "=" not in s:
+        try:
+            return float(s)
+        except ValueError:
+            raise UsageError(f"--alpha: expected a number or METHOD=A[,METHOD=A...], found {s!r}") from None
+    out: dict[str, float] = {}
+    for part in s.split(","):
+        k, _, v = part.partition("=")
+        try:
+            out[k.strip().lower()] = float(v)
+        except ValueError:
+            raise UsageError(f"--alpha: {part!r}: expected METHOD=NUMBER") from None
+    return out
+
+
+# ---- buckets ----------------------------------------------------------------------------------
+
+
+def default_buckets(ctx: int, n_ctx_train: int, n: int = DEFAULT_N_BUCKETS) -> list[int]:
+    """About ``n`` equal buckets over ``[0, ctx)`` with the training length as one edge."""
+    if ctx <= n_ctx_train:
+        return [round(i * ctx / n) for i in range(n + 1)]
+    width = ctx / n
+    n_in = min(n - 1, max(1, round(n_ctx_train / width)))
+    n_ext = n - n_in
+    edges = [round(i * n_ctx_train / n_in) for i in range(n_in)]
+    edges += [round(n_ctx_train + i * (ctx - n_ctx_train) / n_ext) for i in range(n_ext + 1)]
+    return sorted(set(edges))
+
+
+def parse_buckets(spec: str | int | Sequence[int] | None, ctx: int, n_ctx_train: int) -> list[int]:
+    """Bucket edges from ``None`` (default), a count (``"16"``) or edges (``"0,4096,8192,16384"``;
+    0 and ctx are added when missing)."""
+    if spec is None or spec == "":
+        return default_buckets(ctx, n_ctx_train)
+    if isinstance(spec, int):
+        return default_buckets(ctx, n_ctx_train, spec)
+    if isinstance(spec, str):
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        try:
+            vals = [int(float(p)) for p in parts]
+        except ValueError:
+            raise UsageError(f"--buckets: expected a count or comma-separated positions, found {spec!r}") from None
+        if len(vals) == 1:
+            if vals[0] < 1:
+                raise UsageError(f"--buckets: expected a count >= 1, found {vals[0]}")
+            return default_buckets(ctx, n_ctx_train, vals[0])
+    else:
+        vals = [int(v) for v in spec]
+    if any(v < 0 or v > ctx for v in vals):
+        raise UsageError(f"--buckets: positions must lie in [0, {ctx}], found {vals}")
+    edges = sorted(set([0, ctx, *vals]))
+    return edges
+
+
+def bucketize(nll_sum: np.ndarray, count: np.ndarray, edges: Sequence[int]) -> tuple[Bucket, ...]:
+    """Per-position NLL sums/counts -> buckets over ``edges``."""
+    out = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        n = int(count[a:b].sum())
+        s = float(nll_sum[a:b].sum())
+        out.append(Bucket(int(a), int(b), math.exp(s / n) if n else float("nan"), n))
+    return tuple(out)
+
+
+def _ppl(nll_sum: np.ndarray, count: np.ndarray) -> tuple[float, int]:
+    n = int(count.sum())
+    return (math.exp(float(nll_sum.sum()) / n) if n else float("nan")), n
+
+
+# ---- llama.cpp plumbing -----------------------------------------------------------------------
+
+_lock = threading.RLock()  # llama_backend_init and the log level are process-global
+_state: dict[str, object] = {}
+
+
+def _llama():
+    """llama_cpp's low-level module (imported lazily: it is an optional dependency)."""
+    if "llama" not in _state:
+        try:
+            import llama_cpp  # noqa: PLC0415
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise RopepatchError(
+                f"evaluation needs llama-cpp-python ({e}): pip install 'ropepatch[validate]'"
+            ) from None
+        llama_cpp.llama_backend_init()
+        _state["llama"] = llama_cpp
+    return _state["llama"]
+
+
+@contextlib.contextmanager
+def _quiet(quiet: bool):
+    logger = logging.getLogger("llama-cpp-python")
+    old = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp: the CPUs this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+def runtime_settings_for(original: RopeParams, ctx: int, method: str, alpha: float | None) -> tuple[dict, dict]:
+    """``(context settings, params for the report)`` that apply ``method`` at run time.
+
+    The context settings are :func:`llama_cpp_python_kwargs` of the plan, on top of explicit
+    values for every RoPE field (base, scaling type, scale) taken from the plan's target, so a
+    file that was already patched is still evaluated relative to its ORIGINAL parameters.
+    ``window`` is the unscaled model at its training length."""
+    if method == WINDOW:
+        L = original.n_ctx_train
+        settings = {
+            "n_ctx": L,
+            "rope_freq_base": float(original.freq_base),
+            "rope_scaling_type": LLAMA_ROPE_SCALING_TYPE["none"],
+            "rope_freq_scale": 1.0,
+        }
+        params = {"method": "none", "alpha": None, "n_ctx": L, "window": L, "stride": L // 2,
+                  "freq_base": _num(original.freq_base), "freq_scale": 1.0, "scaling_type": "none",
+                  "runtime": {"n_ctx": L}}
+        return settings, params
+    plan = make_plan(original, ctx, method, alpha)
+    t = plan.target
+    kw = llama_cpp_python_kwargs(plan)
+    settings = {
+        "rope_freq_base": float(t.freq_base),
+        "rope_scaling_type": LLAMA_ROPE_SCALING_TYPE[t.scaling_type.value],
+        "rope_freq_scale": float(t.freq_scale),
+    }
+    if t.scaling_type == ScalingType.YARN:
+        settings["yarn_orig_ctx"] = int(t.n_ctx_orig)
+    settings.update(kw)
+    params = {
+        "method": plan.method,
+        "alpha": None if plan.method == "none" else _num(plan.alpha),
+        "n_ctx": ctx,
+        "freq_base": _num(t.freq_base),
+        "freq_scale": _num(t.freq_scale),
+        "scaling_type": t.scaling_type.value,
+        "runtime": kw,
+    }
+    if t.scaling_type == ScalingType.YARN:
+        params["orig_ctx"] = int(t.n_ctx_orig)
+    return settings, params
+
+
+class Model:
+    """A loaded GGUF (weights + vocabulary) to score with; contexts are made per method.
+
+    Use as a context manager (or call :meth:`close`)."""
+
+    def __init__(self, path: str, *, n_gpu_layers: int = 0, n_threads: int | None = None,
+                 n_batch: int = DEFAULT_N_BATCH, quiet: bool = True):
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such file")
+        if n_batch < 1:
+            raise UsageError(f"--batch: expected a positive number, found {n_batch}")
+        self.path = path
+        self.n_threads = n_threads or default_threads()
+        self.n_batch = int(n_batch)
+        self.quiet = quiet
+        self._ll = _llama()
+        self._log_level = None
+        if quiet:  # llama.cpp logs through llama-cpp-python's logger: silence it while loaded
+            logger = logging.getLogger("llama-cpp-python")
+            self._log_level = logger.level
+            logger.setLevel(logging.ERROR)
+        mp = self._ll.llama_model_default_params()
+        mp.n_gpu_layers = int(n_gpu_layers)
+        with _lock, _quiet(quiet):
+            self._model = self._ll.llama_model_load_from_file(path.encode(), mp)
+        if not self._model:
+            raise FormatError(f"{path}: llama.cpp could not load the model")
+        self._vocab = self._ll.llama_model_get_vocab(self._model)
+        self.n_vocab = int(self._ll.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(self._ll.llama_model_n_ctx_train(self._model))
+        self.add_bos = bool(self._ll.llama_vocab_get_add_bos(self._vocab))
+        self.bos = int(self._ll.llama_vocab_bos(self._vocab))
+
+    # -- lifecycle
+    def close(self) -> None:
+        if getattr(self, "_model", None):
+            self._ll.llama_model_free(self._model)
+            self._model = None
+        if getattr(self, "_log_level", None) is not None:
+            logging.getLogger("llama-cpp-python").setLevel(self._log_level)
+            self._log_level = None
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # pragma: no cover - best effort
+        with contextlib.suppress(Exception):
+            self.close()
+
+    # -- tokenizer
+    def tokenize(self, text: str | bytes, *, add_bos: bool = False) -> np.ndarray:
+        """Token ids of ``text`` (int32), with the model's BOS prepended when ``add_bos`` and
+        the model adds one. Special-token syntax in the text is NOT parsed."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        cap = len(data) + 16
+        buf = (self._ll.llama_token * cap)()
+        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, False)
+        if n < 0:  # pragma: no cover - cap is always enough for byte-level fallbacks
+            cap = -n
+            buf = (self._ll.llama_token * cap)()
+            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, False)
+        toks = np.frombuffer(buf, dtype=np.int32, count=n).copy()
+        if add_bos and self.add_bos:
+            toks = np.concatenate([np.array([self.bos], dtype=np.int32), toks])
+        return toks
+
+    def piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._ll.llama_token_to_piece(self._vocab, int(token), buf, 64, 0, True)
+        return buf.raw[:max(n, 0)]
+
+    # -- contexts
+    def context(self, settings: Mapping[str, object], *, n_batch: int | None = None) -> "Context":
+        return Context(self, settings, n_batch or self.n_batch)
+
+
+class Context:
+    """A llama.cpp context with RoPE settings and a reusable batch; scores sequences."""
+
+    def __init__(self, model: Model, settings: Mapping[str, object], n_batch: int):
+        ll = model._ll
+        self.model, self._ll = model, ll
+        cp = ll.llama_context_default_params()
+        n_ctx = int(settings["n_ctx"])
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = min(n_batch, n_ctx)
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = model.n_threads
+        cp.no_perf = True
+        for k, v in settings.items():
+            if k == "n_ctx":
+                continue
+            if not hasattr(cp, k):
+                raise UsageError(f"unknown llama.cpp context setting {k!r}")
+            setattr(cp, k, v)
+        self.n_ctx = n_ctx
+        self.n_batch = int(cp.n_batch)
+        with _lock, _quiet(model.quiet):
+            self._ctx = ll.llama_init_from_model(model._model, cp)
+        if not self._ctx:
+            raise RopepatchError(f"{model.path}: llama.cpp could not create a context of {n_ctx} tokens")
+        self._mem = ll.llama_get_memory(self._ctx)
+        nb = self.n_batch
+        self._batch = ll.llama_batch_init(nb, 0, 1)
+        b = self._batch
+        self._tok = np.ctypeslib.as_array(b.token, shape=(nb,))
+        self._pos = np.ctypeslib.as_array(b.pos, shape=(nb,))
+        self._nseq = np.ctypeslib.as_array(b.n_seq_id, shape=(nb,))
+        self._out = np.ctypeslib.as_array(b.logits, shape=(nb,))
+        self._nseq[:] = 1
+        for i in range(nb):
+            b.seq_id[i][0] = 0
+        self.decode_seconds = 0.0
+
+    def close(self) -> None:
+        if getattr(self, "_ctx", None):
+            self._ll.llama_batch_free(self._batch)
+            self._ll.llama_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def clear(self) -> None:
+        """Empty the KV cache."""
+        self._ll.llama_memory_clear(self._mem, True)
+
+    def truncate(self, n: int) -> None:
+        """Drop cached positions >= n of sequence 0."""
+        self._ll.llama_memory_seq_rm(self._mem, 0, int(n), -1)
+
+    def decode(self, tokens: np.ndarray, pos0: int, outputs: np.ndarray | None) -> np.ndarray | None:
+        """Decode ``tokens`` at positions ``pos0 ..``; ``outputs`` a bool mask of which rows want
+        logits. Returns a view of this decode's logits (n_outputs x n_vocab), valid until the
+        next decode."""
+        n = len(tokens)
+        if n > self.n_batch:
+            raise ValueError("batch larger than n_batch")
+        self._tok[:n] = tokens
+        self._pos[:n] = np.arange(pos0, pos0 + n, dtype=np.int32)
+        if outputs is None:
+            self._out[:n] = 0
+            n_out = 0
+        else:
+            self._out[:n] = outputs
+            n_out = int(np.count_nonzero(outputs))
+        self._batch.n_tokens = n
+        t0 = time.perf_counter()
+        rc = self._ll.llama_decode(self._ctx, self._batch)
+        self._ll.llama_synchronize(self._ctx)
+        self.decode_seconds += time.perf_counter() - t0
+        if rc != 0:
+            raise RopepatchError(f"llama_decode failed (code {rc}) at positions {pos0}..{pos0 + n - 1}")
+        if not n_out:
+            return None
+        ptr = self._ll.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.model.n_vocab))
+
+    def score(self, seq: np.ndarray, score_from: int = 1, *, start: int = 0,
+              on_batch: Callable[[int], None] | None = None,
+              stop: Callable[[int, np.ndarray], bool] | None = None) -> np.ndarray:
+        """Stream ``seq`` (decoded from position ``start``; the cache must hold positions
+        ``< start`` of the same sequence) and return the NLL of ``seq[p]`` for every
+        ``p >= score_from`` (NaN elsewhere). ``on_batch(n_decoded)`` after every batch;
+        ``stop(p_end, nll)`` may end early once positions ``< p_end`` are scored (rest stays NaN)."""
+        n = len(seq)
+        nll = np.full(n, np.nan)
+        score_from = max(int(score_from), 1)
+        last = n - 1  # the last token's logits are never needed: decode up to n - 2
+        p = start
+        while p < last:
+            q = min(p + self.n_batch, last)
+            # row i (position p+i) predicts seq[p+i+1]; wanted when p+i+1 >= score_from
+            want = (np.arange(p, q) + 1) >= score_from
+            logits = self.decode(seq[p:q], p, want if want.any() else None)
+            if logits is not None:
+                tgt_pos = np.arange(p, q)[want] + 1
+                nll[tgt_pos] = token_nll(logits, seq[tgt_pos])
+            if on_batch:
+                on_batch(q - p)
+            p = q
+            if stop is not None and stop(p + 1, nll):
+                break
+        return nll
+
+
+def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[target] per row; exp in float32, sums and logs in float64."""
+    m = logits.max(axis=1)
+    e = np.exp(logits - m[:, None])
+    lse = np.log(e.sum(axis=1, dtype=np.float64)) + m.astype(np.float64)
+    return lse - logits[np.arange(len(targets)), targets].astype(np.float64)
+
+
+# ---- the sliding-window baseline --------------------------------------------------------------
+
+
+def sliding_windows(n: int, L: int) -> list[tuple[int, int, int]]:
+    """``(start, end, score_from)`` windows of length ``L`` over positions ``[0, n)``, stride
+    ``L/2``: each position ``1 <= p < n`` is scored exactly once, in the first window, or in a
+    later one with at least ``L/2`` tokens of context (``p - start >= L/2``)."""
+    if L < 2:
+        raise UsageError(f"training length {L} is too short for a sliding window")
+    half = L // 2
+    out = [(0, min(L, n), 1)]
+    done = min(L, n)  # positions < done are scored
+    while done < n:
+        start = done - half
+        end = min(start + L, n)
+        out.append((start, end, done))
+        done = end
+    return out
+
+
+# ---- evaluate ---------------------------------------------------------------------------------
+
+
+def load_text(path: str) -> str:
+    """A text file as str (UTF-8, undecodable bytes replaced)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the text: {e.strerror}") from None
+
+
+def make_windows(text_tokens: np.ndarray, ctx: int, bos: int | None, max_windows: int | None = None
+                 ) -> list[np.ndarray]:
+    """Non-overlapping ``ctx``-token windows of the text (each starting with ``bos`` when given)."""
+    body = ctx - 1 if bos is not None else ctx
+    n_fit = len(text_tokens) // body
+    if n_fit < 1:
+        raise UsageError(
+            f"the text has {len(text_tokens)} tokens; scoring a window of {ctx} needs at least "
+            f"{body}: pass a longer --text or a smaller --ctx"
+        )
+    k = n_fit if max_windows is None else max(1, min(n_fit, int(max_windows)))
+    out = []
+    for w in range(k):
+        chunk = text_tokens[w * body:(w + 1) * body]
+        out.append(np.concatenate([[bos], chunk]).astype(np.int32) if bos is not None else chunk.astype(np.int32))
+    return out
+
+
+class _Meter:
+    """Token counter feeding a progress callback."""
+
+    def __init__(self, total: int, progress: ProgressFn | None):
+        self.total, self.progress, self.done = total, progress, 0
+        self.t0 = time.perf_counter()
+        self.label = ""
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.progress is None:
+            return
+        el = time.perf_counter() - self.t0
+        tps = self.done / el if el > 0 else 0.0
+        eta = (self.total - self.done) / tps if tps > 0 else float("inf")
+        self.progress(Progress(self.label, self.done, self.total, tps, eta, el))
+
+
+def _method_cost(spec: MethodSpec, ctx: int, L: int, n_windows: int) -> int:
+    if spec.method == WINDOW:
+        return n_windows * sum(e - s - 1 for s, e, _ in sliding_windows(ctx, L))
+    return n_windows * (ctx - 1)
+
+
+def score_method(model: Model, windows: Sequence[np.ndarray], spec: MethodSpec, original: RopeParams,
+                 ctx: int, edges: Sequence[int], meter: _Meter | None = None,
+                 stop_in: Callable[[float], bool] | None = None) -> MethodResult:
+    """Score ``windows`` with one method. ``stop_in(ppl_in)`` is asked once all positions below
+    the training length are scored (first window only when there is one); True ends the method
+    early: ``ppl_ext`` is then NaN (tune's exact in-range pre-check)."""
+    L = original.n_ctx_train
+    settings, params = runtime_settings_for(original, ctx, spec.method, spec.alpha)
+    nll_sum = np.zeros(ctx)
+    count = np.zeros(ctx, dtype=np.int64)
+    t0 = time.perf_counter()
+    if meter is not None:
+        meter.label = spec.label
+    on_batch = meter
+    tokens_decoded = 0
+
+    def counting(n: int) -> None:
+        nonlocal tokens_decoded
+        tokens_decoded += n
+        if on_batch is not None:
+            on_batch(n)
+
+    stopped = False
+    with model.context(settings) as c:
+        for seq in windows:
+            if spec.method == WINDOW:
+                nll = np.full(len(seq), np.nan)
+                for s, e, f in sliding_windows(len(seq), L):
+                    c.clear()
+                    sub = seq[s:e].copy()
+                    if s > 0 and model.add_bos:
+                        sub[0] = model.bos  # every window starts like the text does
+                    part = c.score(sub, f - s, on_batch=counting)
+                    nll[f:e] = part[f - s:]
+            else:
+                c.clear()
+                asked = [False]
+
+                def stop(p_end: int, nll: np.ndarray) -> bool:
+                    if stop_in is None or asked[0] or p_end < L:
+                        return False
+                    asked[0] = True
+                    return bool(stop_in(math.exp(float(np.mean(nll[1:L])))))
+
+                nll = c.score(seq, 1, on_batch=counting, stop=stop if len(windows) == 1 else None)
+                stopped = bool(np.isnan(nll[1:]).any())
+            ok = ~np.isnan(nll)
+            nll_sum[ok] += nll[ok]
+            count[ok] += 1
+            if stopped:
+                break
+        decode_s = c.decode_seconds
+    seconds = time.perf_counter() - t0
+    ppl_in, n_in = _ppl(nll_sum[:L], count[:L])
+    ppl_ext, n_ext = _ppl(nll_sum[L:], count[L:])
+    if stopped:
+        ppl_ext, n_ext = float("nan"), 0
+    return MethodResult(
+        name=spec.label, method=spec.method, alpha=params.get("alpha"), params=params,
+        buckets=bucketize(nll_sum, count, edges), ppl_in=ppl_in, ppl_ext=ppl_ext,
+        n_in=n_in, n_ext=n_ext, seconds=seconds, decode_seconds=decode_s,
+        tokens_decoded=tokens_decoded, nll_sum=nll_sum, count=count,
+    )
+
+
+def evaluate(
+    model_path: str,
+    ctx: int,
+    text: str | bytes | None = None,
+    *,
+    tokens: np.ndarray | None = None,
+    methods: str | Sequence[str] | Sequence[MethodSpec] | None = None,
+    alphas: Mapping[str, float] | float | None = None,
+    buckets: str | int | Sequence[int] | None = None,
+    window: bool = True,
+    max_windows: int | None = 1,
+    n_batch: int = DEFAULT_N_BATCH,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    progress: ProgressFn | None = None,
+    model: Model | None = None,
+    original: RopeParams | None = None,
+) -> EvalResult:
+    """Perplexity by position of the model at ``model_path`` over ``ctx``-token windows of
+    ``text`` (or of pre-computed ``tokens``: the text's token ids WITHOUT a BOS, from
+    :meth:`Model.tokenize`), for each method (default none, linear, ntk, dynamic, yarn; labels
+    like ``"ntk@2.5"`` pin an alpha) plus the ``window`` baseline unless ``window=False``.
+
+    ``max_windows``: how many non-overlapping windows to average (None = as many as the text
+    holds). ``model``: an already-loaded :class:`Model` to reuse (e.g. by tune).
+    """
+    from .gguf_patch import inspect_gguf  # noqa: PLC0415 - avoid an import cycle at load time
+
+    if not isinstance(ctx, int) or ctx < 2:
+        raise UsageError(f"--ctx: expected a number of tokens >= 2, found {ctx}")
+    if original is None:
+        original = inspect_gguf(model_path).original
+    L = original.n_ctx_train
+    if ctx <= L:
+        raise UsageError(f"--ctx must be larger than the model's training context {L}, found {ctx}")
+    if methods and not isinstance(methods, str) and all(isinstance(m, MethodSpec) for m in methods):
+        specs = list(methods)
+    else:
+        specs = parse_methods(methods, alphas)
+    if window and not any(s.method == WINDOW for s in specs):
+        specs.append(MethodSpec(WINDOW, WINDOW))
+    edges = parse_buckets(buckets, ctx, L)
+
+    own = model is None
+    if own:
+        model = Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch)
+    try:
+        if tokens is None:
+            if text is None:
+                raise UsageError("evaluate: give a text or its tokens")
+            tokens = model.tokenize(text)
+        windows = make_windows(np.asarray(tokens, dtype=np.int32), ctx,
+                               model.bos if model.add_bos else None, max_windows)
+        total = sum(_method_cost(s, ctx, L, len(windows)) for s in specs)
+        meter = _Meter(total, progress)
+        results: dict[str, MethodResult] = {}
+        for spec in specs:
+            results[spec.label] = score_method(model, windows, spec, original, ctx, edges, meter)
+    finally:
+        if own:
+            model.close()
+    seconds = sum(r.seconds for r in results.values())
+    timing = Timing(
+        seconds=seconds,
+        decode_seconds=sum(r.decode_seconds for r in results.values()),
+        tokens_decoded=sum(r.tokens_decoded for r in results.values()),
+        windows=len(windows),
+        text_tokens=int(len(tokens)),
+        n_batch=model.n_batch,
+        n_threads=model.n_threads,
+    )
+    return EvalResult(
+        model=os.path.basename(model_path), n_ctx_train=L, ctx=ctx,
+        tokens=len(windows) * (ctx - 1), methods=results, timing=timing,
+    )
+
+
+# ---- the non-streaming reference ----------------------------------------------------------------
+
+
+def score_full_logits(model_path: str, seq: Sequence[int], settings: Mapping[str, object] | None = None,
+                      *, n_threads: int | None = None, model: Model | None = None) -> np.ndarray:
+    """Reference scorer: ONE decode of the whole ``seq`` with every logit requested, the full
+    ``len(seq) x n_vocab`` matrix copied out, and NLLs from a float64 log-softmax. Returns the
+    NLL of ``seq[p]`` for p >= 1 (NaN at 0). Only for short sequences (memory O(n x vocab))."""
+    seq = np.asarray(seq, dtype=np.int32)
+    n = len(seq)
+    own = model is None
+    if own:
+        model = Model(model_path, n_threads=n_threads, n_batch=n)
+    try:
+        st = dict(settings or {})
+        st["n_ctx"] = max(int(st.get("n_ctx", n)), n)
+        with model.context(st, n_batch=n) as c:
+            c.clear()
+            logits = c.decode(seq, 0, np.ones(n, dtype=bool)).astype(np.float64)  # copy
+    finally:
+        if own:
+            model.close()
+    m = logits.max(axis=1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+    out = np.full(n, np.nan)
+    out[1:] = -logp[np.arange(n - 1), seq[1:]]
+    return out
+
+
+def rebucket(result: MethodResult, edges: Sequence[int]) -> tuple[Bucket, ...]:
+    """The same method's perplexity over other bucket edges (e.g. finer, for a plot)."""
+    return bucketize(result.nll_sum, result.count, edges)
+
+
+def format_table(result: EvalResult) -> str:
+    """A plain-text table: one row per method, one column per bucket, then ppl_in / ppl_ext."""
+    first = next(iter(result.methods.values()))
+    heads = [f"{_k(b.start)}-{_k(b.end)}" for b in first.buckets]
+    w = max(8, max(len(n) for n in result.methods) + 1)
+    lines = [f"{'method':<{w}}" + "".join(f"{h:>10}" for h in heads) + f"{'ppl_in':>10}{'ppl_ext':>10}"]
+    for name, r in result.methods.items():
+        cells = "".join(f"{_fmt(b.ppl):>10}" for b in r.buckets)
+        lines.append(f"{name:<{w}}" + cells + f"{_fmt(r.ppl_in):>10}{_fmt(r.ppl_ext):>10}")
+    t = result.timing
+    lines.append(
+        f"{result.tokens} tokens x {len(result.methods)} methods ({t.windows} window(s) of {result.ctx}); "
+        f"{t.tokens_decoded} tokens decoded in {t.seconds:.1f} s ({t.tokens_per_s:.1f} tokens/s), "
+        f"{100 * t.decode_share:.1f}% inside llama_decode"
+    )
+    return "\n".join(lines)
+
+
+def _k(x: int) -> str:
+    return f"{x // 1024}k" if x % 1024 == 0 and x >= 1024 else str(x)
+
+
+def _fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    return f"{x:.4g}" if x < 1e4 else f"{x:.3e}"
+
+
+def iter_specs(specs: Iterable[MethodSpec]) -> list[str]:  # pragma: no cover - tiny helper
+    return [s.label for s in specs]

@@ -1,0 +1,225 @@
+"""``ropepatch validate`` against the real runtime (llama-cpp-python), no mocks.
+
+* Every fixture (tiny llama / qwen2, F32 / Q8_0, training ctx 128) patched with every method
+  to ctx 1024 (8x) passes checks a-d on CPU: the runtime reads back what ropepatch wrote, the
+  ROPE ops it builds carry exactly the planned parameters, the NumPy reference rotary
+  reproduces its rotation at positions 120..135 and 1008..1023, and the NumPy reference
+  forward reproduces its logits over positions 704..1023 (attention distances up to 319 > 128).
+* Negative controls fail with the right reason: a base changed behind ropepatch's back, a
+  wrong rotary layout, a wrong YaRN original context.
+
+The probes run with one thread (``n_threads=1``): on a shared 2-core machine ggml's spinning
+worker threads make tiny decodes slower and erratic; the result does not depend on it (one
+test uses the default thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("llama_cpp")
+
+from conftest import GGUF_FIXTURES  # noqa: E402
+from ropepatch.errors import UsageError  # noqa: E402
+from ropepatch.gguf_file import read_header  # noqa: E402
+from ropepatch.gguf_patch import inspect_gguf, patch_gguf  # noqa: E402
+from ropepatch.methods import METHODS, make_plan  # noqa: E402
+from ropepatch.probe import gpu_available  # noqa: E402
+from ropepatch.rope_reference import ggml_rope_args  # noqa: E402
+from ropepatch.validate import (  # noqa: E402
+    FAILED,
+    PASSED,
+    SKIPPED,
+    ValidationReport,
+    default_positions,
+    format_report,
+    parse_positions,
+    validate,
+)
+
+CTX = 1024  # 8 x the fixtures' training context
+L = 128
+FAST = dict(n_threads=1)
+
+
+def patched(copy_fixture, name: str, method: str, ctx: int = CTX) -> str:
+    path = copy_fixture(name, f"{method}-{name}")
+    patch_gguf(path, ctx, method)
+    return path
+
+
+def poke(path: str, key: str, fmt: str, value) -> None:
+    """Overwrite a scalar metadata value in place, behind ropepatch's back (provenance kept)."""
+    h = read_header(path)
+    kv = h.entry(key)
+    assert kv is not None, key
+    off = h.raw.find(kv.raw)
+    assert off > 0 and h.raw.count(kv.raw) == 1
+    off += len(kv.raw) - struct.calcsize(fmt)
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(fmt, value))
+    assert read_header(path).get(key) == pytest.approx(value)
+
+
+def statuses(r: ValidationReport) -> dict[str, str]:
+    return {c.id: c.status for c in r.checks}
+
+
+# ---- every fixture x every method passes -------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("name", GGUF_FIXTURES)
+def test_validate_passes_every_fixture_and_method(copy_fixture, name, method):
+    path = patched(copy_fixture, name, method)
+    r = validate(path, **FAST)
+    assert r.passed, format_report(r)
+    assert statuses(r) == {"a": PASSED, "b": PASSED, "c": PASSED, "d": PASSED}, format_report(r)
+    info = inspect_gguf(path)
+    plan = make_plan(info.original, CTX, method)
+    assert (r.ctx, r.original_ctx, r.expected_source, r.device) == (CTX, L, "plan", "cpu")
+    assert r.provenance["method"] == method and r.provenance["ctx"] == CTX
+
+    # a: the runtime's training ctx is the target; the plan is recorded consistently
+    a = r.check("a").figures
+    assert a["n_ctx_train"] == {"runtime": CTX, "file": CTX}
+    assert a["plan_consistent"] is True
+    assert a["rope_type"]["runtime"] == ("norm" if "llama" in name else "neox")
+    # b: the applied params are the plan's, exactly
+    b = r.check("b").figures
+    want = ggml_rope_args(plan.target)
+    assert b["expected"] == want
+    assert set(b["runtime"]) == {"Qcur-0", "Kcur-0"}
+    for op in b["runtime"].values():
+        assert op == want
+    if method == "yarn":
+        assert want["ext_factor"] == 1.0 and want["n_ctx_orig"] == L and want["freq_scale"] == 1 / 8
+    # c: positions straddle L and reach ctx - 1; both reference modes within tolerance
+    c = r.check("c").figures
+    assert c["positions"] == [[L - 8, L + 7], [CTX - 16, CTX - 1]]
+    assert c["n_captures"] == 4 and c["pass_through_max_abs"] == 0.0
+    for mode in ("f32", "f64"):
+        assert c[mode]["max_over_tol"] <= 1.0
+    assert c["f32"]["max_rel"] <= 4 * np.finfo(np.float32).eps
+    # d: attention spans distances beyond L at positions up to ctx - 1
+    d = r.check("d").figures
+    assert d["positions"] == [CTX - 320, CTX - 1] and d["beyond_original_ctx"]
+    assert d["tolerance_class"] == ("q8_0" if "q8_0" in name else "f32")
+    assert d["top1_agreement"] >= 0.98
+
+
+def test_unpatched_file_and_report_formats(copy_fixture):
+    """An unpatched file is checked against its own settings; default thread count; JSON and text."""
+    path = copy_fixture("tiny-qwen2-f32.gguf")
+    r = validate(path)
+    assert r.passed, format_report(r)
+    assert r.provenance is None and r.expected_source == "file" and r.ctx == L
+    assert r.check("a").figures["plan_consistent"] is None
+    assert r.check("c").figures["positions"] == [[L - 16, L - 1]]  # L-8..L-1 and L-16..L-1 merge
+    d = json.loads(r.to_json())
+    assert d["passed"] is True and [c["status"] for c in d["checks"]] == [PASSED] * 4
+    assert d["expected"]["layout"] == "neox" and d["expected_op"]["mode"] == 2
+    text = format_report(r)
+    assert text.count("PASS ") == 4 and text.splitlines()[-1].startswith("OK: 0 check(s) failed")
+
+
+def test_custom_positions_and_options(copy_fixture):
+    path = patched(copy_fixture, "tiny-llama-q8_0.gguf", "linear")
+    r = validate(path, positions=[0, 1, 2, 5000, 5001], reference_forward=False, **FAST)
+    assert r.passed, format_report(r)
+    assert r.check("c").figures["positions"] == [[0, 2], [5000, 5001]]
+    assert r.check("d").status == SKIPPED and "not requested" in r.check("d").reason
+    assert parse_positions("8180-8183, 16368") == [8180, 8181, 8182, 8183, 16368]
+    for bad in ("", "x", "5-3", "-4"):
+        with pytest.raises(UsageError):
+            parse_positions(bad)
+    assert default_positions(8192, 16384) == list(range(8184, 8200)) + list(range(16368, 16384))
+    with pytest.raises(UsageError):
+        validate(path + ".missing")
+
+
+def test_gpu_layers(copy_fixture):
+    """--gpu-layers passes through; without a GPU build the report says the GPU was not validated."""
+    path = patched(copy_fixture, "tiny-qwen2-q8_0.gguf", "yarn")
+    r = validate(path, gpu_layers=-1, **FAST)
+    assert r.passed, format_report(r)
+    if gpu_available():
+        assert r.device.startswith("gpu") and r.check("c").figures["judged_by"] == "f64"
+    else:
+        assert r.device == "cpu"
+        assert any("GPU: not validated" in n for n in r.notes)
+        assert "GPU: not validated" in format_report(r)
+
+
+# ---- negative controls -------------------------------------------------------------------------
+
+
+def test_negative_base_changed_behind_ropepatchs_back(copy_fixture):
+    path = patched(copy_fixture, "tiny-llama-f32.gguf", "ntk")
+    planned = make_plan(inspect_gguf(path).original, CTX, "ntk").target.freq_base  # float64
+    poke(path, "llama.rope.freq_base", "<f", 1e6)
+    r = validate(path, **FAST)
+    assert not r.passed
+    assert statuses(r) == {"a": FAILED, "b": FAILED, "c": FAILED, "d": FAILED}, format_report(r)
+    a, b, c = (r.check(x).reason for x in "abc")
+    assert "behind ropepatch's back" in a and "llama.rope.freq_base is 1000000 in the file" in a
+    assert f"the recorded plan gives {planned:.9g}" in a
+    assert "freq_base: runtime 1000000, plan 107672.016" in b and "runtime follows the file" in b
+    assert "parameters differ, not the kernel" in c
+    assert "\n" not in a + b + c
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-f32.gguf", "tiny-qwen2-q8_0.gguf"])
+def test_negative_wrong_rotary_layout(copy_fixture, name):
+    """Expecting the other pairing (what a wrong architecture table in ropepatch would do)."""
+    path = patched(copy_fixture, name, "yarn")
+    actual, wrong = ("NORM", "NEOX") if "llama" in name else ("NEOX", "NORM")
+    r = validate(path, expect={"layout": wrong.lower()}, reference_forward=False, **FAST)
+    assert statuses(r) == {"a": FAILED, "b": FAILED, "c": FAILED, "d": SKIPPED}, format_report(r)
+    assert r.expected_source == "expected"
+    assert f"runtime rope type {actual}" in r.check("a").reason
+    assert f"mode: runtime {actual}, expected {wrong}" in r.check("b").reason
+    c = r.check("c")
+    assert c.figures["f32"]["max_over_tol"] > 1e4 and c.figures["runtime_params_max_over_tol"] <= 1
+    assert "misses the runtime's output" in c.reason
+
+
+def test_negative_wrong_yarn_original_ctx(copy_fixture):
+    """original_context_length set to the target (a common mistake) behind ropepatch's back."""
+    path = patched(copy_fixture, "tiny-qwen2-q8_0.gguf", "yarn")
+    poke(path, "qwen2.rope.scaling.original_context_length", "<I", CTX)
+    r = validate(path, **FAST)
+    assert statuses(r) == {"a": FAILED, "b": FAILED, "c": FAILED, "d": FAILED}, format_report(r)
+    assert "qwen2.rope.scaling.original_context_length is 1024 in the file, the recorded plan gives 128" in r.check("a").reason
+    assert "n_ctx_orig: runtime 1024, plan 128" in r.check("b").reason
+    assert "parameters differ, not the kernel" in r.check("c").reason
+
+
+def test_negative_yarn_original_ctx_only_check_b_sees(copy_fixture):
+    """128 -> 64 leaves YaRN's integer correction dims at [0, 3] for d = 16, base 1e4: the
+    rotation is bit-for-bit the same, so c and d pass; a and b catch the parameter itself."""
+    path = patched(copy_fixture, "tiny-qwen2-q8_0.gguf", "yarn")
+    poke(path, "qwen2.rope.scaling.original_context_length", "<I", 64)
+    r = validate(path, reference_forward=False, **FAST)
+    assert statuses(r) == {"a": FAILED, "b": FAILED, "c": PASSED, "d": SKIPPED}, format_report(r)
+    assert "n_ctx_orig: runtime 64, plan 128" in r.check("b").reason
+
+
+def test_unreadable_file_is_not_handed_to_llama_cpp(copy_fixture):
+    """A scaling type llama.cpp would abort on: check a fails from ropepatch's reader, nothing loads."""
+    path = patched(copy_fixture, "tiny-llama-f32.gguf", "yarn")
+    h = read_header(path)
+    kv = h.entry("llama.rope.scaling.type")
+    off = h.raw.find(kv.raw) + len(kv.raw) - 4
+    with open(path, "r+b") as f:
+        f.seek(off)
+        f.write(b"yam!")  # "yarn" -> "yam!": same length
+    r = validate(path, **FAST)
+    assert statuses(r) == {"a": FAILED, "b": SKIPPED, "c": SKIPPED, "d": SKIPPED}
+    assert "ropepatch cannot read the file" in r.check("a").reason and "yam!" in r.check("a").reason
