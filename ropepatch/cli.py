@@ -85,10 +85,53 @@ def _warn(msgs) -> None:
 # ---- commands -----------------------------------------------------------------------------
 
 
+def _is_hf(path: str) -> bool:
+    from .hf_patch import is_hf_path
+
+    return is_hf_path(path)
+
+
+def _hf_rope_text(r) -> str:
+    s = (f"{r.model_type}: max_position_embeddings {r.max_position_embeddings}, rotary dims "
+         f"{r.rope_dim} of head dim {r.head_dim}, rope_theta {_g(r.rope_theta)}, rope_type {r.rope_type}")
+    if r.factor:
+        s += f" (factor {_g(r.factor)}"
+        s += f", original {r.original_max_position_embeddings})" if r.original_max_position_embeddings else ")"
+    return s + f"; usable context {r.effective_ctx}"
+
+
+def _inspect_hf(args) -> int:
+    from .hf_patch import inspect_hf
+
+    info = inspect_hf(args.path)
+    lines = [f"{info.model.root} (Hugging Face, config {info.model.config_path}, {len(info.shards)} safetensors file(s))",
+             "  now:      " + _hf_rope_text(info.rope)]
+    if info.patched and info.record:
+        rec = info.record
+        lines.append(f"  patched by ropepatch {rec.get('version')}: method {rec.get('method')}, ctx {rec.get('ctx')}, alpha {rec.get('alpha')}")
+        if info.original is not None:
+            lines.append("  original: " + _hf_rope_text(info.original))
+    else:
+        lines.append("  not patched by ropepatch")
+    lines += [f"  note: {m}" for m in info.messages]
+    _emit(args, info.to_dict(), "\n".join(lines))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from .gguf_patch import inspect_gguf
 
+    if _is_hf(args.path):
+        if args.as_hf:
+            raise UsageError(f"{args.path}: --as-hf is for GGUF files; this is already a Hugging Face model")
+        return _inspect_hf(args)
     info = inspect_gguf(args.path)
+    if args.as_hf:
+        from .translate import gguf_as_hf
+
+        block = gguf_as_hf(info)
+        _emit(args, block, json.dumps(_jsonable(block), indent=2))
+        return 0
     prov = info.provenance
     data = {
         "path": info.path,
@@ -151,9 +194,33 @@ def _plan_original(args) -> tuple[RopeParams, str]:
     )
 
 
+def _plan_hf(args) -> int:
+    from .hf_patch import plan_hf, plan_hf_snippets
+
+    if args.base is not None or args.rope_dim is not None or args.orig_ctx is not None:
+        raise UsageError("plan: give either PATH or --base/--rope-dim/--orig-ctx, not both")
+    methods = [m for m in METHODS if m != "none"] if args.method == "all" else [args.method]
+    plans = {m: plan_hf(args.path, args.ctx, m, args.alpha) for m in methods}
+    snippets = {m: plan_hf_snippets(p) for m, p in plans.items()}
+    lines = [f"original: {_describe_params(next(iter(plans.values())).original)}",
+             f"target ctx {args.ctx}"]
+    for m, sn in snippets.items():
+        lines += ["", f"[{m}] {METHODS[m].summary}",
+                  f"  patch the model:    ropepatch hf {args.path} --ctx {args.ctx} --method {m}",
+                  f"  config.json (v4):   {json.dumps(sn['transformers_v4'])}",
+                  f"  config.json (v5):   {json.dumps(sn['transformers_v5'])}",
+                  f"  vLLM:               {sn['vllm_args']}"]
+        lines += [f"  note: {n}" for n in sn.get("notes", [])]
+    data = {"ctx": args.ctx, "plans": {m: {**plan_dict(p), "hf": snippets[m]} for m, p in plans.items()}}
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
 def cmd_plan(args) -> int:
     from .runtime_flags import llama_cpp_flags, llama_cpp_python_kwargs, ollama_modelfile, override_kv_flags
 
+    if args.path and _is_hf(args.path):
+        return _plan_hf(args)
     orig, model_path = _plan_original(args)
     methods = list(METHODS) if args.method == "all" else [args.method]
     plans = [make_plan(orig, args.ctx, m, args.alpha) for m in methods]
@@ -227,14 +294,24 @@ def _progress_printer(enabled: bool):
 
 
 def cmd_gguf(args) -> int:
-    from .gguf_patch import patch_gguf
+    from .gguf_patch import inspect_gguf, patch_gguf
 
+    ctx, method, alpha, pre = args.ctx, args.method, args.alpha, []
+    if args.from_hf:
+        from .translate import plan_from_hf
+
+        if args.method_given or args.alpha is not None:
+            raise UsageError("--from-hf takes the method and factor from the config; drop --method/--alpha")
+        tr = plan_from_hf(args.from_hf, inspect_gguf(args.path).original, args.ctx)
+        ctx, method, alpha, pre = tr.ctx, tr.method, tr.alpha, list(tr.warnings)
+    elif ctx is None:
+        raise UsageError("gguf: --ctx is required (or --from-hf CONFIG)")
     t0 = time.perf_counter()
     res = patch_gguf(
         args.path,
-        args.ctx,
-        args.method,
-        args.alpha,
+        ctx,
+        method,
+        alpha,
         out=args.output,
         dry_run=args.dry_run,
         record=not args.no_record,
@@ -242,7 +319,9 @@ def cmd_gguf(args) -> int:
         progress=_progress_printer(_show_progress(args)),
     )
     secs = time.perf_counter() - t0
-    _warn(res.warnings)
+    if args.from_hf:  # the patch's own dynamic warning says the same
+        pre = [w for w in pre if not w.startswith("dynamic:")]
+    _warn(pre + list(res.warnings))
     data = {
         "path": res.path,
         "output": res.out,
@@ -269,8 +348,44 @@ def cmd_gguf(args) -> int:
     return 0
 
 
+def _revert_hf(args) -> int:
+    from .hf_patch import revert_hf
+
+    if args.output:
+        raise UsageError(f"{args.path}: -o is for GGUF files; Hugging Face models are reverted in place")
+    res = revert_hf(args.path, dry_run=args.dry_run, force=args.force)
+    lines = [f"{res.path}: " + ("restored the original config.json and safetensors headers" if res.changed else "nothing to restore")
+             + (" (dry run: nothing written)" if res.dry_run else "")]
+    lines += [f"  {f.path}: {f.action}" + (f" ({f.detail})" if f.detail else "") for f in res.files]
+    lines += [f"  note: {m}" for m in res.messages]
+    _emit(args, res.to_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_hf(args) -> int:
+    from .hf_patch import patch_hf
+
+    res = patch_hf(args.path, args.ctx, args.method, args.alpha, out=args.output, dry_run=args.dry_run,
+                   replace_scaling=args.replace_scaling, force=args.force)
+    lines = [f"{res.path}: {res.plan.method} for {res.plan.ctx} tokens (alpha {_g(res.plan.alpha)})"]
+    for c in res.changes:
+        lines.append(f"  {c.key}: {json.dumps(c.before)} -> {json.dumps(c.after)}")
+    for f in res.files:
+        lines.append(f"  {f.path}: {f.action}" + (f" ({f.detail})" if f.detail else ""))
+    lines += [f"  note: {m}" for m in res.messages]
+    if not res.changed:
+        lines.append("already patched this way: nothing written")
+    elif res.dry_run:
+        lines.append("dry run: nothing written")
+    _emit(args, res.to_dict(), "\n".join(lines))
+    return 0
+
+
 def cmd_revert(args) -> int:
     from .gguf_patch import revert_gguf
+
+    if _is_hf(args.path):
+        return _revert_hf(args)
 
     t0 = time.perf_counter()
     res = revert_gguf(args.path, out=args.output, dry_run=args.dry_run,
@@ -301,7 +416,8 @@ COMMANDS = {
     "inspect": (
         cmd_inspect,
         "show a model's RoPE settings and whether ropepatch patched it",
-        "example:\n  ropepatch inspect model.gguf\n  ropepatch inspect model.gguf --json",
+        "examples:\n  ropepatch inspect model.gguf\n  ropepatch inspect ./hf-model-dir --json\n"
+        "  ropepatch inspect model.gguf --as-hf",
     ),
     "plan": (
         cmd_plan,
@@ -314,12 +430,20 @@ COMMANDS = {
         "patch a GGUF model for a longer context (in place, or a copy with -o)",
         "examples:\n  ropepatch gguf model.gguf --ctx 16384\n"
         "  ropepatch gguf model.gguf --ctx 32768 --method yarn -o model-32k.gguf\n"
+        "  ropepatch gguf model.gguf --from-hf ./hf-model/config.json\n"
         "  ropepatch gguf model.gguf --ctx 16384 --alpha 2.5 --dry-run\n\nmethods:\n" + _METHODS_HELP,
+    ),
+    "hf": (
+        cmd_hf,
+        "patch a Hugging Face model (config.json rope settings + safetensors provenance)",
+        "examples:\n  ropepatch hf ./Qwen2.5-0.5B --ctx 65536 --method yarn\n"
+        "  ropepatch hf ./model-dir --ctx 16384 --method dynamic -o ./model-16k\n"
+        "  ropepatch hf ~/.cache/huggingface/hub/models--org--name/snapshots/REV --ctx 32768 --dry-run\n\nmethods:\n" + _METHODS_HELP,
     ),
     "revert": (
         cmd_revert,
-        "restore the exact original bytes of a file ropepatch patched",
-        "example:\n  ropepatch revert model.gguf",
+        "restore the exact original bytes of a file or HF model ropepatch patched",
+        "examples:\n  ropepatch revert model.gguf\n  ropepatch revert ./model-dir",
     ),
 }
 
@@ -360,10 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
         parsers[name] = sp
 
-    parsers["inspect"].add_argument("path", help="a .gguf file")
+    parsers["inspect"].add_argument("path", help="a .gguf file, or a Hugging Face model directory / .safetensors / config.json")
+    parsers["inspect"].add_argument("--as-hf", action="store_true", help="print the equivalent Hugging Face rope block (GGUF only)")
 
     pl = parsers["plan"]
-    pl.add_argument("path", nargs="?", help="a .gguf file (or give --base/--rope-dim/--orig-ctx)")
+    pl.add_argument("path", nargs="?", help="a .gguf file or HF model (or give --base/--rope-dim/--orig-ctx)")
     pl.add_argument("--ctx", type=_positive_int, required=True, help="target context length in tokens")
     pl.add_argument("--method", default="all", choices=["all", *METHODS], help="one method, or all (default)")
     pl.add_argument("--alpha", type=_float, help="alpha / factor (default: ctx / original ctx)")
@@ -374,8 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = parsers["gguf"]
     g.add_argument("path", help="the .gguf file (for split models, the -00001-of-N file)")
-    g.add_argument("--ctx", type=_positive_int, required=True, help="target context length in tokens")
-    g.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"default {DEFAULT_METHOD}")
+    g.add_argument("--ctx", type=_positive_int, help="target context length in tokens (required unless --from-hf)")
+    g.add_argument("--method", choices=list(METHODS), help=f"default {DEFAULT_METHOD}")
+    g.add_argument("--from-hf", metavar="CONFIG", help="apply the rope settings of a Hugging Face config.json")
     g.add_argument("--alpha", type=_float, help="alpha / factor (default: ctx / original ctx)")
     g.add_argument("-o", "--output", help="write a patched copy here and leave PATH untouched")
     g.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
@@ -388,8 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="discard a scaling the model already has instead of refusing",
     )
 
+    hf = parsers["hf"]
+    hf.add_argument("path", help="model directory (config.json + *.safetensors), a .safetensors file or config.json")
+    hf.add_argument("--ctx", type=_positive_int, required=True, help="target context length in tokens")
+    hf.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=f"default {DEFAULT_METHOD}")
+    hf.add_argument("--alpha", type=_float, help="alpha / factor (default: ctx / original ctx)")
+    hf.add_argument("-o", "--output", metavar="OUTDIR", help="write a patched copy of the model here (new or empty directory)")
+    hf.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+    hf.add_argument("--replace-scaling", action="store_true", help="discard a scaling the config already has instead of refusing")
+    hf.add_argument("--force", action="store_true", help="discard hand edits made to config.json after ropepatch patched it")
+
     r = parsers["revert"]
-    r.add_argument("path", help="a file ropepatch patched")
+    r.add_argument("path", help="a file or HF model ropepatch patched")
+    r.add_argument("--force", action="store_true", help="HF: discard hand edits made to config.json after patching")
     r.add_argument("-o", "--output", help="write the restored original here and leave PATH untouched")
     r.add_argument("--dry-run", action="store_true", help="check that revert is possible, write nothing")
     return p
@@ -401,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.command == "gguf":
+        args.method_given = args.method is not None
+        args.method = args.method or DEFAULT_METHOD
     try:
         return COMMANDS[args.command][0](args)
     except RopepatchError as e:

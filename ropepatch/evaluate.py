@@ -326,7 +326,7 @@ def _quiet(quiet: bool):
     logger = logging.getLogger("llama-cpp-python")
     old = logger.level
     if quiet:
-        logger.setLevel(logging.ERROR)
+        logger.setLevel(logging.CRITICAL)  # 0.3.36 maps ggml WARN to ERROR
     try:
         yield
     finally:
@@ -405,7 +405,7 @@ class Model:
         if quiet:  # llama.cpp logs through llama-cpp-python's logger: silence it while loaded
             logger = logging.getLogger("llama-cpp-python")
             self._log_level = logger.level
-            logger.setLevel(logging.ERROR)
+            logger.setLevel(logging.CRITICAL)  # 0.3.36 maps ggml WARN to ERROR
         mp = self._ll.llama_model_default_params()
         mp.n_gpu_layers = int(n_gpu_layers)
         with _lock, _quiet(quiet):

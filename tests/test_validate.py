@@ -223,3 +223,11 @@ def test_unreadable_file_is_not_handed_to_llama_cpp(copy_fixture):
     r = validate(path, **FAST)
     assert statuses(r) == {"a": FAILED, "b": SKIPPED, "c": SKIPPED, "d": SKIPPED}
     assert "ropepatch cannot read the file" in r.check("a").reason and "yam!" in r.check("a").reason
+
+
+@pytest.mark.skipif(not gpu_available(), reason="llama-cpp-python built without GPU offload")
+@pytest.mark.parametrize("name", GGUF_FIXTURES)
+def test_validate_on_gpu(copy_fixture, name):
+    path = patched(copy_fixture, name, "yarn")
+    r = validate(path, gpu_layers=-1)
+    assert r.device.startswith("gpu") and r.passed, format_report(r)

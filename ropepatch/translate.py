@@ -1,0 +1,105 @@
+"""Cross-format translation: HF config rope settings <-> GGUF plans.
+
+* :func:`plan_from_hf` turns the rope settings of a Hugging Face config.json into the
+  (method, ctx, alpha) that gives a GGUF of the same model the same extension.
+* :func:`gguf_as_hf` gives the Hugging Face rope block equivalent to a GGUF's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import hf_keys as hk
+from .errors import UnsupportedModelError, UsageError
+from .gguf_patch import ModelInfo
+from .keys import ScalingType
+from .methods import make_plan
+from .params import RopeParams
+
+
+@dataclass(frozen=True)
+class HFTranslation:
+    method: str
+    ctx: int
+    alpha: float
+    warnings: tuple[str, ...]
+
+
+def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None) -> HFTranslation:
+    """The GGUF patch that applies ``config_path``'s rope settings to a model whose ORIGINAL
+    GGUF settings are ``original``. ``ctx`` overrides the target context the config implies."""
+    from .hf_config import load_config, read_rope
+
+    rope = read_rope(load_config(config_path))
+    L, d, b = original.n_ctx_train, original.rope_dim, original.freq_base
+    warnings: list[str] = []
+    if rope.rope_dim != d:
+        raise UsageError(
+            f"{config_path}: rotary dims {rope.rope_dim} do not match the GGUF's {d}; the config "
+            f"belongs to a different model"
+        )
+    if rope.orig_ctx not in (L,) and rope.rope_type != hk.RT_DEFAULT:
+        warnings.append(
+            f"the config's original context {rope.orig_ctx} differs from the GGUF's {L}; the "
+            f"GGUF's is used"
+        )
+    t = rope.rope_type
+    if t == hk.RT_DEFAULT:
+        if rope.rope_theta == b:
+            raise UsageError(
+                f"{config_path}: rope_theta {rope.rope_theta:g} equals the GGUF's base and there is "
+                f"no rope_scaling: the config carries no context extension to apply"
+            )
+        if rope.rope_theta < b:
+            raise UsageError(
+                f"{config_path}: rope_theta {rope.rope_theta:g} is below the GGUF's original base "
+                f"{b:g}; that is not an NTK extension ropepatch can express"
+            )
+        method, alpha = "ntk", (rope.rope_theta / b) ** ((d - 2) / d)
+        target = ctx or (rope.max_position_embeddings if rope.max_position_embeddings > L else round(L * alpha))
+    elif t in (hk.RT_DYNAMIC, hk.RT_LINEAR, hk.RT_YARN):
+        method, alpha = {hk.RT_DYNAMIC: "dynamic", hk.RT_LINEAR: "linear", hk.RT_YARN: "yarn"}[t], float(rope.factor or 1.0)
+        target = ctx or round(L * alpha)
+        if t == hk.RT_DYNAMIC:
+            warnings.append(
+                f"dynamic: llama.cpp has no dynamic NTK mode; the GGUF gets the static base dynamic "
+                f"NTK would use at {target} tokens, applied at every length"
+            )
+    else:
+        raise UnsupportedModelError(
+            f"{config_path}: rope_type {t!r} has no GGUF equivalent ropepatch can write (only "
+            f"default/ntk, dynamic, linear and yarn translate)"
+        )
+    return HFTranslation(method, int(target), float(alpha), tuple(warnings))
+
+
+def gguf_as_hf(info: ModelInfo) -> dict:
+    """The Hugging Face config keys equivalent to a GGUF's current rope settings."""
+    from .hf_patch import plan_hf_snippets
+
+    prov, cur = info.provenance, info.current
+    if prov is not None:
+        plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha)
+        return plan_hf_snippets(plan)
+    scaling = None
+    if cur.has_freq_factors:
+        raise UnsupportedModelError(
+            f"{info.path}: per-pair frequency factors (rope_freqs) have no single HF rope block "
+            f"ropepatch can derive"
+        )
+    if cur.scaling_type == ScalingType.LINEAR and cur.freq_scale != 1.0:
+        scaling = {hk.RS_ROPE_TYPE: hk.RT_LINEAR, hk.RS_FACTOR: cur.scaling_factor}
+    elif cur.scaling_type == ScalingType.YARN:
+        scaling = {hk.RS_ROPE_TYPE: hk.RT_YARN, hk.RS_FACTOR: cur.scaling_factor,
+                   hk.RS_ORIG_MAX_POS: cur.n_ctx_orig}
+    elif cur.scaling_type == ScalingType.LONGROPE:
+        raise UnsupportedModelError(f"{info.path}: longrope needs per-pair factors; no HF block derived")
+    v4 = {hk.ROPE_THETA: cur.freq_base, hk.ROPE_SCALING: scaling,
+          hk.MAX_POSITION_EMBEDDINGS: cur.n_ctx_train}
+    params = dict(scaling) if scaling else {hk.RS_ROPE_TYPE: hk.RT_DEFAULT}
+    params[hk.ROPE_THETA] = cur.freq_base
+    return {
+        "transformers_v4": v4,
+        "transformers_v5": {hk.ROPE_PARAMETERS: params, hk.MAX_POSITION_EMBEDDINGS: cur.n_ctx_train},
+        "notes": ["not patched by ropepatch: the block restates the file's own settings"],
+    }
