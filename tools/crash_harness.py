@@ -438,15 +438,18 @@ def tmpfs(size_bytes: int, work: str):
 def _fill(d: str) -> str:
     """Fill the filesystem of ``d`` to the last byte; return the filler's path."""
     p = os.path.join(d, "filler")
-    with open(p, "wb") as f:
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
         for size in (1 << 20, 4096, 1):
             buf = b"\0" * size
             while True:
                 try:
-                    f.write(buf)
-                    f.flush()
+                    if os.write(fd, buf) < size:
+                        break
                 except OSError:
                     break
+    finally:
+        os.close(fd)
     return p
 
 
