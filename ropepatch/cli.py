@@ -381,6 +381,24 @@ def cmd_hf(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from .validate import format_report, validate
+
+    r = validate(args.path, ctx=args.ctx, gpu_layers=args.gpu_layers, positions=args.positions,
+                 reference_forward=args.reference_forward, n_threads=args.threads)
+    print(r.to_json() if args.json else format_report(r))
+    return 0 if r.passed else 1
+
+
+def _positions(text: str) -> list[int]:
+    from .validate import parse_positions
+
+    try:
+        return parse_positions(text)
+    except RopepatchError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_revert(args) -> int:
     from .gguf_patch import revert_gguf
 
@@ -439,6 +457,16 @@ COMMANDS = {
         "examples:\n  ropepatch hf ./Qwen2.5-0.5B --ctx 65536 --method yarn\n"
         "  ropepatch hf ./model-dir --ctx 16384 --method dynamic -o ./model-16k\n"
         "  ropepatch hf ~/.cache/huggingface/hub/models--org--name/snapshots/REV --ctx 32768 --dry-run\n\nmethods:\n" + _METHODS_HELP,
+    ),
+    "validate": (
+        cmd_validate,
+        "prove in llama.cpp that the file runs with the RoPE ropepatch planned (exit 1 on any failed check)",
+        "examples:\n  ropepatch validate model.gguf\n  ropepatch validate model.gguf --ctx 16384 --json\n"
+        "  ropepatch validate model.gguf --gpu-layers -1 --positions 8184-8199,16368-16383\n\n"
+        "checks: a. the file loads and the runtime reads back what was written; b. the ROPE op\n"
+        "parameters the runtime applied equal the plan; c. a NumPy reference rotary reproduces the\n"
+        "runtime's rotated Q/K past the original context; d. a NumPy reference forward pass\n"
+        "reproduces the logits (small models). Needs llama-cpp-python: pip install 'ropepatch[validate]'",
     ),
     "revert": (
         cmd_revert,
@@ -523,6 +551,16 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
     hf.add_argument("--replace-scaling", action="store_true", help="discard a scaling the config already has instead of refusing")
     hf.add_argument("--force", action="store_true", help="discard hand edits made to config.json after ropepatch patched it")
+
+    v = parsers["validate"]
+    v.add_argument("path", help="a .gguf file (patched or not)")
+    v.add_argument("--ctx", type=_positive_int, help="probe positions up to ctx-1 (default: the file's context_length)")
+    v.add_argument("--gpu-layers", type=int, default=0, help="n_gpu_layers for llama.cpp (-1 = all; default 0)")
+    v.add_argument("--positions", type=_positions, help="check c positions, e.g. 8184-8199,16368-16383")
+    v.add_argument("--reference-forward", dest="reference_forward", action="store_true", default=None,
+                   help="force check d (default: run it when the model is small enough)")
+    v.add_argument("--no-reference-forward", dest="reference_forward", action="store_false", help="skip check d")
+    v.add_argument("--threads", type=_positive_int, help="CPU threads for the probes (default: 1 per 1e9 parameters)")
 
     r = parsers["revert"]
     r.add_argument("path", help="a file or HF model ropepatch patched")

@@ -501,6 +501,7 @@ class Context:
         for i in range(nb):
             b.seq_id[i][0] = 0
         self.decode_seconds = 0.0
+        self._work: np.ndarray | None = None  # scratch for token_nll (n_batch x n_vocab float32)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):
@@ -568,7 +569,9 @@ class Context:
             logits = self.decode(seq[p:q], p, want if want.any() else None)
             if logits is not None:
                 tgt_pos = np.arange(p, q)[want] + 1
-                nll[tgt_pos] = token_nll(logits, seq[tgt_pos])
+                if self._work is None:
+                    self._work = np.empty(self.n_batch * self.model.n_vocab, dtype=np.float32)
+                nll[tgt_pos] = token_nll(logits, seq[tgt_pos], self._work)
             if on_batch:
                 on_batch(q - p)
             p = q
@@ -577,12 +580,17 @@ class Context:
         return nll
 
 
-def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log softmax(logits)[target] per row; exp in float32, sums and logs in float64."""
+def token_nll(logits: np.ndarray, targets: np.ndarray, work: np.ndarray | None = None) -> np.ndarray:
+    """-log softmax(logits)[target] per row: exp in float32 (into ``work`` when given, a
+    reusable buffer at least as large as ``logits``, to avoid fresh page faults per batch),
+    row sums accumulated in float64, logs and differences in float64."""
+    n, v = logits.shape
     m = logits.max(axis=1)
-    e = np.exp(logits - m[:, None])
-    lse = np.log(e.sum(axis=1, dtype=np.float64)) + m.astype(np.float64)
-    return lse - logits[np.arange(len(targets)), targets].astype(np.float64)
+    buf = work.reshape(-1)[: n * v].reshape(n, v) if work is not None else np.empty_like(logits)
+    np.subtract(logits, m[:, None], out=buf)
+    np.exp(buf, out=buf)
+    lse = np.log(buf.sum(axis=1, dtype=np.float64)) + m.astype(np.float64)
+    return lse - logits[np.arange(n), targets].astype(np.float64)
 
 
 # ---- the sliding-window baseline --------------------------------------------------------------

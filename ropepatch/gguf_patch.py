@@ -12,6 +12,17 @@ It ends the header with a ``ropepatch.reserved`` filler sized so the new data of
 old one plus a multiple of 4096 (block-aligned copies; reflinks where the filesystem can) and
 leaves at least :data:`MIN_SLACK` bytes of slack. Later patches resize the filler and
 overwrite just the changed header bytes in place.
+
+Crash safety of those in-place writes (see docs/reliability.md). The first patch lays the
+header out as: the original keys a patch never touches, in their order; ``ropepatch.original``
+(fixed from then on; its JSON is padded with spaces so what follows starts on a 4 KiB page
+boundary); one slot per :data:`keys.TOUCHED_KEYS` entry, holding the key or, where it is absent,
+a ``ropepatch.unset.*`` placeholder (so the entry count at offset 16 never changes); the other
+``ropepatch.*`` keys; the filler. The touched keys' original positions are recorded (``"at"``)
+so revert puts them back. Every byte a re-patch changes then lies in one run of a few hundred
+bytes inside one page, written by one ``pwrite``: a kill -9 leaves either the old or the new
+header, never a mix (the kernel only gives up on a write for a fatal signal between pages).
+Any in-place write that would need more than one run is done as an atomic rewrite instead.
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ from .params import RopeParams
 MIN_SLACK = 1024  # bytes of filler left for later in-place patches
 BLOCK = 4096
 RECORD_FORMAT = 1
+PAGE = 4096  # the re-patchable tail of the header starts on a page boundary
+RP_UNSET = "ropepatch.unset."  # + a TOUCHED_KEYS template: placeholder slot for an absent key
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 _FREQ_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
@@ -227,10 +240,23 @@ def _original_kvs(h: GGUFHeader, prov: Provenance | None) -> list[KV]:
                     f"damaged; the provenance cannot be used"
                 ) from None
         out.append(kv)
+    at = prov.record.get("at")
+    if at is None:  # written before touched keys were moved to the tail: they never moved
+        return out
+    if not isinstance(at, dict) or not all(type(i) is int and i >= 0 for i in at.values()):
+        raise FormatError(
+            f"{h.path}: key {K.RP_ORIGINAL!r}: the recorded key positions are damaged; the "
+            f"provenance cannot be used"
+        )
+    # the first patch moved the touched keys to the header's tail: put them back where they were
+    moved = sorted(((at[kv.key], kv) for kv in out if kv.key in at), key=lambda p: p[0])
+    out = [kv for kv in out if kv.key not in at]
+    for i, kv in moved:
+        out.insert(i, kv)
     return out
 
 
-def _make_record(h: GGUFHeader, arch: str) -> str:
+def _make_record(h: GGUFHeader, arch: str) -> dict:
     present = {kv.key: kv for kv in h.kvs}
     rec_keys = {}
     for template in K.TOUCHED_KEYS:
@@ -245,7 +271,15 @@ def _make_record(h: GGUFHeader, arch: str) -> str:
     }
     if any(h.padding):
         record["padding"] = h.padding.hex()
-    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return record
+
+
+def _record_kv(record: dict, offset: int) -> KV:
+    """The ``ropepatch.original`` entry for an undo record placed at header ``offset``, its JSON
+    padded with spaces so the entry ends on a page boundary."""
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    end = offset + len(make_kv(K.RP_ORIGINAL, ValueType.STRING, text).raw)
+    return make_kv(K.RP_ORIGINAL, ValueType.STRING, text + " " * (-end % PAGE))
 
 
 def _header_sha(h: GGUFHeader) -> str:
@@ -373,7 +407,7 @@ def _changes(before: list[KV], after: list[KV]) -> tuple[Change, ...]:
     a = {kv.key: kv for kv in after}
     out = []
     for key in list(b) + [x for x in a if x not in b]:
-        if key in (K.RP_RESERVED, K.RP_ORIGINAL):
+        if key in (K.RP_RESERVED, K.RP_ORIGINAL) or key.startswith(RP_UNSET):
             continue
         kb, ka = b.get(key), a.get(key)
         if kb is None or ka is None or kb.raw != ka.raw:
@@ -491,15 +525,32 @@ def patch_gguf(
         changes = _changes(list(h.kvs), new_kvs)
         return _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progress)
 
+    if prov is None and any(kv.key.startswith(K.RP_PREFIX) for kv in h.kvs):
+        raise FormatError(
+            f"{path}: has ropepatch.* keys but no undo record ({K.RP_ORIGINAL!r}); the provenance "
+            f"is damaged, so ropepatch cannot tell the original values"
+        )
+    # tail layout (module docstring): untouched originals, the record, the touched-key slots,
+    # ropepatch's keys, the filler
+    touched = [(t, k(t, arch)) for t in K.TOUCHED_KEYS]
+    touched_keys = {key for _, key in touched}
+    kept = [kv for kv in new_kvs if kv.key not in touched_keys]
+    record_kv = h.entry(K.RP_ORIGINAL) if prov is not None and "at" in prov.record else None
+    if record_kv is None:  # first patch (or a file patched before keys moved): new record
+        rec = _make_record(h, arch) if prov is None else dict(prov.record)
+        rec["at"] = {kv.key: i for i, kv in enumerate(base_kvs) if kv.key in touched_keys}
+        record_kv = _record_kv(rec, 24 + sum(len(kv.raw) for kv in kept))
+    by_key = {kv.key: kv for kv in new_kvs}
+    slots = [by_key.get(key) or make_kv(RP_UNSET + t, ValueType.UINT8, 0) for t, key in touched]
     rp = [
         make_kv(K.RP_VERSION, ValueType.STRING, __version__),
         make_kv(K.RP_METHOD, ValueType.STRING, plan.method),
         make_kv(K.RP_CTX, ValueType.UINT32, ctx),
         make_kv(K.RP_ALPHA, ValueType.FLOAT64, float(plan.alpha)),
-        h.entry(K.RP_ORIGINAL) or make_kv(K.RP_ORIGINAL, ValueType.STRING, _make_record(h, arch)),
     ]
-    changes = _changes(list(h.kvs), new_kvs + rp)
-    header, new_off = _layout(h, new_kvs + rp, rewrite_layout=prov is None)
+    layout_kvs = kept + [record_kv] + slots + rp
+    changes = _changes(list(h.kvs), layout_kvs)
+    header, new_off = _layout(h, layout_kvs, rewrite_layout=prov is None)
     in_place = new_off == h.data_offset
     if in_place and header == h.raw:
         if out is None:
@@ -509,11 +560,10 @@ def patch_gguf(
         return PatchResult(path, target, plan, "dry-run", changes, tuple(warnings))
     with locked(path):
         _recheck(path, h)
-        if in_place and out is None:
-            spans = _diff_spans(h.raw, header)
+        spans = _diff_spans(h.raw, header) if in_place and out is None else []
+        if len(spans) == 1:  # one run: a kill leaves old or new, never a mix
             write_spans_in_place(path, spans, h.file_size)
-            return PatchResult(path, target, plan, "in-place", changes, tuple(warnings),
-                               sum(len(b) for _, b in spans))
+            return PatchResult(path, target, plan, "in-place", changes, tuple(warnings), len(spans[0][1]))
         rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
     return PatchResult(path, target, plan, "rewrite", changes, tuple(warnings), len(header) + h.data_length)
 
@@ -595,8 +645,9 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
     check_can_replace(target)
     with locked(path):
         _recheck(path, h)
-        if data_off == h.data_offset and out is None:
-            write_spans_in_place(path, _diff_spans(h.raw, header), h.file_size)
+        spans = _diff_spans(h.raw, header) if data_off == h.data_offset and out is None else []
+        if len(spans) == 1:  # one run: a kill leaves old or new, never a mix
+            write_spans_in_place(path, spans, h.file_size)
             return RevertResult(path, target, "in-place", sha, changes)
         rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
     return RevertResult(path, target, "rewrite", sha, changes)

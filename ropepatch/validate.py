@@ -472,6 +472,8 @@ def validate(
     n_ctx: context size of the probes of checks b/c (default: just enough for a batch --
         positions may exceed n_ctx, RoPE depends on positions only; models with long/short
         rope factor tensors get ctx, since llama.cpp picks the factors by context size).
+    n_threads: CPU threads of the probes (default: one per billion parameters, at least 1,
+        at most all cores).
     expect: overrides of the expected RopeParams fields (e.g. ``{"layout": "neox"}``,
         ``{"freq_base": 5e5}``): check the runtime against what you believe instead.
     """
@@ -639,6 +641,11 @@ def validate(
                     time.perf_counter() - t0)
     ]
 
+    if n_threads is None:
+        # the probes decode a few tokens and synchronise after every node of the captured
+        # layers: thread wake-ups dominate small models (erratic on a busy machine)
+        n_threads = max(1, min(os.cpu_count() or 1, math.ceil(rt.n_params / 1e9)))
+
     # ---- b + c: probe the runtime ------------------------------------------------------------
     if expected_op is None:
         checks += [_skip("b", NAMES["b"], op_problem), _skip("c", NAMES["c"], op_problem)]
@@ -658,7 +665,7 @@ def validate(
                 nc = int(n_ctx) if n_ctx else (target_ctx if long_short else max(256, n_tok))
                 res = probe(path, toks, lo, n_ctx=nc, layers=layer_set, n_gpu_layers=gpu_layers,
                             logits=False, n_threads=n_threads)
-                if res.n_ctx_train != cur.n_ctx_train:
+                if res.n_ctx_train != cur.n_ctx_train and "after creating a context" not in checks[0].reason:
                     checks[0] = _amend(checks[0], f"after creating a context the runtime's n_ctx_train is "
                                                   f"{res.n_ctx_train}, not {cur.n_ctx_train}")
                 for cap in res.ropes:
@@ -673,7 +680,7 @@ def validate(
             why = f"no ROPE node captured in layers {list(layer_set)} (does this model use RoPE there?)"
             checks += [CheckResult("b", NAMES["b"], FAILED, why), CheckResult("c", NAMES["c"], FAILED, why)]
         else:
-            checks.append(_check_b(captures, expected_op, file_op, src, t_probe))
+            checks.append(_check_b(captures, expected_op, file_op, src, t_probe, n_threads))
             checks.append(_check_c(captures, expected_op, src, on_gpu, runs))
 
     # ---- d: reference forward ---------------------------------------------------------------
@@ -703,7 +710,7 @@ def _op_diffs(got: Mapping, want: Mapping) -> list[str]:
     return out
 
 
-def _check_b(captures, expected_op, file_op, src, seconds) -> CheckResult:
+def _check_b(captures, expected_op, file_op, src, seconds, n_threads) -> CheckResult:
     diffs: dict[str, list[str]] = {}
     runtime_ops = {}
     follows_file = True
@@ -715,7 +722,7 @@ def _check_b(captures, expected_op, file_op, src, seconds) -> CheckResult:
             diffs.setdefault(cap.name, d)
         if file_op is None or _op_diffs(got, file_op):
             follows_file = False
-    figs = {"expected": dict(expected_op), "runtime": runtime_ops, "n_captures": len(captures)}
+    figs = {"expected": dict(expected_op), "runtime": runtime_ops, "n_captures": len(captures), "n_threads": n_threads}
     if not diffs:
         return CheckResult("b", NAMES["b"], PASSED, "", figs, seconds)
     name, d = next(iter(diffs.items()))
@@ -914,8 +921,6 @@ def format_report(report: ValidationReport) -> str:
     tag = {PASSED: "PASS", FAILED: "FAIL", SKIPPED: "SKIP"}
     for c in report.checks:
         detail = _summary(c) if c.status == PASSED else c.reason
-        if c.status == FAILED and _summary(c):
-            detail = c.reason
         lines.append(f"  {tag[c.status]} {c.id}. {c.name} ({c.seconds:.1f} s): {detail}")
     for n in report.notes:
         lines.append(f"  note: {n}")

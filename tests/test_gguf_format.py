@@ -89,11 +89,16 @@ def test_first_patch_layout_keeps_block_alignment_and_slack(tmp_path):
     assert (new.data_offset - old.data_offset) % 4096 == 0
     assert new.get("ropepatch.reserved").count >= gp.MIN_SLACK
     assert new.header_end == new.data_offset  # the filler absorbs all padding
-    # order: original keys keep their places, new rope keys follow them, then ropepatch's keys
-    # with the filler at the very end
+    # order: the original keys a patch never touches keep their order, then the undo record,
+    # then one slot per touched key (the key, or a placeholder where it is absent), then
+    # ropepatch's keys, with the filler at the very end; the slots start on a page boundary so
+    # every re-patch is one pwrite inside one page (docs/reliability.md)
     keys = [kv.key for kv in new.kvs]
-    old_keys = [kv.key for kv in old.kvs]
-    assert [k for k in keys if k in old_keys] == old_keys
-    assert keys[-1] == "ropepatch.reserved"
-    assert keys.index("llama.rope.scaling.type") == len(old_keys)
-    assert keys.index("ropepatch.version") == len(old_keys) + 3
+    touched = ["llama.context_length", "llama.rope.freq_base", "llama.rope.scaling.type",
+               "llama.rope.scaling.factor", "llama.rope.scaling.original_context_length"]
+    untouched = [kv.key for kv in old.kvs if kv.key not in touched]
+    n = len(untouched)
+    assert keys[:n] == untouched
+    assert keys[n:] == ["ropepatch.original", *touched, "ropepatch.version", "ropepatch.method",
+                        "ropepatch.ctx", "ropepatch.alpha", "ropepatch.reserved"]
+    assert (24 + sum(len(kv.raw) for kv in new.kvs[: n + 1])) % 4096 == 0

@@ -7,10 +7,6 @@
   forward reproduces its logits over positions 704..1023 (attention distances up to 319 > 128).
 * Negative controls fail with the right reason: a base changed behind ropepatch's back, a
   wrong rotary layout, a wrong YaRN original context.
-
-The probes run with one thread (``n_threads=1``): on a shared 2-core machine ggml's spinning
-worker threads make tiny decodes slower and erratic; the result does not depend on it (one
-test uses the default thread count).
 """
 
 from __future__ import annotations
@@ -44,7 +40,6 @@ from ropepatch.validate import (  # noqa: E402
 
 CTX = 1024  # 8 x the fixtures' training context
 L = 128
-FAST = dict(n_threads=1)
 
 
 def patched(copy_fixture, name: str, method: str, ctx: int = CTX) -> str:
@@ -78,7 +73,7 @@ def statuses(r: ValidationReport) -> dict[str, str]:
 @pytest.mark.parametrize("name", GGUF_FIXTURES)
 def test_validate_passes_every_fixture_and_method(copy_fixture, name, method):
     path = patched(copy_fixture, name, method)
-    r = validate(path, **FAST)
+    r = validate(path)
     assert r.passed, format_report(r)
     assert statuses(r) == {"a": PASSED, "b": PASSED, "c": PASSED, "d": PASSED}, format_report(r)
     info = inspect_gguf(path)
@@ -131,7 +126,7 @@ def test_unpatched_file_and_report_formats(copy_fixture):
 
 def test_custom_positions_and_options(copy_fixture):
     path = patched(copy_fixture, "tiny-llama-q8_0.gguf", "linear")
-    r = validate(path, positions=[0, 1, 2, 5000, 5001], reference_forward=False, **FAST)
+    r = validate(path, positions=[0, 1, 2, 5000, 5001], reference_forward=False, n_threads=2)
     assert r.passed, format_report(r)
     assert r.check("c").figures["positions"] == [[0, 2], [5000, 5001]]
     assert r.check("d").status == SKIPPED and "not requested" in r.check("d").reason
@@ -147,7 +142,7 @@ def test_custom_positions_and_options(copy_fixture):
 def test_gpu_layers(copy_fixture):
     """--gpu-layers passes through; without a GPU build the report says the GPU was not validated."""
     path = patched(copy_fixture, "tiny-qwen2-q8_0.gguf", "yarn")
-    r = validate(path, gpu_layers=-1, **FAST)
+    r = validate(path, gpu_layers=-1)
     assert r.passed, format_report(r)
     if gpu_available():
         assert r.device.startswith("gpu") and r.check("c").figures["judged_by"] == "f64"
@@ -164,7 +159,7 @@ def test_negative_base_changed_behind_ropepatchs_back(copy_fixture):
     path = patched(copy_fixture, "tiny-llama-f32.gguf", "ntk")
     planned = make_plan(inspect_gguf(path).original, CTX, "ntk").target.freq_base  # float64
     poke(path, "llama.rope.freq_base", "<f", 1e6)
-    r = validate(path, **FAST)
+    r = validate(path)
     assert not r.passed
     assert statuses(r) == {"a": FAILED, "b": FAILED, "c": FAILED, "d": FAILED}, format_report(r)
     a, b, c = (r.check(x).reason for x in "abc")
@@ -180,7 +175,7 @@ def test_negative_wrong_rotary_layout(copy_fixture, name):
     """Expecting the other pairing (what a wrong architecture table in ropepatch would do)."""
     path = patched(copy_fixture, name, "yarn")
     actual, wrong = ("NORM", "NEOX") if "llama" in name else ("NEOX", "NORM")
-    r = validate(path, expect={"layout": wrong.lower()}, reference_forward=False, **FAST)
+    r = validate(path, expect={"layout": wrong.lower()}, reference_forward=False)
     assert statuses(r) == {"a": FAILED, "b": FAILED, "c": FAILED, "d": SKIPPED}, format_report(r)
     assert r.expected_source == "expected"
     assert f"runtime rope type {actual}" in r.check("a").reason
@@ -194,7 +189,7 @@ def test_negative_wrong_yarn_original_ctx(copy_fixture):
     """original_context_length set to the target (a common mistake) behind ropepatch's back."""
     path = patched(copy_fixture, "tiny-qwen2-q8_0.gguf", "yarn")
     poke(path, "qwen2.rope.scaling.original_context_length", "<I", CTX)
-    r = validate(path, **FAST)
+    r = validate(path)
     assert statuses(r) == {"a": FAILED, "b": FAILED, "c": FAILED, "d": FAILED}, format_report(r)
     assert "qwen2.rope.scaling.original_context_length is 1024 in the file, the recorded plan gives 128" in r.check("a").reason
     assert "n_ctx_orig: runtime 1024, plan 128" in r.check("b").reason
@@ -206,7 +201,7 @@ def test_negative_yarn_original_ctx_only_check_b_sees(copy_fixture):
     rotation is bit-for-bit the same, so c and d pass; a and b catch the parameter itself."""
     path = patched(copy_fixture, "tiny-qwen2-q8_0.gguf", "yarn")
     poke(path, "qwen2.rope.scaling.original_context_length", "<I", 64)
-    r = validate(path, reference_forward=False, **FAST)
+    r = validate(path, reference_forward=False)
     assert statuses(r) == {"a": FAILED, "b": FAILED, "c": PASSED, "d": SKIPPED}, format_report(r)
     assert "n_ctx_orig: runtime 64, plan 128" in r.check("b").reason
 
@@ -220,7 +215,7 @@ def test_unreadable_file_is_not_handed_to_llama_cpp(copy_fixture):
     with open(path, "r+b") as f:
         f.seek(off)
         f.write(b"yam!")  # "yarn" -> "yam!": same length
-    r = validate(path, **FAST)
+    r = validate(path)
     assert statuses(r) == {"a": FAILED, "b": SKIPPED, "c": SKIPPED, "d": SKIPPED}
     assert "ropepatch cannot read the file" in r.check("a").reason and "yam!" in r.check("a").reason
 

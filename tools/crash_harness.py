@@ -175,7 +175,11 @@ def validate(path: str, expect: tuple, pristine: str, use_llama: bool = True) ->
     key = (sha256(path), expect, pristine, use_llama)
     if key in _valid_cache:
         return _valid_cache[key]
-    _valid_cache[key] = problem = _validate(path, expect, pristine, use_llama)
+    with tempfile.TemporaryDirectory() as d:  # a copy: the file itself may be locked right now
+        copy = os.path.join(d, "model.gguf")
+        shutil.copyfile(path, copy)
+        problem = _validate(copy, expect, pristine, use_llama)
+    _valid_cache[key] = problem = problem and problem.replace(copy, path)
     return problem
 
 
@@ -648,13 +652,17 @@ def concurrency_checks(fixture: str, work: str, stress: int = 0, seed: int = 0) 
                 out.append(Check(f"concurrent: {what}", False, "first process did not stop"))
                 continue
             rc, _, err = run(_fmt(second, f, ""))
-            refused = one_line_error(rc, err, LOCK_MSG)
-            intact_while = sha256(f) == before
-            ri, _, _ = run(["inspect", f])  # readers are not blocked and see the old, complete file
+            # refused: the lock, or (revert of a file not patched yet) nothing to revert
+            refused = one_line_error(rc, err, LOCK_MSG) or one_line_error(rc, err, "no ropepatch provenance")
+            # while the first is frozen mid-write, readers see a complete file: the old one (a
+            # rewrite has not renamed yet) or the new one (an in-place pwrite is all-or-nothing)
+            seen = sha256(f)
+            whole_while = seen == before or validate(f, expect, pristine, use_llama=False) is None
+            ri, _, _ = run(["inspect", f])
             a.send_signal(signal.SIGCONT)
             _, aerr = a.communicate(timeout=60)
             problem = validate(f, expect, pristine, use_llama=False) if a.returncode == 0 else aerr
-            ok = refused and intact_while and ri == 0 and a.returncode == 0 and problem is None and not temps(d)
+            ok = refused and whole_while and ri == 0 and a.returncode == 0 and problem is None and not temps(d)
             out.append(Check(f"concurrent: '{' '.join(second[:1] + second[2:])}' while another ropepatch is in its {what} -> refused; first completes", ok,
                              err.strip() if ok else f"second rc={rc} {err.strip()[:200]}; first rc={a.returncode} {problem}"))
     # stress: several processes started together on one file; every one either succeeds or
