@@ -97,6 +97,74 @@ def make_big(src: str, dst: str, size_gb: float) -> str:
     return dst
 
 
+def make_big_safetensors(dst_dir: str, size_gb: float) -> str:
+    """An HF model dir: the tiny llama's config.json + one safetensors file of ``size_gb`` GB
+    (one U8 tensor of random-ish bytes; header written by the format's rules)."""
+    os.makedirs(dst_dir, exist_ok=True)
+    shutil.copyfile(os.path.join(os.path.dirname(HERE), "fixtures", "hf", "tiny-llama", "config.json"),
+                    os.path.join(dst_dir, "config.json"))
+    n = int(size_gb * 1e9)
+    header = json.dumps({"__metadata__": {"format": "pt"},
+                         "bench.weight": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}},
+                        separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    path = os.path.join(dst_dir, "model.safetensors")
+    block = os.urandom(64 << 20)
+    with open(path + ".part", "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        left = n
+        while left > 0:
+            f.write(block[: min(left, len(block))])
+            left -= len(block)
+    os.replace(path + ".part", path)
+    return dst_dir
+
+
+NAIVE_SAFETENSORS = (
+    "import sys; from safetensors.numpy import load_file, save_file; "
+    "t = load_file(sys.argv[1]); save_file(t, sys.argv[2], metadata={'format': 'pt', 'ropepatch.ctx': '512'})"
+)
+
+
+def bench_safetensors(label: str, pristine_dir: str, work: str, reps: int) -> dict:
+    rp = [sys.executable, "-m", "ropepatch"]
+    a, c = os.path.join(work, "st-a"), os.path.join(work, "st-c")
+    res: dict[str, list[tuple[float, float]]] = {}
+
+    def rec(name, cmd):
+        os.sync()
+        res.setdefault(name, []).append(run(cmd))
+
+    src = os.path.join(pristine_dir, "model.safetensors")
+    for r in range(reps):
+        for d in (a, c):
+            shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(c)
+        rec("cp", ["cp", src, os.path.join(c, "x.safetensors")])
+        rec("cp + sync (durable copy)", ["sh", "-c", f"cp -r '{pristine_dir}' '{a}' && sync '{a}/model.safetensors'"])
+        rec("ropepatch hf first patch", rp + ["hf", a, "--ctx", "512"])
+        rec("ropepatch hf re-patch (in place)", rp + ["hf", a, "--ctx", str(1024 + 128 * r)])
+        rec("ropepatch revert", rp + ["revert", a])
+        rec("safetensors load_file + save_file (naive rewrite)",
+            [sys.executable, "-c", NAIVE_SAFETENSORS, src, os.path.join(c, "y.safetensors")])
+    for d in (a, c):
+        shutil.rmtree(d, ignore_errors=True)
+    return _summarise(label, src, reps, res)
+
+
+def _summarise(label: str, path: str, reps: int, res: dict) -> dict:
+    out = {}
+    for name, runs in res.items():
+        walls = [w for w, _ in runs]
+        out[name] = {
+            "median_s": statistics.median(walls),
+            "min_s": min(walls),
+            "max_s": max(walls),
+            "peak_rss_mib": max(m for _, m in runs),
+        }
+    return {"label": label, "size_bytes": os.path.getsize(path), "reps": reps, "ops": out}
+
+
 def bench_file(label: str, pristine: str, work: str, reps: int) -> dict:
     rp = [sys.executable, "-m", "ropepatch"]
     a, b, c = (os.path.join(work, n) for n in ("a.gguf", "b.gguf", "c.gguf"))
@@ -126,16 +194,7 @@ def bench_file(label: str, pristine: str, work: str, reps: int) -> dict:
     for p in (a, b, c):
         if os.path.exists(p):
             os.unlink(p)
-    out = {}
-    for name, runs in res.items():
-        walls = [w for w, _ in runs]
-        out[name] = {
-            "median_s": statistics.median(walls),
-            "min_s": min(walls),
-            "max_s": max(walls),
-            "peak_rss_mib": max(m for _, m in runs),
-        }
-    return {"label": label, "size_bytes": os.path.getsize(pristine), "reps": reps, "ops": out}
+    return _summarise(label, pristine, reps, res)
 
 
 def machine() -> str:
@@ -153,7 +212,7 @@ def machine() -> str:
 
 def markdown(results: list[dict], mach: str) -> str:
     lines = [
-        "## GGUF patching: ropepatch vs gguf-py tools vs cp",
+        "## Patching speed: ropepatch vs gguf-py tools, safetensors load/save and cp",
         "",
         f"Measured by `python tools/bench_patch.py` on {time.strftime('%Y-%m-%d')}: {mach}.",
         "Every command is a separate process (Python start-up and imports included), all runs",
@@ -169,6 +228,15 @@ def markdown(results: list[dict], mach: str) -> str:
         for name, o in ops.items():
             lines.append(f"| {name} | {o['median_s']:.3f} [{o['min_s']:.3f}-{o['max_s']:.3f}] | {o['peak_rss_mib']:.0f} |")
         m = {k: v["median_s"] for k, v in ops.items()}
+        if "ropepatch hf first patch" in m:
+            lines += [
+                "",
+                f"- re-patch in place vs naive load+save: **{m['safetensors load_file + save_file (naive rewrite)'] / m['ropepatch hf re-patch (in place)']:.1f}x faster**",
+                f"- first patch (rewrite) vs naive load+save: **{m['safetensors load_file + save_file (naive rewrite)'] / m['ropepatch hf first patch']:.1f}x faster**",
+                f"- first patch / durable cp: {m['ropepatch hf first patch'] / m['cp + sync (durable copy)']:.2f}; revert / durable cp: {m['ropepatch revert'] / m['cp + sync (durable copy)']:.2f}",
+                "",
+            ]
+            continue
         lines += [
             "",
             f"- re-patch in place vs gguf-set-metadata: **{m['gguf-set-metadata (in place)'] / m['ropepatch re-patch (in place)']:.1f}x faster**",
@@ -184,6 +252,7 @@ def markdown(results: list[dict], mach: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="4", help="synthetic file sizes in GB, comma-separated (default 4; '' for none)")
+    ap.add_argument("--st-sizes", default="4", help="synthetic safetensors shard sizes in GB ('' for none)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dir", default=os.path.join(os.path.expanduser("~"), ".cache", "ropepatch", "bench"))
     ap.add_argument("--md", help="write the markdown section to this file (replacing it)")
@@ -202,6 +271,15 @@ def main() -> None:
     for label, path in files:
         print(f"benchmarking {label} ...", file=sys.stderr)
         results.append(bench_file(label, path, args.dir, args.reps))
+    for gb in [float(x) for x in args.st_sizes.split(",") if x.strip()]:
+        d = os.path.join(args.dir, f"st-{gb:g}GB")
+        p = os.path.join(d, "model.safetensors")
+        if not os.path.exists(p) or abs(os.path.getsize(p) - gb * 1e9) > 1e6:
+            print(f"building {d} ...", file=sys.stderr)
+            make_big_safetensors(d, gb)
+        label = f"safetensors {gb:g} GB shard (tiny-llama config.json + one random U8 tensor)"
+        print(f"benchmarking {label} ...", file=sys.stderr)
+        results.append(bench_safetensors(label, d, args.dir, args.reps))
     mach = machine()
     md = markdown(results, mach)
     print(md)
