@@ -413,3 +413,17 @@ def ggml_rope_args(
         "beta_fast": float(_f32(yarn_beta_fast if yarn_beta_fast >= 0 else DEFAULT_BETA_FAST)),
         "beta_slow": float(_f32(yarn_beta_slow if yarn_beta_slow >= 0 else DEFAULT_BETA_SLOW)),
     }
+
+
+def pair_magnitude_and_index(x: np.ndarray, n_dims: int, layout) -> tuple[np.ndarray, np.ndarray]:
+    """|x0| + |x1| of each rotated element's pair, and each element's pair index (rotated dims
+    only): the scale that rotary error tolerances are stated against."""
+    a, b = pair_indices(n_dims, layout)
+    mag = np.zeros(x.shape[:-1] + (n_dims,), dtype=np.float64)
+    pm = np.abs(x[..., a].astype(np.float64)) + np.abs(x[..., b].astype(np.float64))
+    mag[..., a] = pm
+    mag[..., b] = pm
+    idx = np.zeros(n_dims, dtype=np.int64)
+    idx[a] = np.arange(n_dims // 2)
+    idx[b] = np.arange(n_dims // 2)
+    return mag, idx

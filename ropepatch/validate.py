@@ -367,18 +367,9 @@ def _fmt_val(v) -> str:
 
 
 def _pair_mag_and_index(x: np.ndarray, n_dims: int, layout) -> tuple[np.ndarray, np.ndarray]:
-    """|x0| + |x1| of each rotated element's pair, and each element's pair index."""
-    from .rope_reference import pair_indices  # noqa: PLC0415
+    from .rope_reference import pair_magnitude_and_index  # noqa: PLC0415
 
-    a, b = pair_indices(n_dims, layout)
-    mag = np.zeros(x.shape[:-1] + (n_dims,), dtype=np.float64)
-    pm = np.abs(x[..., a].astype(np.float64)) + np.abs(x[..., b].astype(np.float64))
-    mag[..., a] = pm
-    mag[..., b] = pm
-    idx = np.zeros(n_dims, dtype=np.int64)
-    idx[a] = np.arange(n_dims // 2)
-    idx[b] = np.arange(n_dims // 2)
-    return mag, idx
+    return pair_magnitude_and_index(x, n_dims, layout)
 
 
 def rotary_errors(cap, op: Mapping, f16: bool = False) -> dict:

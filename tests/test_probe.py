@@ -89,17 +89,7 @@ def read_params(path: Path) -> RopeParams:
     )
 
 
-def _pair_mag_and_index(x: np.ndarray, n_dims: int, layout) -> tuple[np.ndarray, np.ndarray]:
-    """|x0| + |x1| of each element's rotary pair, and each element's pair index (rotated dims only)."""
-    a, b = pair_indices(n_dims, layout)
-    mag = np.zeros(x.shape[:-1] + (n_dims,), dtype=np.float64)
-    pm = np.abs(x[..., a].astype(np.float64)) + np.abs(x[..., b].astype(np.float64))
-    mag[..., a] = pm
-    mag[..., b] = pm
-    idx = np.zeros(n_dims, dtype=np.int64)
-    idx[a] = np.arange(n_dims // 2)
-    idx[b] = np.arange(n_dims // 2)
-    return mag, idx
+from ropepatch.rope_reference import pair_magnitude_and_index as _pair_mag_and_index  # noqa: E402
 
 
 def rope_errors(cap, op: dict | None = None, layout=None) -> dict:
