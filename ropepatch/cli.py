@@ -11,7 +11,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from enum import Enum
 
 from . import __version__
@@ -31,6 +31,8 @@ def _jsonable(x):
         return [_jsonable(v) for v in x]
     if isinstance(x, float) and not math.isfinite(x):
         return str(x)
+    if is_dataclass(x) and not isinstance(x, type):  # e.g. an array value (gguf_file.ArrayValue)
+        return _jsonable(asdict(x))
     return x
 
 

@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -164,6 +164,31 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+
+
+def progress_bar(stream=None, width: int = 30, every_s: float = 0.5) -> ProgressFn:
+    """A ready-made progress callback: one self-overwriting line on ``stream`` (default
+    stderr) with a bar, tokens done/total, tokens/s and ETA; a newline when done."""
+    import sys  # noqa: PLC0415
+
+    out = stream or sys.stderr
+    last = [-1.0]
+
+    def cb(p: Progress) -> None:
+        finished = p.done >= p.total
+        if not finished and p.elapsed_s - last[0] < every_s:
+            return
+        last[0] = p.elapsed_s
+        frac = p.done / p.total if p.total else 1.0
+        fill = int(round(width * frac))
+        eta = "--" if not math.isfinite(p.eta_s) else f"{int(p.eta_s) // 60}:{int(p.eta_s) % 60:02d}"
+        out.write(f"\r{p.label:<10.10} [{'#' * fill}{'.' * (width - fill)}] {p.done}/{p.total} tokens "
+                  f"{p.tokens_per_s:6.1f} tok/s ETA {eta} ")
+        if finished:
+            out.write("\n")
+        out.flush()
+
+    return cb
 
 
 def _num(x: float) -> float | None:
@@ -391,7 +416,7 @@ class Model:
     Use as a context manager (or call :meth:`close`)."""
 
     def __init__(self, path: str, *, n_gpu_layers: int = 0, n_threads: int | None = None,
-                 n_batch: int = DEFAULT_N_BATCH, quiet: bool = True):
+                 n_batch: int = DEFAULT_N_BATCH, quiet: bool = True, flash_attn: bool | None = None):
         if not os.path.isfile(path):
             raise UsageError(f"{path}: no such file")
         if n_batch < 1:
@@ -400,6 +425,7 @@ class Model:
         self.n_threads = n_threads or default_threads()
         self.n_batch = int(n_batch)
         self.quiet = quiet
+        self.flash_attn = flash_attn  # None: llama.cpp's default (auto)
         self._ll = _llama()
         self._log_level = None
         if quiet:  # llama.cpp logs through llama-cpp-python's logger: silence it while loaded
@@ -460,23 +486,29 @@ class Model:
         return buf.raw[:max(n, 0)]
 
     # -- contexts
-    def context(self, settings: Mapping[str, object], *, n_batch: int | None = None) -> "Context":
-        return Context(self, settings, n_batch or self.n_batch)
+    def context(self, settings: Mapping[str, object], *, n_batch: int | None = None,
+                n_ubatch: int | None = None) -> "Context":
+        return Context(self, settings, n_batch or self.n_batch, n_ubatch)
 
 
 class Context:
     """A llama.cpp context with RoPE settings and a reusable batch; scores sequences."""
 
-    def __init__(self, model: Model, settings: Mapping[str, object], n_batch: int):
+    def __init__(self, model: Model, settings: Mapping[str, object], n_batch: int,
+                 n_ubatch: int | None = None):
         ll = model._ll
         self.model, self._ll = model, ll
         cp = ll.llama_context_default_params()
         n_ctx = int(settings["n_ctx"])
         cp.n_ctx = n_ctx
         cp.n_batch = cp.n_ubatch = min(n_batch, n_ctx)
+        if n_ubatch:
+            cp.n_ubatch = min(n_ubatch, cp.n_batch)
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = model.n_threads
         cp.no_perf = True
+        if model.flash_attn is not None:
+            cp.flash_attn_type = 1 if model.flash_attn else 0
         for k, v in settings.items():
             if k == "n_ctx":
                 continue
@@ -550,13 +582,25 @@ class Context:
         ptr = self._ll.llama_get_logits(self._ctx)
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.model.n_vocab))
 
+    def feed(self, tokens: np.ndarray, start: int = 0,
+             on_batch: Callable[[int], None] | None = None) -> None:
+        """Decode ``tokens`` at positions ``start ..`` into the cache, no logits."""
+        for p in range(0, len(tokens), self.n_batch):
+            chunk = tokens[p:p + self.n_batch]
+            self.decode(chunk, start + p, None)
+            if on_batch:
+                on_batch(len(chunk))
+
     def score(self, seq: np.ndarray, score_from: int = 1, *, start: int = 0,
               on_batch: Callable[[int], None] | None = None,
-              stop: Callable[[int, np.ndarray], bool] | None = None) -> np.ndarray:
+              stop: Callable[[int, np.ndarray], bool] | None = None,
+              argmax: np.ndarray | None = None) -> np.ndarray:
         """Stream ``seq`` (decoded from position ``start``; the cache must hold positions
         ``< start`` of the same sequence) and return the NLL of ``seq[p]`` for every
         ``p >= score_from`` (NaN elsewhere). ``on_batch(n_decoded)`` after every batch;
-        ``stop(p_end, nll)`` may end early once positions ``< p_end`` are scored (rest stays NaN)."""
+        ``stop(p_end, nll)`` may end early once positions ``< p_end`` are scored (rest stays
+        NaN); ``argmax``: an int array the size of ``seq`` that receives the greedy prediction
+        for every scored position."""
         n = len(seq)
         nll = np.full(n, np.nan)
         score_from = max(int(score_from), 1)
@@ -572,6 +616,8 @@ class Context:
                 if self._work is None:
                     self._work = np.empty(self.n_batch * self.model.n_vocab, dtype=np.float32)
                 nll[tgt_pos] = token_nll(logits, seq[tgt_pos], self._work)
+                if argmax is not None:
+                    argmax[tgt_pos] = logits.argmax(axis=1)
             if on_batch:
                 on_batch(q - p)
             p = q
@@ -749,6 +795,7 @@ def evaluate(
     progress: ProgressFn | None = None,
     model: Model | None = None,
     original: RopeParams | None = None,
+    flash_attn: bool | None = None,
 ) -> EvalResult:
     """Perplexity by position of the model at ``model_path`` over ``ctx``-token windows of
     ``text`` (or of pre-computed ``tokens``: the text's token ids WITHOUT a BOS, from
@@ -777,7 +824,8 @@ def evaluate(
 
     own = model is None
     if own:
-        model = Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch)
+        model = Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch,
+                      flash_attn=flash_attn)
     try:
         if tokens is None:
             if text is None:
@@ -813,10 +861,13 @@ def evaluate(
 
 
 def score_full_logits(model_path: str, seq: Sequence[int], settings: Mapping[str, object] | None = None,
-                      *, n_threads: int | None = None, model: Model | None = None) -> np.ndarray:
-    """Reference scorer: ONE decode of the whole ``seq`` with every logit requested, the full
-    ``len(seq) x n_vocab`` matrix copied out, and NLLs from a float64 log-softmax. Returns the
-    NLL of ``seq[p]`` for p >= 1 (NaN at 0). Only for short sequences (memory O(n x vocab))."""
+                      *, n_threads: int | None = None, model: Model | None = None,
+                      n_ubatch: int | None = None) -> np.ndarray:
+    """Reference scorer: ONE ``llama_decode`` of the whole ``seq`` with every logit requested
+    (``logits_all`` style), the full ``len(seq) x n_vocab`` matrix copied out, and NLLs from a
+    float64 log-softmax. Returns the NLL of ``seq[p]`` for p >= 1 (NaN at 0). Only for short
+    sequences (memory O(n x vocab)). ``n_ubatch``: llama.cpp's internal compute split (default:
+    the whole sequence); equal splits give bit-identical logits to a streaming run."""
     seq = np.asarray(seq, dtype=np.int32)
     n = len(seq)
     own = model is None
@@ -825,7 +876,7 @@ def score_full_logits(model_path: str, seq: Sequence[int], settings: Mapping[str
     try:
         st = dict(settings or {})
         st["n_ctx"] = max(int(st.get("n_ctx", n)), n)
-        with model.context(st, n_batch=n) as c:
+        with model.context(st, n_batch=n, n_ubatch=n_ubatch) as c:
             c.clear()
             logits = c.decode(seq, 0, np.ones(n, dtype=bool)).astype(np.float64)  # copy
     finally:
@@ -869,7 +920,3 @@ def _fmt(x: float) -> str:
     if x is None or not math.isfinite(x):
         return "-"
     return f"{x:.4g}" if x < 1e4 else f"{x:.3e}"
-
-
-def iter_specs(specs: Iterable[MethodSpec]) -> list[str]:  # pragma: no cover - tiny helper
-    return [s.label for s in specs]

@@ -239,9 +239,16 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
     # every KV needs >= 8 (key len) + 4 (type) + 1 bytes; every tensor info >= 8+4+8+4+8
     c.need(n_kv * 13, f"{n_kv} metadata entries")
     kvs: list[KV] = []
+    seen: dict[str, int] = {}
     for i in range(n_kv):
         start = c.pos
         key = c.string(f"key of metadata entry {i}")
+        if key in seen:  # llama.cpp refuses these; a reader keeping first or last would differ
+            raise FormatError(
+                f"{path}: duplicate key {key!r} (metadata entries {seen[key]} and {i}); llama.cpp "
+                f"refuses such files; the file is corrupt"
+            )
+        seen[key] = i
         t = _value_type(c, c.u32(f"type of {key!r}"), key)
         value = _read_value(c, t, key)
         kvs.append(KV(key, t, value, bytes(buf[start : c.pos])))

@@ -22,13 +22,14 @@ a ``ropepatch.unset.*`` placeholder (so the entry count at offset 16 never chang
 so revert puts them back. Every byte a re-patch changes then lies in one run of a few hundred
 bytes inside one page, written by one ``pwrite``: a kill -9 leaves either the old or the new
 header, never a mix (the kernel only gives up on a write for a fatal signal between pages).
-Any in-place write that would need more than one run is done as an atomic rewrite instead.
+Any in-place change that is not one run inside one page is done as an atomic rewrite instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -56,8 +57,9 @@ from .params import RopeParams
 MIN_SLACK = 1024  # bytes of filler left for later in-place patches
 BLOCK = 4096
 RECORD_FORMAT = 1
+_F32_MAX = 3.4028234663852886e38
 PAGE = 4096  # the re-patchable tail of the header starts on a page boundary
-RP_UNSET = "ropepatch.unset."  # + a TOUCHED_KEYS template: placeholder slot for an absent key
+RP_UNSET = "ropepatch.unset."  # + a TOUCHED_KEYS template minus "{arch}.": slot of an absent key
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 _FREQ_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
@@ -113,6 +115,8 @@ def rope_params_from_kvs(kvs: dict[str, KV], tensor_names, path: str) -> RopePar
     if ctx_kv is None:
         raise FormatError(f"{path}: missing key {k(K.CONTEXT_LENGTH, arch)!r} (the training context)")
     n_ctx = _int_value(ctx_kv, path)
+    if n_ctx <= 0:
+        raise FormatError(f"{path}: key {k(K.CONTEXT_LENGTH, arch)!r}: expected a positive training context, found {n_ctx}")
 
     # head dim exactly as llama.cpp's loader derives n_embd_head_k
     head_dim = None
@@ -194,8 +198,11 @@ def _provenance(h: GGUFHeader) -> Provenance | None:
         record = json.loads(raw)
         if record.get("format") != RECORD_FORMAT:
             raise ValueError("format")
-        record["keys"], record["data_offset"], record["header_sha256"]
-    except (ValueError, KeyError, TypeError, AttributeError):
+        if not (isinstance(record["keys"], dict) and type(record["data_offset"]) is int
+                and record["data_offset"] >= 0 and isinstance(record["header_sha256"], str)
+                and isinstance(record.get("padding", ""), str)):
+            raise ValueError("field types")
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise FormatError(
             f"{h.path}: key {K.RP_ORIGINAL!r}: expected a ropepatch undo record (JSON, format "
             f"{RECORD_FORMAT}), found something else; the provenance is damaged"
@@ -203,10 +210,17 @@ def _provenance(h: GGUFHeader) -> Provenance | None:
     return Provenance(
         version=str(h.get(K.RP_VERSION, "?")),
         method=str(h.get(K.RP_METHOD, "?")),
-        ctx=int(h.get(K.RP_CTX, 0) or 0),
-        alpha=float(h.get(K.RP_ALPHA, 0.0) or 0.0),
+        ctx=int(_finite(h.get(K.RP_CTX))),
+        alpha=float(_finite(h.get(K.RP_ALPHA))),
         record=record,
     )
+
+
+def _finite(v) -> float | int:
+    """A provenance number as written, or 0 when the key is absent or not a finite number (the
+    informational keys may be damaged without making the undo record unusable)."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return v if ok else 0
 
 
 def _arch_of(h: GGUFHeader) -> str:
@@ -344,7 +358,7 @@ def inspect_gguf(path: str) -> ModelInfo:
         file_size=h.file_size,
         n_tensors=len(h.tensors),
         n_kv=len(h.kvs),
-        slack=filler.value.count if filler is not None else 0,
+        slack=filler.value.count if filler is not None and isinstance(filler.value, ArrayValue) else 0,
     )
 
 
@@ -455,6 +469,16 @@ def _diff_spans(old: bytes, new: bytes, block: int = 4096) -> list[tuple[int, by
     return [(s, new[s:e]) for s, e in spans]
 
 
+def _atomic_run(spans: list[tuple[int, bytes]]) -> bool:
+    """True when the changes are one run inside one page: a single pwrite that a kill cannot
+    tear (the kernel stops a write for a fatal signal only between pages). Anything else is
+    written as an atomic rewrite."""
+    if len(spans) != 1:
+        return False
+    off, data = spans[0]
+    return off // PAGE == (off + len(data) - 1) // PAGE
+
+
 def _read_prefix(path: str, n: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
@@ -511,6 +535,12 @@ def patch_gguf(
         plan = make_plan(original, ctx, method, alpha, replace_scaling)
     except RopepatchError as e:
         raise type(e)(f"{path}: {e}") from None
+    for what, v in (("rope.freq_base", plan.target.freq_base), ("rope.scaling.factor", plan.target.scaling_factor)):
+        if not (math.isfinite(v) and abs(v) <= _F32_MAX):  # struct.pack("<f") would overflow
+            raise UsageError(
+                f"{path}: {plan.method} with alpha {plan.alpha:g} gives {what} {v:g}, beyond the "
+                f"largest GGUF float32 ({_F32_MAX:.4g}); use a smaller --alpha or --ctx"
+            )
     if plan.method == "dynamic":
         warnings.append(
             f"dynamic: llama.cpp has no dynamic NTK mode; the file gets the base dynamic NTK would "
@@ -541,7 +571,8 @@ def patch_gguf(
         rec["at"] = {kv.key: i for i, kv in enumerate(base_kvs) if kv.key in touched_keys}
         record_kv = _record_kv(rec, 24 + sum(len(kv.raw) for kv in kept))
     by_key = {kv.key: kv for kv in new_kvs}
-    slots = [by_key.get(key) or make_kv(RP_UNSET + t, ValueType.UINT8, 0) for t, key in touched]
+    slots = [by_key.get(key) or make_kv(RP_UNSET + t.replace("{arch}.", ""), ValueType.UINT8, 0)
+             for t, key in touched]
     rp = [
         make_kv(K.RP_VERSION, ValueType.STRING, __version__),
         make_kv(K.RP_METHOD, ValueType.STRING, plan.method),
@@ -561,7 +592,7 @@ def patch_gguf(
     with locked(path):
         _recheck(path, h)
         spans = _diff_spans(h.raw, header) if in_place and out is None else []
-        if len(spans) == 1:  # one run: a kill leaves old or new, never a mix
+        if _atomic_run(spans):  # a kill leaves the old header or the new one, never a mix
             write_spans_in_place(path, spans, h.file_size)
             return PatchResult(path, target, plan, "in-place", changes, tuple(warnings), len(spans[0][1]))
         rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
@@ -629,8 +660,16 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
     rec = prov.record
     kvs = _original_kvs(h, prov)
     body = serialize_header(h.version, kvs, h.tensor_info_raw, len(h.tensors))
-    data_off = int(rec["data_offset"])
-    pad = bytes.fromhex(rec.get("padding", "")) or bytes(max(0, data_off - len(body)))
+    data_off = rec["data_offset"]
+    if data_off > h.data_offset:  # a first patch only ever grows the header
+        raise FormatError(
+            f"{path}: key {K.RP_ORIGINAL!r}: recorded original data offset {data_off} is past the "
+            f"current one ({h.data_offset}); the provenance is damaged"
+        )
+    try:
+        pad = bytes.fromhex(rec.get("padding", "")) or bytes(max(0, data_off - len(body)))
+    except ValueError:
+        raise FormatError(f"{path}: key {K.RP_ORIGINAL!r}: the recorded padding is not hex; the provenance is damaged") from None
     header = body + pad
     sha = hashlib.sha256(header).hexdigest()
     if len(header) != data_off or sha != rec["header_sha256"]:
@@ -646,7 +685,7 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
     with locked(path):
         _recheck(path, h)
         spans = _diff_spans(h.raw, header) if data_off == h.data_offset and out is None else []
-        if len(spans) == 1:  # one run: a kill leaves old or new, never a mix
+        if _atomic_run(spans):  # a kill leaves the old header or the new one, never a mix
             write_spans_in_place(path, spans, h.file_size)
             return RevertResult(path, target, "in-place", sha, changes)
         rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)

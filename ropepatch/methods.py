@@ -226,4 +226,8 @@ def make_plan(
         base_orig = orig.with_(scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0,
                                has_freq_factors=orig.has_freq_factors)
     a = alpha if alpha is not None else ctx / orig.n_ctx_train
-    return Plan(m.name, ctx, a, alpha is not None, orig, m.apply(base_orig, ctx, a))
+    try:
+        target = m.apply(base_orig, ctx, a)
+    except OverflowError:  # e.g. ntk with --alpha 1e300: b * alpha^(d/(d-2)) leaves the floats
+        raise UsageError(f"--alpha {a:g} is too large for {m.name}: the result overflows") from None
+    return Plan(m.name, ctx, a, alpha is not None, orig, target)

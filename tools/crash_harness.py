@@ -405,11 +405,64 @@ def kill_matrix(fixtures, scenarios, work: str, random_kills: int = 0, jobs: int
                 for cc in ex.map(lambda t: kill_at_time(prep, t, work, use_llama), delays):
                     c.add(cc)
                 rows.append({"fixture": fixture, "scenario": sc.name, "steps": prep.steps, **c.row()})
+                log = log or (lambda *a: None)
                 log(f"  {fixture:22} {sc.name:50} steps {prep.steps:2}  kills {c.kills:3}  original {c.original:3}  "
                     f"patched {c.patched:3}  corrupt {c.corrupt}  temps-left {c.temps_left}  retry-ok {c.retry_ok}")
                 for p in c.problems:
                     log(f"    ! {p}")
                 total.add(c)
+    return total, rows
+
+
+# ---- a big file: random-time kills land inside the copy and the fsync ---------------------
+
+BIG_SCENARIOS = [SCENARIOS[0], SCENARIOS[2], SCENARIOS[6]]  # first patch, in-place re-patch, revert
+
+
+def make_big_gguf(path: str, mb: int) -> str:
+    """A synthetic GGUF of about ``mb`` MiB of real (non-sparse) tensor bytes, with a tiny
+    fixture's metadata (not loadable as a model: validated by header, plan and revert only)."""
+    import struct
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from fuzz_headers import small_gguf
+
+    from ropepatch.gguf_file import parse_header, serialize_header
+
+    meta = small_gguf()
+    h = parse_header(meta, "meta", len(meta))
+    n = mb * (1 << 20) // 4
+    name = b"blob.weight"
+    info = struct.pack("<Q", len(name)) + name + struct.pack("<IQIQ", 1, n, 0, 0)
+    head = serialize_header(3, h.kvs, info, 1)
+    head += bytes(-len(head) % 32)
+    chunk = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        f.write(head)
+        for i in range(mb):
+            f.write(chunk[i % 251:] + chunk[: i % 251])
+    return path
+
+
+def big_file_kills(mb: int, work: str, kills: int, seed: int = 0, log=print) -> tuple[Counts, list[dict]]:
+    """Kills at random times during first patch / in-place re-patch / revert of a ``mb`` MiB
+    file; the rewrite's copy and fsync take most of the run, so most kills land inside them."""
+    pristine = make_big_gguf(os.path.join(work, f"big-{mb}MiB.gguf"), mb)
+    rng = random.Random(seed)
+    total, rows = Counts(), []
+    log = log or (lambda *a: None)
+    for sc in BIG_SCENARIOS:
+        prep = prepare(sc, pristine, work)
+        c = Counts()
+        for _ in range(kills):
+            c.add(kill_at_time(prep, rng.uniform(0.0, 1.05) * prep.seconds, work, use_llama=False))
+        rows.append({"fixture": f"synthetic {mb} MiB", "scenario": sc.name, "run_s": round(prep.seconds, 2), **c.row()})
+        log(f"  synthetic {mb} MiB   {sc.name:50} run {prep.seconds:.2f} s  kills {c.kills:3}  original {c.original:3}  "
+            f"patched {c.patched:3}  corrupt {c.corrupt}  temps-left {c.temps_left}  retry-ok {c.retry_ok}")
+        for p in c.problems:
+            log(f"    ! {p}")
+        total.add(c)
+        shutil.rmtree(os.path.dirname(prep.pre), ignore_errors=True)
     return total, rows
 
 
@@ -706,6 +759,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fixtures", nargs="*", default=None, help="fixture names (default: all four, or one with --quick)")
     ap.add_argument("--random", type=int, default=0, help="extra kills at random times per scenario and fixture")
     ap.add_argument("--stress", type=int, default=0, help="rounds of 3 concurrent processes")
+    ap.add_argument("--big", type=int, default=0, metavar="MIB", help="also kill at random times while patching a synthetic file of MIB MiB")
+    ap.add_argument("--big-kills", type=int, default=30, help="random-time kills per scenario on the --big file")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-llama", action="store_true", help="skip the llama-cpp-python load check")
@@ -719,6 +774,11 @@ def main(argv=None) -> int:
     try:
         print(f"kill -9 at every write step ({len(fixtures)} fixtures x {len(scenarios)} scenarios, +{args.random} random-time kills each)")
         total, rows = kill_matrix(fixtures, scenarios, work, args.random, args.jobs, args.seed, not args.no_llama)
+        if args.big:
+            print(f"kill -9 at random times, synthetic {args.big} MiB file ({args.big_kills} per scenario)")
+            big, big_rows = big_file_kills(args.big, work, args.big_kills, args.seed)
+            total.add(big)
+            rows += big_rows
         report["kills"] = total.row()
         report["kill_rows"] = rows
         report["problems"] = total.problems

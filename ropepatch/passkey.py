@@ -1,0 +1,309 @@
+"""Passkey retrieval (Mohtashami & Jaggi 2023, as used in the YaRN paper, arXiv:2309.00071):
+can the model USE distant context at all?
+
+A random 5-digit key is stated once, at a chosen depth, inside ``ctx`` tokens of repetitive
+filler, and asked for at the end. For each method and depth, over K trials (seeded keys, the
+same for every method), we report the greedy retrieval accuracy and the mean negative
+log-likelihood of the key's tokens.
+
+One decode per trial gives both: the answer's tokens are appended to the prompt and scored
+with teacher forcing. Greedy decoding reproduces the key exactly iff the argmax at every
+answer position is the key's next token (the earlier ones being right), which is what
+teacher forcing checks. The filler before the key is identical across the trials of one depth,
+so it is decoded once per (method, depth) and the cache is cut back to it for each trial.
+
+The ``window`` baseline (the unscaled model, seeing only the last L tokens) cannot see a key
+placed more than L tokens before the end: such depths are reported as ``visible: false`` with
+no accuracy (not run); depths whose key falls inside its view are measured.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import UsageError
+from .evaluate import (
+    WINDOW, MethodSpec, Model, Progress, ProgressFn, _Meter, _num, parse_methods,
+    runtime_settings_for,
+)
+from .params import RopeParams
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
+         "it. I will quiz you about the important information there.")
+FILLER = " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+KEY_LINE = " The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+ANSWER = " {key}"
+DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+
+
+@dataclass(frozen=True)
+class DepthResult:
+    depth: float
+    position: int  # token index where the key line starts (mean over trials)
+    visible: bool  # False: the key is outside what this method can attend to (window only)
+    trials: int
+    correct: int
+    accuracy: float | None  # None when not visible
+    key_nll: float | None  # mean NLL per key token over the trials
+    greedy: tuple[str, ...]  # what greedy decoding produced, per trial
+
+    def to_json(self) -> dict:
+        return {"depth": self.depth, "position": self.position, "visible": self.visible,
+                "trials": self.trials, "correct": self.correct,
+                "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
+                "key_nll": _num(self.key_nll) if self.key_nll is not None else None,
+                "greedy": list(self.greedy)}
+
+
+@dataclass(frozen=True)
+class MethodPasskey:
+    name: str
+    params: Mapping[str, object]
+    depths: tuple[DepthResult, ...]
+
+    def to_json(self) -> dict:
+        return {"params": dict(self.params), "depths": [d.to_json() for d in self.depths]}
+
+
+@dataclass(frozen=True)
+class PasskeyResult:
+    model: str
+    n_ctx_train: int
+    ctx: int
+    tokens: int  # prompt + answer length (max over trials)
+    trials: int
+    seed: int
+    keys: tuple[str, ...]
+    methods: Mapping[str, MethodPasskey]
+    seconds: float
+    decode_seconds: float
+    tokens_decoded: int
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model, "n_ctx_train": self.n_ctx_train, "ctx": self.ctx,
+            "tokens": self.tokens, "trials": self.trials, "seed": self.seed,
+            "keys": list(self.keys),
+            "methods": {k: m.to_json() for k, m in self.methods.items()},
+            "timing": {"seconds": round(self.seconds, 3), "decode_seconds": round(self.decode_seconds, 3),
+                       "decode_share": round(self.decode_seconds / self.seconds, 4) if self.seconds else 0.0,
+                       "tokens_decoded": self.tokens_decoded,
+                       "tokens_per_s": round(self.tokens_decoded / self.seconds, 2) if self.seconds else 0.0},
+        }
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    prefix: np.ndarray  # BOS + intro + filler before the key (shared by a depth's trials)
+    rest: np.ndarray  # key line + filler + question + answer
+    answer_len: int
+    key_at: int  # index of the key line's first token
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.concatenate([self.prefix, self.rest])
+
+
+def make_keys(trials: int, seed: int) -> list[str]:
+    """``trials`` random 5-digit keys (10000..99999) from ``numpy.random.default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    return [str(int(k)) for k in rng.integers(10000, 100000, size=trials)]
+
+
+def parse_depths(spec: str | Sequence[float] | None) -> list[float]:
+    if spec is None:
+        return list(DEFAULT_DEPTHS)
+    vals = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        out = [float(v) for v in vals if str(v).strip()]
+    except ValueError:
+        raise UsageError(f"--depths: expected comma-separated fractions in [0, 1], found {spec!r}") from None
+    if not out or any(not (0.0 <= d <= 1.0) for d in out):
+        raise UsageError(f"--depths: expected fractions in [0, 1], found {spec!r}")
+    return out
+
+
+def build_prompts(model: Model, ctx: int, depths: Sequence[float], keys: Sequence[str]
+                  ) -> dict[float, list[_Prompt]]:
+    """Prompts of at most ``ctx`` tokens: the same filler length for every depth and trial."""
+    tok = model.tokenize
+    head = tok(INTRO, add_bos=True)
+    unit = tok(FILLER)
+    question = tok(QUESTION)
+    key_lines = [tok(KEY_LINE.format(key=k)) for k in keys]
+    answers = [tok(ANSWER.format(key=k)) for k in keys]
+    fixed = len(head) + len(question) + max(len(k) for k in key_lines) + max(len(a) for a in answers)
+    n_units = (ctx - fixed) // len(unit)
+    if n_units < 1:
+        raise UsageError(f"--ctx {ctx} is too short for the passkey prompt (needs more than {fixed} tokens)")
+    out: dict[float, list[_Prompt]] = {}
+    for d in depths:
+        a = int(round(d * n_units))
+        prefix = np.concatenate([head, np.tile(unit, a)]).astype(np.int32)
+        after = np.tile(unit, n_units - a)
+        out[d] = [
+            _Prompt(prefix, np.concatenate([kl, after, question, ans]).astype(np.int32), len(ans), len(prefix))
+            for kl, ans in zip(key_lines, answers)
+        ]
+    return out
+
+
+def passkey(
+    model_path: str,
+    ctx: int,
+    *,
+    methods: str | Sequence[str] | Sequence[MethodSpec] | None = None,
+    alphas: Mapping[str, float] | float | None = None,
+    depths: str | Sequence[float] | None = None,
+    trials: int = 5,
+    seed: int = 0,
+    window: bool = True,
+    n_batch: int = 512,
+    n_threads: int | None = None,
+    n_gpu_layers: int = 0,
+    progress: ProgressFn | None = None,
+    model: Model | None = None,
+    original: RopeParams | None = None,
+) -> PasskeyResult:
+    """The passkey test for each method (default: none, linear, ntk, dynamic, yarn) plus the
+    ``window`` baseline, at each depth (fraction of the filler before the key), ``trials``
+    keys each."""
+    from .gguf_patch import inspect_gguf  # noqa: PLC0415
+
+    if trials < 1:
+        raise UsageError(f"--trials: expected a number >= 1, found {trials}")
+    if original is None:
+        original = inspect_gguf(model_path).original
+    L = original.n_ctx_train
+    if not isinstance(ctx, int) or ctx <= L:
+        raise UsageError(f"--ctx must be larger than the model's training context {L}, found {ctx}")
+    dl = parse_depths(depths)
+    if methods is not None and not isinstance(methods, str) and all(isinstance(m, MethodSpec) for m in methods):
+        specs = list(methods)
+    else:
+        specs = parse_methods(methods, alphas)
+    if window and not any(s.method == WINDOW for s in specs):
+        specs.append(MethodSpec(WINDOW, WINDOW))
+    keys = make_keys(trials, seed)
+    own = model is None
+    if own:
+        model = Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch)
+    t_start = time.perf_counter()
+    decode_s = 0.0
+    decoded = [0]
+    try:
+        prompts = build_prompts(model, ctx, dl, keys)
+        n_tok = max(len(p.prefix) + len(p.rest) for ps in prompts.values() for p in ps)
+        total = 0
+        for s in specs:
+            for d, ps in prompts.items():
+                if s.method == WINDOW:
+                    total += sum(min(L, len(p.prefix) + len(p.rest)) - 1 for p in ps
+                                 if _visible(p, L))
+                else:
+                    total += len(ps[0].prefix) + sum(len(p.rest) - 1 for p in ps)
+        meter = _Meter(total, progress)
+
+        def count(n: int) -> None:
+            decoded[0] += n
+            meter(n)
+
+        results: dict[str, MethodPasskey] = {}
+        for spec in specs:
+            meter.label = spec.label
+            settings, params = runtime_settings_for(original, ctx, spec.method, spec.alpha)
+            rows = []
+            with model.context(settings) as c:
+                for d in dl:
+                    rows.append(_run_depth(model, c, spec, prompts[d], d, L, count))
+                decode_s += c.decode_seconds
+            results[spec.label] = MethodPasskey(spec.label, params, tuple(rows))
+    finally:
+        if own:
+            model.close()
+    return PasskeyResult(
+        model=os.path.basename(model_path), n_ctx_train=L, ctx=ctx, tokens=n_tok, trials=trials,
+        seed=seed, keys=tuple(keys), methods=results, seconds=time.perf_counter() - t_start,
+        decode_seconds=decode_s, tokens_decoded=decoded[0],
+    )
+
+
+def _visible(p: _Prompt, L: int) -> bool:
+    """Is the whole key line inside the last L tokens (the window baseline's view)?"""
+    n = len(p.prefix) + len(p.rest)
+    return p.key_at >= n - L + 1  # +1: the first token of the view is replaced by BOS
+
+
+def _run_depth(model: Model, c, spec: MethodSpec, prompts: list[_Prompt], depth: float, L: int, count
+               ) -> DepthResult:
+    pos = int(round(np.mean([p.key_at for p in prompts])))
+    if spec.method == WINDOW:
+        if not all(_visible(p, L) for p in prompts):
+            return DepthResult(depth, pos, False, len(prompts), 0, None, None, ())
+        correct, nlls, greedy = 0, [], []
+        for p in prompts:
+            seq = p.tokens[-L:].copy()
+            if model.add_bos:
+                seq[0] = model.bos
+            c.clear()
+            ok, nll, g = _score_answer(model, c, seq, p.answer_len, 0, count)
+            correct += ok
+            nlls.append(nll)
+            greedy.append(g)
+        return DepthResult(depth, pos, True, len(prompts), correct, correct / len(prompts),
+                           float(np.mean(nlls)), tuple(greedy))
+    c.clear()
+    prefix = prompts[0].prefix
+    c.feed(prefix, 0, count)
+    correct, nlls, greedy = 0, [], []
+    for p in prompts:
+        c.truncate(len(prefix))
+        ok, nll, g = _score_answer(model, c, p.tokens, p.answer_len, len(prefix), count)
+        correct += ok
+        nlls.append(nll)
+        greedy.append(g)
+    return DepthResult(depth, pos, True, len(prompts), correct, correct / len(prompts),
+                       float(np.mean(nlls)), tuple(greedy))
+
+
+def _score_answer(model: Model, c, seq: np.ndarray, answer_len: int, start: int, count
+                  ) -> tuple[bool, float, str]:
+    n = len(seq)
+    first = n - answer_len
+    am = np.full(n, -1, dtype=np.int64)
+    nll = c.score(seq, first, start=start, on_batch=count, argmax=am)
+    want = seq[first:]
+    got = am[first:]
+    ok = bool(np.array_equal(want, got))
+    text = b"".join(model.piece(int(t)) for t in got).decode("utf-8", errors="replace").strip()
+    return ok, float(np.mean(nll[first:])), text
+
+
+def format_passkey(r: PasskeyResult) -> str:
+    """Plain-text table: one row per method, one column per depth (accuracy, key NLL)."""
+    first = next(iter(r.methods.values()))
+    heads = [f"depth {d.depth:g}" for d in first.depths]
+    w = max(8, max(len(k) for k in r.methods) + 1)
+    lines = [f"{'method':<{w}}" + "".join(f"{h:>22}" for h in heads)]
+    for name, m in r.methods.items():
+        cells = []
+        for d in m.depths:
+            if d.accuracy is None:
+                cells.append("not in view")
+            else:
+                cells.append(f"{d.correct}/{d.trials} NLL {d.key_nll:.2f}")
+        lines.append(f"{name:<{w}}" + "".join(f"{c:>22}" for c in cells))
+    tps = r.tokens_decoded / r.seconds if r.seconds else 0.0
+    lines.append(f"{r.trials} trial(s) per depth, prompts of {r.tokens} tokens, seed {r.seed}; "
+                 f"{r.tokens_decoded} tokens decoded in {r.seconds:.1f} s ({tps:.1f} tokens/s)")
+    return "\n".join(lines)
+
+
+__all__ = ["passkey", "PasskeyResult", "MethodPasskey", "DepthResult", "make_keys", "build_prompts",
+           "parse_depths", "format_passkey", "Progress"]

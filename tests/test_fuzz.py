@@ -1,0 +1,140 @@
+"""Hostile input (issue 6): a short, deterministic slice of tools/fuzz_headers.py and the replay
+of the regression corpus in tests/fuzz_corpus (regenerate it with
+``python tools/fuzz_headers.py --write-corpus tests/fuzz_corpus``). Every input must end in one
+clean error line or a correct result: no other exception, no hang, no allocation driven by a
+length field, no write. The long run and its numbers: docs/reliability.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import tracemalloc
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+sys.path.insert(0, str(ROOT / "tools"))
+import fuzz_headers as fz  # noqa: E402
+
+from ropepatch import gguf_patch as gp  # noqa: E402
+from ropepatch.errors import FormatError, UsageError  # noqa: E402
+from ropepatch.gguf_file import parse_header  # noqa: E402
+
+CORPUS = ROOT / "tests" / "fuzz_corpus"
+FILES = sorted(n for n in os.listdir(CORPUS) if n.endswith((".gguf", ".safetensors")))
+
+# not fixed here: ropepatch/safetensors_file.py is another module's (reported to its owner)
+OPEN = {
+    "st-open-deep-nesting.safetensors": "safetensors_file._scan_object: RecursionError on deeply nested JSON",
+    "st-open-dtype-list.safetensors": "safetensors_file._tensor_entry: TypeError when dtype is a list",
+}
+KNOWN_OPEN_SIGNATURES = ("RecursionError", "unhashable type")
+
+
+def _clean(stats) -> list:
+    return [f"{k}: {v[2].strip().splitlines()[-1][:200]}" for k, v in stats.findings.items()]
+
+
+def test_fuzz_slice_gguf_and_command_line():
+    stats = fz.fuzz(250, seed=6, big=False, log=None, targets=("gguf", "cli"))
+    assert stats.cases >= 250 and stats.outcomes["ok"] > 100 and stats.outcomes["error"] > 100
+    assert _clean(stats) == []
+
+
+def test_fuzz_slice_safetensors_reader():
+    stats = fz.fuzz(120, seed=6, big=False, log=None, targets=("safetensors",))
+    new = [f for f in _clean(stats) if not any(s in f for s in KNOWN_OPEN_SIGNATURES)]
+    assert new == []
+    assert not stats.disagreements  # whatever ropepatch accepts, the safetensors library opens
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=OPEN[n])) if n in OPEN else n for n in FILES
+])
+def test_corpus_replay(name, tmp_path):
+    """Each corpus file through every target (parse, read, inspect, plan, dry-run patch and
+    revert, the CLI; for accepted inputs a real patch, in-place re-patch and exact revert)."""
+    stats, names = fz.replay_files([str(CORPUS / name)])
+    assert names == [name]
+    assert _clean(stats) == []
+
+
+# what the fixed inputs must say now (each crashed with another exception before the fix)
+EXPECT = {
+    "record-deep-json.gguf": (gp.inspect_gguf, FormatError, "expected a ropepatch undo record"),
+    "record-keys-null.gguf": (gp.inspect_gguf, FormatError, "expected a ropepatch undo record"),
+    "record-padding-int.gguf": (gp.inspect_gguf, FormatError, "expected a ropepatch undo record"),
+    "record-data-offset-string.gguf": (gp.inspect_gguf, FormatError, "expected a ropepatch undo record"),
+    "record-at-damaged.gguf": (gp.inspect_gguf, FormatError, "recorded key positions are damaged"),
+    "record-padding-not-hex.gguf": (gp.revert_gguf, FormatError, "recorded padding is not hex"),
+    "record-data-offset-huge.gguf": (gp.revert_gguf, FormatError, "recorded original data offset 4611686018427387904 is past"),
+    "rp-keys-without-record.gguf": (lambda p: gp.patch_gguf(p, 1024, dry_run=True), FormatError, "has ropepatch.* keys but no undo record"),
+    "ctx-zero.gguf": (gp.inspect_gguf, FormatError, "expected a positive training context, found 0"),
+    "ctx-negative-int8.gguf": (gp.inspect_gguf, FormatError, "expected a positive training context, found -128"),
+    "base-float32-max.gguf": (lambda p: gp.patch_gguf(p, 4096, "ntk", dry_run=True), UsageError, "beyond the largest GGUF float32"),
+    "duplicate-key.gguf": (gp.inspect_gguf, FormatError, "duplicate key 'llama.context_length' (metadata entries 3 and 16)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECT))
+def test_fixed_inputs_give_one_clean_line(name):
+    fn, exc, text = EXPECT[name]
+    with pytest.raises(exc) as e:
+        fn(str(CORPUS / name))
+    assert text in str(e.value) and "\n" not in str(e.value)
+
+
+def test_damaged_informational_provenance_keys_do_not_block_revert(tmp_path):
+    """ropepatch.alpha as a string, ropepatch.ctx as an array, ropepatch.reserved as a bool used
+    to crash inspect; the undo record is intact, so inspect shows 0 and revert still works."""
+    for name in ("rp-alpha-string.gguf", "rp-ctx-array.gguf", "rp-reserved-bool.gguf"):
+        info = gp.inspect_gguf(str(CORPUS / name))
+        assert info.provenance is not None and info.original.n_ctx_train == 128
+        gp.revert_gguf(str(CORPUS / name), out=str(tmp_path / name))
+        assert (tmp_path / name).read_bytes() == (CORPUS / "valid-small.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("args, text", [
+    (["gguf", "{f}", "--ctx", "1024", "--method", "linear", "--alpha", "1e39", "--dry-run"], "beyond the largest GGUF float32"),
+    (["gguf", "{f}", "--ctx", "1024", "--alpha", "1e31", "--dry-run"], "beyond the largest GGUF float32"),
+    (["gguf", "{f}", "--ctx", "1024", "--alpha", "1e300", "--dry-run"], "--alpha 1e+300 is too large for ntk"),
+    (["plan", "--base", "10000", "--rope-dim", "64", "--orig-ctx", "4096", "--ctx", "8192", "--alpha", "1e300"], "too large"),
+    (["inspect", str(CORPUS / "record-deep-json.gguf")], "expected a ropepatch undo record"),
+    (["gguf", str(CORPUS / "ctx-zero.gguf"), "--ctx", "1024"], "expected a positive training context"),
+])
+def test_real_cli_one_line(args, text):
+    """The real command line (a subprocess): exit 2, one line, no traceback (each crashed before)."""
+    r = run_cli(*[a.format(f=CORPUS / "valid-small.gguf") for a in args])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("ropepatch: error: ") and text in lines[0]
+
+
+def test_json_output_of_an_array_valued_key():
+    """A per-layer array where a scalar is usual (context_length as ARRAY[UINT32]) crashed
+    --json output (ArrayValue is not JSON serializable)."""
+    r = run_cli("gguf", str(CORPUS / "ctx-as-array.gguf"), "--ctx", "1024", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    change = json.loads(r.stdout)["changes"][0]
+    assert change == {"key": "llama.context_length", "old": {"elem_type": 4, "count": 1}, "new": 1024}
+
+
+def test_length_fields_drive_no_allocation():
+    """Counts and lengths of 2^60..2^64-1 are refused from the bytes that remain, before any
+    allocation: the tracemalloc peak stays far below the claimed sizes."""
+    base = (CORPUS / "valid-small.gguf").read_bytes()
+    inputs = [base[:16] + struct.pack("<Q", v) + base[24:] for v in (1 << 63, (1 << 64) - 1, 1 << 40)]
+    inputs += [base[:24] + struct.pack("<Q", v) + base[32:] for v in (1 << 62, (1 << 64) - 1)]
+    inputs += [(CORPUS / n).read_bytes() for n in ("array-count-2pow60.gguf", "string-array-past-end.gguf")]
+    tracemalloc.start()
+    try:
+        for data in inputs:
+            tracemalloc.reset_peak()
+            with pytest.raises(FormatError):
+                parse_header(data, "x.gguf", len(data))
+            assert tracemalloc.get_traced_memory()[1] < 256 * 1024
+    finally:
+        tracemalloc.stop()
