@@ -16,8 +16,9 @@ Few evaluations:
   measured on the whole window;
 * search on a log scale: a coarse grid of multiples of s = ctx / L (s itself, the untuned
   formula, always included), ascending; larger alphas are skipped once one is infeasible
-  (``ppl_in`` grows with alpha for these methods); if the best point is the largest feasible
-  one and still improving, the grid is extended upward; then a few refinement steps
+  (``ppl_in`` grows with alpha for these methods); while the best point is at an edge of what
+  was tried, the grid is extended past it (up; or down toward 1 when a feasible larger alpha
+  was measured worse); then a few refinement steps
   (parabolic interpolation of log ppl_ext against log alpha through the best point and its
   neighbours, falling back to a log-midpoint / golden-section step, or a bisection of the
   feasibility boundary).
@@ -206,12 +207,18 @@ def tune(
             if best() is not None or min(tried) <= 1.0:
                 break
             trial(max(1.0, min(tried) / EXTEND_RATIO ** 2), "extend")
-        # extend upward while the best is the largest alpha tried and still feasible
+        # extend the grid while the best is at its edge: upward while still feasible, downward
+        # (toward alpha = 1) when the smallest alpha tried is the best
         for _ in range(MAX_EXTEND):
             b = best()
-            if b is None or b.alpha != max(tried) or not b.feasible:
+            if b is not None and b.alpha == max(tried):
+                trial(b.alpha * EXTEND_RATIO, "extend")
+            elif (b is not None and b.alpha == min(tried) and b.alpha > 1.0
+                  and any(t.alpha > b.alpha and t.ppl_ext is not None for t in tried.values())):
+                # measured evidence that ppl_ext gets worse above the best: look below it
+                trial(b.alpha / EXTEND_RATIO, "extend")
+            else:
                 break
-            trial(b.alpha * EXTEND_RATIO, "extend")
 
         for _ in range(max(0, refine)):
             b = best()

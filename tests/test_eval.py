@@ -293,3 +293,28 @@ def test_patched_file_is_evaluated_from_its_originals(copy_fixture, tokens, resu
     for name in ("none", "ntk", "window"):
         assert r.methods[name].ppl_in == pytest.approx(result.methods[name].ppl_in, rel=1e-6), name
         assert r.methods[name].ppl_ext == pytest.approx(result.methods[name].ppl_ext, rel=1e-6), name
+
+
+@pytest.mark.parametrize("opt, slope", [(2.7, 0.05), (2.7, 0.2), (1.5, 0.01), (8.0, 0.001)])
+def test_tune_search_finds_constrained_optimum_in_few_evaluations(opt, slope):
+    """Search logic on a synthetic objective (no model): ppl_in grows with log alpha, ppl_ext is
+    smooth and unimodal in log alpha with its minimum at ``opt``; the answer is the best
+    feasible alpha, min(opt, the tolerance boundary)."""
+    from ropepatch.tune import tune
+
+    calls = []
+
+    def scorer(spec, stop_in=None):
+        a = spec.alpha or 1.0
+        pin = 6.68 * (1 + slope * math.log(a)) if spec.method != "none" else 6.68
+        pext = 4.0 * math.exp(2 * (math.log(a) - math.log(opt)) ** 2)
+        calls.append(spec.label)
+        if stop_in is not None and stop_in(pin):
+            return {"result": {"ppl_in": pin, "ppl_ext": None}, "complete": False}
+        return {"result": {"ppl_in": pin, "ppl_ext": pext}, "complete": True}
+
+    r = tune(MODEL, 256, method="ntk", scorer=scorer)
+    target = min(opt, math.exp(0.05 / slope))
+    assert r.winner is not None and r.winner.ppl_in <= r.limit
+    assert abs(math.log(r.winner.alpha / target)) < 0.1, (r.winner.alpha, target)
+    assert len(calls) <= 1 + 8  # the baseline prefix + at most 8 candidates

@@ -282,7 +282,8 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
         f"tokens through a sliding window of {L} tokens (stride {L // 2}): a method only helps if its "
         "`ppl_ext` beats it. Default alpha/factor for every method is s = ctx / L; `tuned` is "
         f"`ropepatch tune --method {TUNE_METHOD}` (minimise `ppl_ext` with `ppl_in` within 5% of the "
-        "unscaled model's).",
+        "unscaled model's). Times are wall-clock with 2 threads on a shared 2-vCPU machine (other "
+        "jobs were running), so take tokens/s as a rough guide.",
         "",
     ]
     dates, machines = set(), set()
@@ -333,8 +334,9 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                     continue
                 vs = f"{pext / win[2]:.2f}x" if win and pext and win[2] else "–"
                 bk = " ".join(_f(b["ppl"]) for b in d["result"]["buckets"])
+                note = f" ({d['note']})" if d.get("note") else ""
                 lines.append(f"| {name} | {_f(pin)} | {_f(pext)} | {vs} | {pk} | {bk} | "
-                             f"{d['seconds'] / 60:.1f} min, {d['tokens_per_s']:.0f} tok/s |")
+                             f"{d['seconds'] / 60:.1f} min, {d['tokens_per_s']:.0f} tok/s{note} |")
             edges = next((d["result"]["buckets"] for *_, d in rows if d is not None), [])
             if edges:
                 lines += ["", "Buckets: " + ", ".join(f"{b['start']}-{b['end']}" for b in edges) + "."]

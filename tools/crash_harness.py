@@ -30,6 +30,7 @@ Usage::
     python tools/crash_harness.py                  # the long run: all fixtures, all scenarios
     python tools/crash_harness.py --quick          # one fixture, a few scenarios (what CI runs)
     python tools/crash_harness.py --random 40 --json out.json
+    python tools/crash_harness.py --random 25 --stress 40 --big 128 --seed 1   # docs/reliability.md
 
 Needs root for the disk-full (tmpfs mount) and read-only (chattr +i, ro bind mount) checks; each
 of those is reported as skipped, with the reason, where the machine does not allow it.

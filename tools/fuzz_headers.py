@@ -41,7 +41,6 @@ import contextlib
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import shutil
@@ -61,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from ropepatch import gguf_patch as gp  # noqa: E402
 from ropepatch.errors import RopepatchError  # noqa: E402
-from ropepatch.gguf_file import GGUFHeader, encode_value, make_kv, parse_header, read_header, serialize_header  # noqa: E402
+from ropepatch.gguf_file import GGUFHeader, make_kv, parse_header, read_header, serialize_header  # noqa: E402
 from ropepatch.keys import ValueType as T  # noqa: E402
 from ropepatch.methods import METHODS, make_plan  # noqa: E402
 
@@ -725,8 +724,6 @@ HOSTILE_NUMBERS = ["0", "-1", "1", "1.0", "nan", "inf", "-inf", "1e39", "1e31", 
 
 
 def check_cli_numbers(stats: Stats, rng: random.Random, seed_path: str, timeout=5.0, save=None) -> None:
-    from ropepatch import cli
-
     stats.cases += 1
     if rng.random() < 0.5:
         argv = ["gguf", seed_path, "--dry-run", "--ctx", rng.choice(HOSTILE_NUMBERS + ["1024", "512"]),
@@ -955,9 +952,9 @@ def _warm_up(path: str) -> None:
         with contextlib.suppress(Exception, SystemExit):
             _cli(argv)()
     with contextlib.suppress(Exception):
-        from safetensors import safe_open  # noqa: F401
+        import safetensors  # noqa: F401
 
-        from ropepatch import safetensors_file  # noqa: F401
+        import ropepatch.safetensors_file  # noqa: F401
 
 
 def replay(corpus: str, save: str | None = None, timeout: float = 5.0) -> tuple[Stats, list[str]]:
@@ -999,7 +996,7 @@ def replay_files(paths: list[str], save: str | None = None, timeout: float = 5.0
 
 def report(stats: Stats, secs: float) -> str:
     lines = [f"cases {stats.cases}, target calls {stats.calls}, {secs:.0f} s",
-             f"outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())),
+             "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())),
              f"max tracemalloc peak {stats.max_peak / 1024:.0f} KiB, slowest call {stats.max_seconds * 1000:.0f} ms ({stats.slowest})",
              f"distinct findings: {len(stats.findings)}"]
     for sig, (kind, target, detail, sha, n) in stats.findings.items():
