@@ -180,6 +180,8 @@ def _scan_object(path: str, text: str) -> tuple[list[tuple[str, int, int, int, A
             raise ValueError(f"expected ',' or '}}' at header byte {i}")
     except ValueError as e:
         raise _bad(path, f"malformed header JSON ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise _bad(path, "header JSON is nested too deeply; the file is corrupt or not safetensors") from None
 
 
 def read_header(path: str) -> SafetensorsHeader:
@@ -266,7 +268,7 @@ def _tensor_entry(path: str, name: str, value: Any) -> TensorEntry:
     dtype = value.get("dtype")
     shape = value.get("shape")
     offs = value.get("data_offsets")
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape

@@ -882,8 +882,8 @@ def corpus_cases() -> dict[str, bytes]:
         "st-metadata-not-string.safetensors": st_with(json.dumps({**hdr, "__metadata__": {"a": 1}})),
         "st-truncated.safetensors": st[:20],
         # open (ropepatch/safetensors_file.py, not fixed here): crash instead of a clean error
-        "st-open-deep-nesting.safetensors": st_with(json.dumps(hdr)[:-1] + ', "deep": ' + "[" * 3000 + "]" * 3000 + "}"),
-        "st-open-dtype-list.safetensors": st_with(json.dumps({**hdr, "a": {**hdr["a"], "dtype": ["F32"]}})),
+        "st-deep-nesting.safetensors": st_with(json.dumps(hdr)[:-1] + ', "deep": ' + "[" * 3000 + "]" * 3000 + "}"),
+        "st-dtype-list.safetensors": st_with(json.dumps({**hdr, "a": {**hdr["a"], "dtype": ["F32"]}})),
     })
     return cases
 
