@@ -153,20 +153,23 @@ def tune(
     say = log or (lambda _m: None)
 
     own = None
-    if scorer is None:
-        own = model or Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch)
-        if tokens is None:
-            if text is None:
-                raise UsageError("tune: give a text or its tokens")
-            tokens = own.tokenize(text)
-        windows = make_windows(np.asarray(tokens, dtype=np.int32), ctx, own.bos if own.add_bos else None, 1)
-        edges = default_buckets(ctx, L)
-
-        def scorer(spec: MethodSpec, stop_in=None):  # noqa: F811
-            meter = _Meter(ctx - 1, progress)
-            return score_method(own, windows, spec, original, ctx, edges, meter, stop_in=stop_in)
-
     try:
+        if scorer is None:
+            own = model or Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
+                                 n_batch=n_batch)
+            if tokens is None:
+                if text is None:
+                    raise UsageError("tune: give a text or its tokens")
+                tokens = own.tokenize(text)
+            windows = make_windows(np.asarray(tokens, dtype=np.int32), ctx,
+                                   own.bos if own.add_bos else None, 1)
+            edges = default_buckets(ctx, L)
+
+            def scorer(spec: MethodSpec, stop_in=None):  # noqa: F811
+                meter = _Meter(ctx - 1, progress)
+                meter.label = spec.label
+                return score_method(own, windows, spec, original, ctx, edges, meter, stop_in=stop_in)
+
         say(f"baseline: unscaled model on positions < {L}")
         base_in, _ = _measured(scorer(MethodSpec("none", "none"), lambda _p: True))
         limit = base_in * (1.0 + tolerance)
