@@ -332,11 +332,18 @@ def _round_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
+_PAGE = 4096
+
+
 def pad_header(json_text: str, current_length: int, slack: int = ST_HEADER_SLACK) -> bytes:
     """The header bytes to write: padded with spaces to ``current_length`` when the JSON fits,
-    else to a new 8-byte-aligned length with ``slack`` spare bytes."""
+    else grown by whole 4 KiB pages until ``slack`` spare bytes remain. Keeping the tensor data's
+    offset the same modulo 4096 (as the GGUF writer does) lets a filesystem that can share
+    blocks (reflink) do so in the kernel copy, and keeps the 8-byte alignment."""
     data = json_text.encode("utf-8")
-    length = current_length if len(data) <= current_length else _round_up(len(data) + slack, ST_HEADER_ALIGN)
+    length = current_length
+    if len(data) > current_length:
+        length += _PAGE * -(-(len(data) + slack - current_length) // _PAGE)
     return data + b" " * (length - len(data))
 
 

@@ -43,7 +43,7 @@ from ropepatch.gguf_patch import inspect_gguf  # noqa: E402
 CACHE = Path(os.path.expanduser("~")) / ".cache" / "ropepatch" / "quality"
 ALL_METHODS = ("none", "linear", "ntk", "dynamic", "yarn", "tuned", "window")
 FINE_BINS = 64  # per-(text, ctx) resolution of the cached curves (for the plots)
-TUNE_METHOD = "ntk"
+TUNE_METHODS = ("ntk", "yarn")  # methods `tuned` tunes (one table row each)
 
 
 # ---- texts ----------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ class Bench:
             f"{r.tokens_decoded / r.seconds:.1f} tokens/s, {100 * r.decode_seconds / r.seconds:.1f}% in decode)")
         return d
 
-    def tuned(self, text: str, ctx: int, method: str = TUNE_METHOD) -> dict:
+    def tuned(self, text: str, ctx: int, method: str) -> dict:
         from ropepatch import tune as T
 
         key = {"model": model_id(self.path), "text": text, "text_sha": self.text_sha(text), "ctx": ctx,
@@ -280,8 +280,8 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
         "the SAME tokens: the first `ctx` tokens of the text (one window). `ppl_in` covers positions "
         f"below {L}, `ppl_ext` positions {L} and above. `window` is the unscaled model scoring the same "
         f"tokens through a sliding window of {L} tokens (stride {L // 2}): a method only helps if its "
-        "`ppl_ext` beats it. Default alpha/factor for every method is s = ctx / L; `tuned` is "
-        f"`ropepatch tune --method {TUNE_METHOD}` (minimise `ppl_ext` with `ppl_in` within 5% of the "
+        "`ppl_ext` beats it. Default alpha/factor for every method is s = ctx / L; `tuned M` is "
+        "`ropepatch tune --method M` (minimise `ppl_ext` with `ppl_in` within 5% of the "
         "unscaled model's). Times are wall-clock with 2 threads on a shared 2-vCPU machine (other "
         "jobs were running), so take tokens/s as a rough guide.",
         "",
@@ -292,28 +292,35 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
             rows = []
             series = {}
             for m in ALL_METHODS:
-                label = m
-                d = None
-                extra = ""
-                if m == "tuned":
-                    t = _load_any(cache_path("tune", text, ctx, TUNE_METHOD))
-                    if t and t["key"].get("text_sha") == bench.text_sha(text):
-                        w = t["result"].get("winner")
-                        if w:
-                            d = _load_any(cache_path("ppl", text, ctx, bench.canon(w["label"], ctx)))
-                            extra = f" ({TUNE_METHOD}, alpha {w['alpha']:.3g})"
-                            dates.add(t["date"])
+                if m != "tuned":
+                    d = bench.eval_cached(text, ctx, m)
+                    entries = [(m, d, m)]
                 else:
-                    d = bench.eval_cached(text, ctx, label)
-                if d is None or not d.get("complete"):
-                    rows.append((m + extra, None, None, None, None))
-                    continue
-                dates.add(d["date"])
-                machines.add(d["machine"])
-                r = d["result"]
-                pk = _passkey_acc(bench, ctx, label if m != "tuned" else d["key"]["label"], passkey_cfg)
-                rows.append((m + extra, r["ppl_in"], r["ppl_ext"], pk, d))
-                series[m + extra] = [(b["start"], b["end"], b["ppl"]) for b in d["fine"]]
+                    entries = []
+                    for tm in TUNE_METHODS:
+                        t = _load_any(cache_path("tune", text, ctx, tm))
+                        if not t or t["key"].get("text_sha") != bench.text_sha(text):
+                            continue
+                        w = t["result"].get("winner")
+                        dates.add(t["date"])
+                        if not w:
+                            entries.append((f"tuned {tm} (no feasible alpha)", None, None))
+                            continue
+                        lab = bench.canon(w["label"], ctx)
+                        entries.append((f"tuned {tm} (alpha {w['alpha']:.3g})",
+                                        _load_any(cache_path("ppl", text, ctx, lab)), lab))
+                    if not entries:
+                        entries = [("tuned", None, None)]
+                for name, d, lab in entries:
+                    if d is None or not d.get("complete"):
+                        rows.append((name, None, None, None, None))
+                        continue
+                    dates.add(d["date"])
+                    machines.add(d["machine"])
+                    r = d["result"]
+                    pk = _passkey_acc(bench, ctx, lab, passkey_cfg)
+                    rows.append((name, r["ppl_in"], r["ppl_ext"], pk, d))
+                    series[name] = [(b["start"], b["end"], b["ppl"]) for b in d["fine"]]
             if all(r[1] is None for r in rows):
                 continue
             lines += [f"## {TEXTS[text][0]}, ctx {ctx}", ""]
@@ -341,9 +348,10 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
             if edges:
                 lines += ["", "Buckets: " + ", ".join(f"{b['start']}-{b['end']}" for b in edges) + "."]
             lines.append("")
-            tl = _load_any(cache_path("tune", text, ctx, TUNE_METHOD))
-            if tl and tl["key"].get("text_sha") == bench.text_sha(text):
-                lines += _tune_lines(tl["result"])
+            for tm in TUNE_METHODS:
+                tl = _load_any(cache_path("tune", text, ctx, tm))
+                if tl and tl["key"].get("text_sha") == bench.text_sha(text):
+                    lines += _tune_lines(tl["result"])
     pk_lines = _passkey_section(bench, ctxs, passkey_cfg)
     lines += pk_lines
     lines += ["## Not measured yet", ""]
@@ -352,8 +360,9 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
         for text in TEXTS:
             for m in ALL_METHODS:
                 if m == "tuned":
-                    if _load_any(cache_path("tune", text, ctx, TUNE_METHOD)) is None:
-                        missing.append(f"{text} ctx {ctx}: tuned")
+                    for tm in TUNE_METHODS:
+                        if _load_any(cache_path("tune", text, ctx, tm)) is None:
+                            missing.append(f"{text} ctx {ctx}: tuned {tm}")
                 elif bench.eval_cached(text, ctx, m) is None:
                     missing.append(f"{text} ctx {ctx}: {m}")
     lines += [f"- {m}" for m in missing] or ["- nothing: every configured run is in the cache."]
@@ -385,8 +394,11 @@ def _passkey_acc(bench: Bench, ctx: int, label: str, cfg) -> str:
     res = d["result"]["methods"].get(label) or next(iter(d["result"]["methods"].values()))
     acc = [x["accuracy"] for x in res["depths"] if x.get("accuracy") is not None]
     if not acc:
-        return "–"
-    return f"{sum(acc) / len(acc):.0%}"
+        return "key never in view"
+    out = f"{sum(acc) / len(acc):.0%}"
+    if len(acc) < len(res["depths"]):
+        out += f" (key in view at {len(acc)} of {len(res['depths'])} depths)"
+    return out
 
 
 def _passkey_section(bench: Bench, ctxs, cfg) -> list[str]:
@@ -444,6 +456,8 @@ def main(argv=None) -> int:
     ap.add_argument("--texts", default=",".join(TEXTS), help=f"comma-separated texts: {', '.join(TEXTS)}")
     ap.add_argument("--methods", default=",".join(ALL_METHODS),
                     help=f"comma-separated subset of {', '.join(ALL_METHODS)}")
+    ap.add_argument("--tune-methods", default=",".join(TUNE_METHODS),
+                    help=f"methods `tuned` tunes (default {','.join(TUNE_METHODS)})")
     ap.add_argument("--threads", type=int, default=min(2, E.default_threads()))
     ap.add_argument("--batch", type=int, default=E.DEFAULT_N_BATCH)
     ap.add_argument("--no-passkey", action="store_true", help="skip the passkey runs")
@@ -468,6 +482,7 @@ def main(argv=None) -> int:
     for m in methods:
         if m not in ALL_METHODS:
             ap.error(f"unknown method {m!r}")
+    tune_methods = [m for m in a.tune_methods.split(",") if m]
     depths = [float(x) for x in a.depths.split(",")]
     pcfg = {"depths": depths, "trials": a.trials, "seed": a.seed}
     bench = Bench(model, a.threads, a.batch)
@@ -486,17 +501,21 @@ def main(argv=None) -> int:
             for ctx in ctxs:
                 for text in texts:
                     if "tuned" in methods:
-                        bench.tuned(text, ctx)
-                        write_report(bench, report_texts, report_ctxs, out_dir, pcfg)
+                        for tm in tune_methods:
+                            bench.tuned(text, ctx, tm)
+                            write_report(bench, report_texts, report_ctxs, out_dir, pcfg)
         if not a.no_passkey:
             for ctx in ctxs:
+                labels = []
                 for m in methods:
-                    label = m
-                    if m == "tuned":
-                        t = _load_any(cache_path("tune", texts[0], ctx, TUNE_METHOD))
-                        if not t or not t["result"].get("winner"):
-                            continue
-                        label = bench.canon(t["result"]["winner"]["label"], ctx)
+                    if m != "tuned":
+                        labels.append(m)
+                        continue
+                    for tm in tune_methods:
+                        t = _load_any(cache_path("tune", texts[0], ctx, tm))
+                        if t and t["result"].get("winner"):
+                            labels.append(bench.canon(t["result"]["winner"]["label"], ctx))
+                for label in dict.fromkeys(labels):
                     bench.passkey(ctx, label, depths, a.trials, a.seed)
                     write_report(bench, report_texts, report_ctxs, out_dir, pcfg)
     write_report(bench, report_texts, report_ctxs, out_dir, pcfg)
