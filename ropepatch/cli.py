@@ -392,6 +392,58 @@ def cmd_validate(args) -> int:
     return 0 if r.passed else 1
 
 
+def _progress(args):
+    if args.json or args.quiet or not sys.stderr.isatty():
+        return None
+    from .evaluate import progress_bar
+
+    return progress_bar()
+
+
+def _text_arg(path: str) -> str:
+    from .evaluate import load_text
+
+    return load_text(path)
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, format_table, parse_alphas
+
+    res = evaluate(args.path, args.ctx, _text_arg(args.text), methods=args.methods,
+                   alphas=parse_alphas(args.alpha), buckets=args.buckets, window=not args.no_window,
+                   max_windows=args.windows, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+                   progress=_progress(args))
+    data = res.to_json()
+    if args.plot:
+        from .plot import plot_result
+
+        data["plot"] = plot_result(res, args.plot)
+    text = format_table(res) + (f"\nplot: {args.plot}" if args.plot else "")
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .tune import format_tune, tune
+
+    res = tune(args.path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
+               apply=args.apply, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+               progress=_progress(args))
+    _emit(args, res.to_json(), format_tune(res))
+    return 0
+
+
+def cmd_passkey(args) -> int:
+    from .evaluate import parse_alphas
+    from .passkey import format_passkey, passkey
+
+    res = passkey(args.path, args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
+                  depths=args.depths, trials=args.trials, seed=args.seed, n_threads=args.threads,
+                  n_gpu_layers=args.gpu_layers, progress=_progress(args))
+    _emit(args, res.to_json(), format_passkey(res))
+    return 0
+
+
 def _positions(text: str) -> list[int]:
     from .validate import parse_positions
 
@@ -469,6 +521,26 @@ COMMANDS = {
         "parameters the runtime applied equal the plan; c. a NumPy reference rotary reproduces the\n"
         "runtime's rotated Q/K past the original context; d. a NumPy reference forward pass\n"
         "reproduces the logits (small models). Needs llama-cpp-python: pip install 'ropepatch[validate]'",
+    ),
+    "eval": (
+        cmd_eval,
+        "perplexity by position for each method, applied at run time, vs the sliding-window baseline",
+        "examples:\n  ropepatch eval model.gguf --ctx 16384 --text corpus.txt\n"
+        "  ropepatch eval model.gguf --ctx 16384 --text corpus.txt --methods none,ntk,ntk@2.5,yarn --plot ppl.png\n\n"
+        "A scaled method only earns its keep if its ppl_ext (positions past the training length)\n"
+        "beats 'window': the unscaled model scoring the same tokens with a sliding window.",
+    ),
+    "tune": (
+        cmd_tune,
+        "search a method's alpha/factor for the lowest ppl_ext within a ppl_in tolerance",
+        "examples:\n  ropepatch tune model.gguf --ctx 16384 --text corpus.txt\n"
+        "  ropepatch tune model.gguf --ctx 16384 --text corpus.txt --method yarn --apply",
+    ),
+    "passkey": (
+        cmd_passkey,
+        "passkey retrieval (YaRN paper): can the model USE distant context at each depth?",
+        "examples:\n  ropepatch passkey model.gguf --ctx 16384\n"
+        "  ropepatch passkey model.gguf --ctx 16384 --methods none,ntk,yarn --depths 0.1,0.5,0.9 --trials 5",
     ),
     "revert": (
         cmd_revert,
@@ -563,6 +635,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force check d (default: run it when the model is small enough)")
     v.add_argument("--no-reference-forward", dest="reference_forward", action="store_false", help="skip check d")
     v.add_argument("--threads", type=_positive_int, help="CPU threads for the probes (default: 1 per 1e9 parameters)")
+
+    for name in ("eval", "tune", "passkey"):
+        e = parsers[name]
+        e.add_argument("path", help="a .gguf file")
+        e.add_argument("--ctx", type=_positive_int, required=True, help="context to evaluate at, in tokens")
+        if name != "passkey":
+            e.add_argument("--text", required=True, help="a text file to score (tokenized with the model's tokenizer)")
+        e.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
+        e.add_argument("--gpu-layers", type=int, default=0, help="n_gpu_layers for llama.cpp (-1 = all)")
+        e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e = parsers["eval"]
+    e.add_argument("--methods", default=None, help="comma list, method@alpha allowed (default none,linear,ntk,dynamic,yarn)")
+    e.add_argument("--alpha", help="alpha for every scaled method, or method=alpha,... (default ctx/L)")
+    e.add_argument("--buckets", help="bucket count, or comma-separated edges (default 8 equal buckets)")
+    e.add_argument("--windows", type=_positive_int, default=1, help="ctx-token windows of the text to average (default 1)")
+    e.add_argument("--no-window", action="store_true", help="skip the sliding-window baseline")
+    e.add_argument("--plot", metavar="OUT.png", help="write the perplexity-by-position plot (needs matplotlib)")
+    t = parsers["tune"]
+    t.add_argument("--method", default="ntk", choices=["ntk", "dynamic", "linear", "yarn"], help="default ntk")
+    t.add_argument("--tolerance", type=_float, default=0.05, help="allowed ppl_in increase over the unscaled model (default 0.05)")
+    t.add_argument("--apply", action="store_true", help="patch the file with the winner (provenance records it)")
+    pk = parsers["passkey"]
+    pk.add_argument("--methods", default=None, help="comma list (default none,linear,ntk,dynamic,yarn)")
+    pk.add_argument("--alpha", help="alpha for every scaled method, or method=alpha,...")
+    pk.add_argument("--depths", default=None, help="key depths as fractions (default 0.1,0.5,0.9)")
+    pk.add_argument("--trials", type=_positive_int, default=5, help="keys per depth (default 5)")
+    pk.add_argument("--seed", type=int, default=0)
 
     r = parsers["revert"]
     r.add_argument("path", help="a file or HF model ropepatch patched")
