@@ -76,3 +76,18 @@ def test_plan_prints_runtime_equivalents():
 def test_no_command_prints_help():
     r = run_cli()
     assert r.returncode == 2 and "quick start" in r.stdout
+
+
+def test_eval_tune_passkey_through_the_cli(tmp_path):
+    import _pydecimal
+
+    model = str(FIXTURES / "tiny-llama-f32.gguf")
+    r = run_cli("eval", model, "--ctx", "384", "--text", _pydecimal.__file__, "--methods", "none,ntk", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert set(out["methods"]) == {"none", "ntk", "window"} and out["ctx"] == 384
+    assert {"ppl_in", "ppl_ext", "buckets", "params"} <= set(out["methods"]["ntk"])
+    r = run_cli("passkey", model, "--ctx", "384", "--methods", "ntk", "--depths", "0.5", "--trials", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("eval", model, "--ctx", "384", "--text", str(tmp_path / "missing.txt"))
+    assert r.returncode == 2 and r.stderr.startswith("ropepatch: error: ") and "Traceback" not in r.stderr
