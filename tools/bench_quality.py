@@ -270,6 +270,7 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
     from ropepatch import plot as PL
 
     L = bench.original.n_ctx_train
+    out_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         "# Results: does context extension actually help?",
         "",
@@ -344,6 +345,17 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                 note = f" ({d['note']})" if d.get("note") else ""
                 lines.append(f"| {name} | {_f(pin)} | {_f(pext)} | {vs} | {pk} | {bk} | "
                              f"{d['seconds'] / 60:.1f} min, {d['tokens_per_s']:.0f} tok/s{note} |")
+            base = next((r for r in rows if r[0] == "none" and r[1] is not None), None)
+            if base and win:
+                ok = [r for r in rows if r[0] not in ("none", "window") and r[1] is not None
+                      and r[2] is not None and r[1] <= 1.05 * base[1]]
+                if ok:
+                    b = min(ok, key=lambda r: r[2])
+                    verdict = "beats" if b[2] < win[2] else "does NOT beat"
+                    lines += ["", f"**Best method with ppl_in within 5% of the unscaled model's: {b[0]}, "
+                                  f"ppl_ext {b[2]:.4g}, which {verdict} the window baseline's {win[2]:.4g} "
+                                  f"({100 * (b[2] / win[2] - 1):+.1f}%); its ppl_in {b[1]:.4g} is "
+                                  f"{100 * (b[1] / base[1] - 1):+.1f}% vs unscaled {base[1]:.4g}.**"]
             edges = next((d["result"]["buckets"] for *_, d in rows if d is not None), [])
             if edges:
                 lines += ["", "Buckets: " + ", ".join(f"{b['start']}-{b['end']}" for b in edges) + "."]
