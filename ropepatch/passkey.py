@@ -6,10 +6,12 @@ filler, and asked for at the end. For each method and depth, over K trials (seed
 same for every method), we report the greedy retrieval accuracy and the mean negative
 log-likelihood of the key's tokens.
 
-One decode per trial gives both: the answer's tokens are appended to the prompt and scored
-with teacher forcing. Greedy decoding reproduces the key exactly iff the argmax at every
-answer position is the key's next token (the earlier ones being right), which is what
-teacher forcing checks. The filler before the key is identical across the trials of one depth,
+One decode per trial gives both: the answer ``" 12345"`` (its tokens as the model's tokenizer
+splits them, leading space included) is appended to the prompt and scored with teacher
+forcing. Greedy decoding continues the prompt with exactly the answer iff the argmax at every
+answer position is the answer's next token (the earlier ones being right), which is what
+teacher forcing checks; this is stricter than "the digits appear somewhere in the output".
+``key_nll`` is the mean NLL over the answer's tokens. The filler before the key is identical across the trials of one depth,
 so it is decoded once per (method, depth) and the cache is cut back to it for each trial.
 
 The ``window`` baseline (the unscaled model, seeing only the last L tokens) cannot see a key
@@ -51,7 +53,7 @@ class DepthResult:
     correct: int
     accuracy: float | None  # None when not visible
     key_nll: float | None  # mean NLL per key token over the trials
-    greedy: tuple[str, ...]  # what greedy decoding produced, per trial
+    greedy: tuple[str, ...]  # per trial: the argmax at each answer position (teacher-forced)
 
     def to_json(self) -> dict:
         return {"depth": self.depth, "position": self.position, "visible": self.visible,

@@ -334,7 +334,9 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                 except Exception as e:  # noqa: BLE001 - the table matters more than the plot
                     lines += [f"(plot not drawn: {e})", ""]
             win = next((r for r in rows if r[0] == "window" and r[1] is not None), None)
-            lines += ["| method | ppl_in | ppl_ext | ppl_ext vs window | passkey accuracy | buckets (ppl) | time |",
+            lines += ["(The passkey column is the mean accuracy over depths of the passkey test below, which "
+                      "uses its own filler text: it is the same in every table of this ctx.)", "",
+                      "| method | ppl_in | ppl_ext | ppl_ext vs window | passkey accuracy | buckets (ppl) | time |",
                       "|---|---|---|---|---|---|---|"]
             for name, pin, pext, pk, d in rows:
                 if d is None:
@@ -377,6 +379,11 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                             missing.append(f"{text} ctx {ctx}: tuned {tm}")
                 elif bench.eval_cached(text, ctx, m) is None:
                     missing.append(f"{text} ctx {ctx}: {m}")
+    for ctx in ctxs:
+        no_pk = [m for m in ALL_METHODS if m != "tuned"
+                 and _load_any(cache_path("passkey", "filler", ctx, m)) is None]
+        if no_pk:
+            missing.append(f"passkey ctx {ctx}: {', '.join(no_pk)}")
     lines += [f"- {m}" for m in missing] or ["- nothing: every configured run is in the cache."]
     lines += ["", f"Measured on: {'; '.join(sorted(machines)) or '–'}. Dates: {', '.join(sorted(dates)) or '–'}.", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -429,8 +436,11 @@ def _passkey_section(bench: Bench, ctxs, cfg) -> list[str]:
         out += [f"## Passkey retrieval, ctx {ctx}", "",
                 "A random 5-digit key stated once at the given depth inside filler text of about "
                 f"{ctx} tokens, asked for at the end (the YaRN paper's test); accuracy = greedy "
-                "decoding reproduces the key, over the trials; NLL = mean negative log-likelihood of "
-                "the key's tokens.", "",
+                "decoding continues the prompt with exactly the answer ` 12345` (teacher-forced "
+                "argmax at every answer token, so stricter than finding the digits somewhere in a "
+                "longer reply), over the trials; NLL = mean negative log-likelihood of the answer's "
+                "tokens. `window` is the unscaled model given only the last L tokens of the prompt: "
+                "`key not in view` means the key lies before them.", "",
                 "| method | " + " | ".join(f"depth {d:g}" for d in depths) + " |",
                 "|---|" + "---|" * len(depths)]
         for name, m, d in rows:
