@@ -288,6 +288,8 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
         "",
     ]
     dates, machines = set(), set()
+    summary: list[str] = []
+    head = len(lines)
     for ctx in ctxs:
         for text in texts:
             rows = []
@@ -347,13 +349,18 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                 note = f" ({d['note']})" if d.get("note") else ""
                 lines.append(f"| {name} | {_f(pin)} | {_f(pext)} | {vs} | {pk} | {bk} | "
                              f"{d['seconds'] / 60:.1f} min, {d['tokens_per_s']:.0f} tok/s{note} |")
-            base = next((r for r in rows if r[0] == "none" and r[1] is not None), None)
+            # the unscaled model's ppl_in: from `none`, else from `window`, whose first window is
+            # the same unscaled pass over positions 0..L-1
+            base = next((r for r in rows if r[0] == "none" and r[1] is not None), None) or win
             if base and win:
                 ok = [r for r in rows if r[0] not in ("none", "window") and r[1] is not None
                       and r[2] is not None and r[1] <= 1.05 * base[1]]
                 if ok:
                     b = min(ok, key=lambda r: r[2])
                     verdict = "beats" if b[2] < win[2] else "does NOT beat"
+                    summary.append(f"| {text} | {ctx} | {_f(base[1])} | {_f(win[2])} | {b[0]} | {_f(b[1])} "
+                                   f"({100 * (b[1] / base[1] - 1):+.1f}%) | {_f(b[2])} "
+                                   f"({100 * (b[2] / win[2] - 1):+.1f}%) | {'yes' if b[2] < win[2] else 'no'} |")
                     lines += ["", f"**Best method with ppl_in within 5% of the unscaled model's: {b[0]}, "
                                   f"ppl_ext {b[2]:.4g}, which {verdict} the window baseline's {win[2]:.4g} "
                                   f"({100 * (b[2] / win[2] - 1):+.1f}%); its ppl_in {b[1]:.4g} is "
@@ -366,6 +373,15 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                 tl = _load_any(cache_path("tune", text, ctx, tm))
                 if tl and tl["key"].get("text_sha") == bench.text_sha(text):
                     lines += _tune_lines(tl["result"])
+    if summary:
+        lines[head:head] = [
+            "## Summary", "",
+            "Per text and ctx: the unscaled model's `ppl_in`, the window baseline's `ppl_ext`, and the "
+            "measured method with the lowest `ppl_ext` among those whose `ppl_in` stays within 5% of "
+            "the unscaled model's (the tables below have every method).", "",
+            "| text | ctx | unscaled ppl_in | window ppl_ext | best method | its ppl_in | its ppl_ext "
+            "| beats window |",
+            "|---|---|---|---|---|---|---|---|", *summary, ""]
     pk_lines = _passkey_section(bench, ctxs, passkey_cfg)
     lines += pk_lines
     lines += ["## Not measured yet", ""]
