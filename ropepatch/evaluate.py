@@ -778,6 +778,21 @@ def score_method(model: Model, windows: Sequence[np.ndarray], spec: MethodSpec, 
     )
 
 
+def extension_original(model_path: str, ctx: int, original: RopeParams | None = None) -> RopeParams:
+    """The model's original RoPE parameters (read from the file unless given), after checking
+    that ``ctx`` is a context past its training length: what eval, tune and passkey measure."""
+    from .gguf_patch import inspect_gguf  # noqa: PLC0415 - avoid an import cycle at load time
+
+    if not isinstance(ctx, int) or ctx < 2:
+        raise UsageError(f"--ctx: expected a number of tokens >= 2, found {ctx}")
+    if original is None:
+        original = inspect_gguf(model_path).original
+    if ctx <= original.n_ctx_train:
+        raise UsageError(f"--ctx must be larger than the model's training context "
+                         f"{original.n_ctx_train}, found {ctx}")
+    return original
+
+
 def evaluate(
     model_path: str,
     ctx: int,
@@ -805,15 +820,8 @@ def evaluate(
     ``max_windows``: how many non-overlapping windows to average (None = as many as the text
     holds). ``model``: an already-loaded :class:`Model` to reuse (e.g. by tune).
     """
-    from .gguf_patch import inspect_gguf  # noqa: PLC0415 - avoid an import cycle at load time
-
-    if not isinstance(ctx, int) or ctx < 2:
-        raise UsageError(f"--ctx: expected a number of tokens >= 2, found {ctx}")
-    if original is None:
-        original = inspect_gguf(model_path).original
+    original = extension_original(model_path, ctx, original)
     L = original.n_ctx_train
-    if ctx <= L:
-        raise UsageError(f"--ctx must be larger than the model's training context {L}, found {ctx}")
     if methods and not isinstance(methods, str) and all(isinstance(m, MethodSpec) for m in methods):
         specs = list(methods)
     else:

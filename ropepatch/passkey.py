@@ -31,7 +31,7 @@ import numpy as np
 from .errors import UsageError
 from .evaluate import (
     WINDOW, MethodSpec, Model, Progress, ProgressFn, _Meter, _num, parse_methods,
-    runtime_settings_for,
+    extension_original, runtime_settings_for,
 )
 from .params import RopeParams
 
@@ -176,15 +176,10 @@ def passkey(
     """The passkey test for each method (default: none, linear, ntk, dynamic, yarn) plus the
     ``window`` baseline, at each depth (fraction of the filler before the key), ``trials``
     keys each."""
-    from .gguf_patch import inspect_gguf  # noqa: PLC0415
-
     if trials < 1:
         raise UsageError(f"--trials: expected a number >= 1, found {trials}")
-    if original is None:
-        original = inspect_gguf(model_path).original
+    original = extension_original(model_path, ctx, original)
     L = original.n_ctx_train
-    if not isinstance(ctx, int) or ctx <= L:
-        raise UsageError(f"--ctx must be larger than the model's training context {L}, found {ctx}")
     dl = parse_depths(depths)
     if methods is not None and not isinstance(methods, str) and all(isinstance(m, MethodSpec) for m in methods):
         specs = list(methods)

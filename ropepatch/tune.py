@@ -36,7 +36,7 @@ import numpy as np
 from .errors import UsageError
 from .evaluate import (
     DEFAULT_N_BATCH, MethodResult, MethodSpec, Model, ProgressFn, _Meter, _num, default_buckets,
-    make_windows, score_method,
+    extension_original, make_windows, score_method,
 )
 from .params import RopeParams
 
@@ -138,17 +138,14 @@ def tune(
     ``apply``: patch the file with the winner (``gguf_patch.patch_gguf``; the provenance records
     it as ``ropepatch.alpha``). ``scorer``: replaces the built-in scoring (used by the bench to
     cache runs)."""
-    from .gguf_patch import inspect_gguf, patch_gguf  # noqa: PLC0415
+    from .gguf_patch import patch_gguf  # noqa: PLC0415
 
     if method not in TUNABLE:
         raise UsageError(f"--method: tune searches one of {', '.join(TUNABLE)}, found {method!r}")
     if not (math.isfinite(tolerance) and 0 <= tolerance < 10):
         raise UsageError(f"--tolerance: expected a fraction like 0.05, found {tolerance}")
-    if original is None:
-        original = inspect_gguf(model_path).original
+    original = extension_original(model_path, ctx, original)
     L = original.n_ctx_train
-    if not isinstance(ctx, int) or ctx <= L:
-        raise UsageError(f"--ctx must be larger than the model's training context {L}, found {ctx}")
     s = ctx / L
     say = log or (lambda _m: None)
 
