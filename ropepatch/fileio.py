@@ -40,7 +40,7 @@ _CRASH_AFTER = int(os.environ.get("ROPEPATCH_CRASH_AFTER", "0") or "0")
 _steps = 0
 
 
-def _crash_point() -> None:
+def crash_point() -> None:
     global _steps
     _steps += 1
     if _steps == _CRASH_AFTER:
@@ -118,9 +118,9 @@ def write_spans_in_place(path: str, spans, expect_size: int) -> None:
             n = os.pwrite(fd, data, offset)
             if n != len(data):  # pragma: no cover - regular files do not short-write
                 raise WriteError(f"{path}: short write ({n} of {len(data)} bytes)")
-            _crash_point()
+            crash_point()
         os.fsync(fd)
-        _crash_point()
+        crash_point()
     except OSError as e:
         raise WriteError(f"{path}: in-place write failed: {_describe(e)}") from None
     finally:
@@ -147,7 +147,7 @@ def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: i
         if got == 0:
             raise OSError(errno.EIO, "source file ended early")
         done += got
-        _crash_point()
+        crash_point()
         if progress is not None:
             progress(done, length)
 
@@ -181,30 +181,30 @@ def rewrite(
         try:
             # held until the rename: tells remove_stale_temps this temp file is alive
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _crash_point()
+            crash_point()
             written = os.pwrite(fd, header, 0)
             if written != len(header):  # pragma: no cover
                 raise OSError(errno.EIO, "short header write")
-            _crash_point()
+            crash_point()
             _kernel_copy(src_fd, fd, data_offset, len(header), data_length, progress)
             if trailing:
                 os.pwrite(fd, trailing, len(header) + data_length)
-                _crash_point()
+                crash_point()
             os.ftruncate(fd, len(header) + data_length + len(trailing))
-            _crash_point()
+            crash_point()
             # keep the original's permission bits
             if os.path.exists(dst):
                 os.fchmod(fd, stat.S_IMODE(os.stat(dst).st_mode))
-                _crash_point()
+                crash_point()
             os.fsync(fd)
-            _crash_point()
+            crash_point()
             os.replace(tmp, dst)
             tmp = None
-            _crash_point()
+            crash_point()
         finally:
             os.close(fd)
-        _fsync_dir(dst_dir)
-        _crash_point()
+        fsync_dir(dst_dir)
+        crash_point()
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise WriteError(f"{dst}: disk full during rewrite; original left intact") from None
@@ -249,7 +249,7 @@ def remove_stale_temps(directory: str) -> int:
     return removed
 
 
-def _fsync_dir(d: str) -> None:
+def fsync_dir(d: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(d, os.O_RDONLY)
         try:

@@ -614,6 +614,18 @@ def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progr
     assert len(body) == h.data_offset
     if not changes:
         return PatchResult(h.path, target, plan, "no-op", (), tuple(warnings))
+    if target == h.path:
+        # in place: a kill is all-or-nothing only for one pwrite inside one page
+        spans = _diff_spans(h.raw, body)
+        first, last = (spans[0][0], spans[-1][0] + len(spans[-1][1]) - 1) if spans else (0, 0)
+        pages = last // PAGE - first // PAGE + 1
+        if pages > 1:
+            raise UsageError(
+                f"{h.path}: --no-record: the changed values span {pages} pages of the header "
+                f"(bytes {first}-{last}), so an interrupted write could leave a mix of old and new "
+                f"values; drop --no-record so ropepatch can rewrite the file (free disk space "
+                f"first if it is full); nothing written"
+            )
     if dry_run:
         return PatchResult(h.path, target, plan, "dry-run", changes, tuple(warnings))
     if target != h.path:
@@ -623,9 +635,13 @@ def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progr
     with locked(h.path):
         _recheck(h.path, h)
         spans = _diff_spans(h.raw, body)
-        write_spans_in_place(h.path, spans, h.file_size)
-    return PatchResult(h.path, target, plan, "in-place", changes, tuple(warnings),
-                       sum(len(b) for _, b in spans))
+        if not spans:
+            return PatchResult(h.path, target, plan, "no-op", changes, tuple(warnings))
+        # one pwrite from the first changed byte to the last (all inside one page, checked
+        # above), so a kill cannot land between two changed values
+        first, last = spans[0][0], spans[-1][0] + len(spans[-1][1])
+        write_spans_in_place(h.path, [(first, body[first:last])], h.file_size)
+    return PatchResult(h.path, target, plan, "in-place", changes, tuple(warnings), last - first)
 
 
 def _recheck(path: str, h: GGUFHeader) -> None:

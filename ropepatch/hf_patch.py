@@ -36,7 +36,14 @@ for the config keys per method):
   ``out``. ``revert`` puts a symlink back when its target still holds the original bytes;
 * ``out``: a new or empty directory that receives the patched config.json and shards plus a
   verbatim copy of the other top-level files (tokenizer, index, ...; other weight files are
-  skipped), leaving ``path`` untouched.
+  skipped), leaving ``path`` untouched. The files are written into a locked staging directory
+  inside ``out`` and renamed into place at the end, config.json last; a re-run after a kill
+  clears what the killed run left there;
+* a re-patch (config.json already written by ropepatch) first writes the shards with one more
+  entry, ``ropepatch.previous_config_sha256`` (the sha256 of the config.json being replaced),
+  then config.json, then the shards again without it. A kill between the shards and
+  config.json thus leaves shards that name both config texts, and the re-run or ``revert``
+  accepts the old config.json as ropepatch's own instead of refusing it as a hand edit.
 
 ``force``: config.json edited by hand after ropepatch patched it (its sha256 matches neither the
 recorded patched nor the original text) is refused by patch and revert, since both would discard
@@ -46,9 +53,12 @@ the edit; ``force=True`` discards it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -78,6 +88,12 @@ from .safetensors_file import (
     with_metadata_text,
     write_header,
 )
+
+# sha256 of the config.json a re-patch replaces (one ropepatch wrote). Present in the shards
+# only while that re-patch runs (module docstring): the shards are written before config.json,
+# so a re-patch killed in between leaves shards that name the new config next to the old
+# config.json, and this key lets the re-run (or a revert) accept that config.json.
+RP_PREVIOUS_CONFIG_SHA256 = "ropepatch.previous_config_sha256"
 
 # weight files skipped when copying a model directory to ``out``
 _OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
@@ -276,7 +292,8 @@ class _State:
         if not self.patched or force:
             return
         cur = _sha(self.config_bytes)
-        known = {h.metadata.get(hk.RP_CONFIG_SHA256) for h in self.headers.values() if h.metadata}
+        known = {h.metadata.get(k) for h in self.headers.values() if h.metadata
+                 for k in (hk.RP_CONFIG_SHA256, RP_PREVIOUS_CONFIG_SHA256)}
         known.add(_sha(self.original_config_text().encode("utf-8")))
         if cur not in known:
             raise UsageError(
@@ -502,7 +519,12 @@ def _check_out(model: HFModel, out: str) -> str:
             raise UsageError(f"-o {out}: exists and is not a directory; give a new or empty directory")
         if os.path.samefile(out, model.root):
             raise UsageError(f"-o {out}: is the model directory itself; omit -o to patch in place")
-        if os.listdir(out):
+        entries = os.listdir(out)
+        # what a killed -o run into this directory leaves (its staging directory, and the files
+        # it had moved in) is cleared by _write_out; anything else makes the directory not ours
+        stale = set(_stale_stages(out))
+        ours = {hk.CONFIG_NAME, *(os.path.basename(s) for s in model.shards), *_others(model)}
+        if entries and (not stale or any(n not in stale and n not in ours for n in entries)):
             raise UsageError(f"-o {out}: directory is not empty; give a new or empty directory")
     parent = out
     while not os.path.exists(parent):
@@ -584,8 +606,17 @@ def patch_hf(
         if out_dir:
             rec_cfg_link = None
 
+        # the config.json this run replaces, when ropepatch wrote it (RP_PREVIOUS_CONFIG_SHA256);
+        # a re-run after a kill computes the same value, so it gives the uninterrupted result
+        prev_sha = None
+        if out_dir is None and st.patched and new_cfg != st.config_bytes:
+            cur_sha = _sha(st.config_bytes)
+            if cur_sha != _sha(orig_doc.text.encode("utf-8")):
+                prev_sha = cur_sha
+
         # new headers
         new_headers: dict[str, bytes | None] = {}
+        final_headers: dict[str, bytes] = {}  # written after config.json (prev_sha only)
         for s in model.shards:
             hdr = st.headers[s]
             rec = st.records.get(s)
@@ -605,9 +636,16 @@ def patch_hf(
                 hk.RP_CTX: str(plan.ctx),
                 hk.RP_ALPHA: repr(float(plan.alpha)),
                 hk.RP_CONFIG_SHA256: _sha(new_cfg),
-                hk.RP_ORIGINAL: raw_rec,
             })
-            new_json = with_metadata_text(hdr, metadata_json(meta))
+            new_json = with_metadata_text(hdr, metadata_json({**meta, hk.RP_ORIGINAL: raw_rec}))
+            if prev_sha is not None:
+                meta[RP_PREVIOUS_CONFIG_SHA256] = prev_sha
+                first_json = with_metadata_text(hdr, metadata_json({**meta, hk.RP_ORIGINAL: raw_rec}))
+                first = pad_header(first_json, hdr.header_length)
+                # the extra entry must not turn an in-place write into a rewrite of the shard
+                if len(first) == len(pad_header(new_json, hdr.header_length)):
+                    final_headers[s] = pad_header(new_json, len(first))
+                    new_json = first_json
             if out_dir is None and new_json == hdr.json_text:
                 new_headers[s] = None
             else:
@@ -687,7 +725,7 @@ def patch_hf(
         if out_dir:
             _write_out(model, st, out_dir, new_headers, new_cfg, copies)
         else:
-            _write_in_place(model, st, new_headers, new_cfg, cfg_changed)
+            _write_in_place(model, st, new_headers, new_cfg, cfg_changed, final_headers)
         return result
 
 
@@ -716,7 +754,7 @@ def _space_needed(paths_sizes: list[tuple[str, int, bool]]) -> int:
 
 
 def _write_in_place(model: HFModel, st: _State, new_headers: dict[str, bytes | None],
-                    new_cfg: bytes, cfg_changed: bool) -> None:
+                    new_cfg: bytes, cfg_changed: bool, final_headers: dict[str, bytes]) -> None:
     # checks before any write
     todo = [s for s in model.shards if new_headers[s] is not None]
     rewrites = []
@@ -744,6 +782,12 @@ def _write_in_place(model: HFModel, st: _State, new_headers: dict[str, bytes | N
     except RopepatchError as e:
         restored = _rollback(done)
         raise type(e)(f"{e}; {restored}") from None
+    # config.json is final: drop RP_PREVIOUS_CONFIG_SHA256 from the shards (same length, in place)
+    try:
+        for s, h in final_headers.items():
+            write_header(read_header(s), h)
+    except RopepatchError as e:
+        raise type(e)(f"{e}; the model is patched, run the same command again to finish") from None
 
 
 def _rollback(done: list[tuple[str, SafetensorsHeader, str | None]]) -> str:
@@ -778,8 +822,40 @@ def _replace_with_symlink(path: str, target: str) -> None:
         raise
 
 
+_STAGE_PREFIX, _STAGE_SUFFIX = ".ropepatch-", ".tmp"
+
+
+def _stale_stages(d: str) -> list[str]:
+    """Names of the ``-o`` staging directories in ``d`` that a killed run left behind. A live
+    run holds an flock on its staging directory, which the kernel drops when the process dies."""
+    found = []
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return found
+    for n in names:
+        if not (n.startswith(_STAGE_PREFIX) and n.endswith(_STAGE_SUFFIX)):
+            continue
+        try:
+            fd = os.open(os.path.join(d, n), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # not a directory (fileio's temp files are handled there), or gone
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            found.append(n)
+        except OSError:
+            pass  # a live run's
+        finally:
+            os.close(fd)
+    return found
+
+
 def _write_out(model: HFModel, st: _State, out_dir: str, new_headers: dict[str, bytes | None],
                new_cfg: bytes, copies: list[str]) -> None:
+    """Write the patched copy into ``out_dir``: every file goes into a locked staging directory
+    inside it first, then the finished files are renamed into ``out_dir`` (config.json last) and
+    the staging directory is removed. A re-run after a kill finds that staging directory without
+    a live owner and clears what the killed run left before writing again."""
     sizes = sum(8 + len(new_headers[s]) + st.headers[s].data_length for s in model.shards)
     sizes += len(new_cfg) + sum(os.path.getsize(os.path.join(model.root, n)) for n in copies)
     parent = out_dir
@@ -787,31 +863,63 @@ def _write_out(model: HFModel, st: _State, out_dir: str, new_headers: dict[str, 
         parent = os.path.dirname(parent)
     fileio.check_space(parent, sizes, out_dir)
     created = not os.path.exists(out_dir)
+    names = [os.path.basename(s) for s in model.shards] + copies + [hk.CONFIG_NAME]
     try:
         os.makedirs(out_dir, exist_ok=True)
+        stale = _stale_stages(out_dir)
+        for n in stale:  # an interrupted -o run into this directory (checked by _check_out)
+            shutil.rmtree(os.path.join(out_dir, n))
+        if stale:
+            for n in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(out_dir, n))
+        while True:
+            stage = os.path.join(out_dir, f"{_STAGE_PREFIX}{secrets.token_hex(4)}{_STAGE_SUFFIX}")
+            try:
+                os.mkdir(stage, 0o700)
+                break
+            except FileExistsError:
+                continue
+        stage_fd = os.open(stage, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(stage_fd, fcntl.LOCK_EX)  # held until the end: tells a re-run it is alive
+        except OSError:
+            os.close(stage_fd)
+            os.rmdir(stage)
+            raise
     except OSError as e:
         raise WriteError(f"-o {out_dir}: cannot create: {e.strerror or e}") from None
-    written: list[str] = []
+    moved: list[str] = []
     try:
+        fileio.crash_point()
         for s in model.shards:
-            d = os.path.join(out_dir, os.path.basename(s))
-            write_header(st.headers[s], new_headers[s], dst=d)
-            written.append(d)
+            write_header(st.headers[s], new_headers[s], dst=os.path.join(stage, os.path.basename(s)))
         for n in copies:
-            src, d = os.path.join(model.root, n), os.path.join(out_dir, n)
-            fileio.rewrite(src, d, b"", 0, os.path.getsize(src))
-            written.append(d)
-        d = os.path.join(out_dir, hk.CONFIG_NAME)
-        fileio.rewrite(model.config_path, d, new_cfg, 0, 0)
-        written.append(d)
+            src = os.path.join(model.root, n)
+            fileio.rewrite(src, os.path.join(stage, n), b"", 0, os.path.getsize(src))
+        fileio.rewrite(model.config_path, os.path.join(stage, hk.CONFIG_NAME), new_cfg, 0, 0)
+        try:
+            for n in names:  # config.json last: until then out_dir holds no loadable model
+                os.rename(os.path.join(stage, n), os.path.join(out_dir, n))
+                moved.append(n)
+                fileio.crash_point()
+            fileio.fsync_dir(out_dir)
+            os.rmdir(stage)
+            fileio.crash_point()
+            fileio.fsync_dir(out_dir)
+        except OSError as e:
+            raise WriteError(f"-o {out_dir}: cannot move the written files into place: {e.strerror or e}") from None
     except RopepatchError as e:
-        for d in written:
+        shutil.rmtree(stage, ignore_errors=True)
+        for n in moved:
             with contextlib.suppress(OSError):
-                os.unlink(d)
+                os.unlink(os.path.join(out_dir, n))
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(out_dir)
         raise type(e)(f"{e}; removed the partial output in {out_dir}") from None
+    finally:
+        os.close(stage_fd)
 
 
 # ---- revert -------------------------------------------------------------------------------
