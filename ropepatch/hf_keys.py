@@ -132,5 +132,14 @@ RP_CONFIG_SHA256 = "ropepatch.config_sha256"  # sha256 of the config.json bytes 
 #    __metadata__ value text>" | null, "config": "<original config.json text>",
 #    "config_link": "<symlink target>" | null, "link": "<symlink target of this shard>" | null}
 RP_ORIGINAL = "ropepatch.original"
-RP_KEYS = (RP_VERSION, RP_METHOD, RP_CTX, RP_ALPHA, RP_CONFIG_SHA256, RP_ORIGINAL)
+# Filler (a string of spaces) between the entries a re-patch changes and RP_ORIGINAL, sized so
+# the __metadata__ value text has the same length for every method/ctx/alpha: a re-patch then
+# changes one short run of bytes near the start of the metadata, written in place when it lies
+# inside one 4 KiB page (see hf_patch.layout_metadata).
+RP_RESERVED = "ropepatch.reserved"
+# Bytes of __metadata__ text reserved for the values a re-patch changes (version, method, ctx,
+# alpha, config_sha256 and the transient previous_config_sha256 entry, about 230 bytes at most);
+# the rest of it is the RP_RESERVED filler.
+RP_VALUE_BUDGET = 256
+RP_KEYS = (RP_VERSION, RP_METHOD, RP_CTX, RP_ALPHA, RP_CONFIG_SHA256, RP_RESERVED, RP_ORIGINAL)
 RP_RECORD_VERSION = 1

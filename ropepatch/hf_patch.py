@@ -22,13 +22,19 @@ repeat with the same arguments writes nothing. What is written (see :mod:`ropepa
 for the config keys per method):
 
 * every shard's ``__metadata__`` gets ``ropepatch.version``, ``.method``, ``.ctx``, ``.alpha``,
-  ``.config_sha256`` (of the config.json written) and ``.original`` (a JSON undo record: the
-  shard's original ``__metadata__`` text and header length, the original config.json text and
-  any symlink targets); ``"format"`` and every other entry are kept, and a file that had no
-  metadata gets ``"format": "pt"`` (transformers refuses safetensors metadata without it);
-* the header is edited in place when the new JSON fits its length (padded with spaces), else the
-  file is rewritten (tensor bytes copied by the kernel, temp file, fsync, rename) with 1 KiB of
-  slack so later re-patches fit in place;
+  ``.config_sha256`` (of the config.json written), a ``.reserved`` filler (spaces) and
+  ``.original`` (a JSON undo record: the shard's original ``__metadata__`` text and header
+  length, the original config.json text and any symlink targets), in that order after the
+  file's own entries (:func:`layout_metadata`); ``"format"`` and every other entry are kept,
+  and a file that had no metadata gets ``"format": "pt"`` (transformers refuses safetensors
+  metadata without it). The filler keeps the metadata text the same length for every method,
+  ctx and alpha, so a re-patch changes one run of a few hundred bytes near the start of the
+  metadata;
+* the header is edited in place only when the new header has the old length and every changed
+  byte lies inside one 4 KiB page of the file: one ``pwrite`` of that run, which a kill -9
+  leaves all old or all new. Anything else (the first patch, a revert, metadata that another
+  tool placed across a page boundary) is an atomic rewrite of the file (tensor bytes copied by
+  the kernel, temp file, fsync, rename), which leaves 1 KiB of header slack when it grows it;
 * shards are written first and config.json last, so an interrupted run leaves a state that a
   re-run or ``revert`` completes; a failure part-way restores the shards already written;
 * a symlink (Hugging Face cache snapshots point into shared ``blobs/``) or a hard-linked file is
@@ -60,7 +66,7 @@ import os
 import secrets
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from . import fileio
 from . import hf_keys as hk
@@ -84,6 +90,7 @@ from .safetensors_file import (
     SafetensorsHeader,
     metadata_json,
     pad_header,
+    page_local_run,
     read_header,
     with_metadata_text,
     write_header,
@@ -94,6 +101,10 @@ from .safetensors_file import (
 # so a re-patch killed in between leaves shards that name the new config next to the old
 # config.json, and this key lets the re-run (or a revert) accept that config.json.
 RP_PREVIOUS_CONFIG_SHA256 = "ropepatch.previous_config_sha256"
+
+# The __metadata__ entries a re-patch may change, in the order layout_metadata writes them.
+_RP_CHANGING = (hk.RP_VERSION, hk.RP_METHOD, hk.RP_CTX, hk.RP_ALPHA, hk.RP_CONFIG_SHA256,
+                RP_PREVIOUS_CONFIG_SHA256)
 
 # weight files skipped when copying a model directory to ``out``
 _OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5", ".msgpack", ".onnx")
@@ -113,6 +124,34 @@ def ropepatch_version() -> str:
         return version("ropepatch")
     except Exception:  # noqa: BLE001 - not installed: running from a checkout
         return "0+unknown"
+
+
+def layout_metadata(meta: Mapping[str, str]) -> str:
+    """The ``__metadata__`` value text ropepatch writes for the entries of ``meta``.
+
+    Order: the other entries (``"format"`` and whatever the file had) in their order; the
+    entries a re-patch changes (:data:`_RP_CHANGING`, those present); the
+    :data:`~ropepatch.hf_keys.RP_RESERVED` filler; the undo record
+    :data:`~ropepatch.hf_keys.RP_ORIGINAL`. The filler (spaces; any filler in ``meta`` is
+    ignored) is sized so the text has the same length whatever the changing values are, as long
+    as they fit in :data:`~ropepatch.hf_keys.RP_VALUE_BUDGET` bytes. A re-patch then changes
+    only the bytes from the first changed value to the filler, and the same entries always give
+    the same bytes (patching twice equals patching once).
+    """
+    skip = {*_RP_CHANGING, hk.RP_RESERVED, hk.RP_ORIGINAL}
+    base = {k: v for k, v in meta.items() if k not in skip}
+    changing = {k: meta[k] for k in _RP_CHANGING if k in meta}
+    tail = {hk.RP_ORIGINAL: meta[hk.RP_ORIGINAL]} if hk.RP_ORIGINAL in meta else {}
+    skeleton = {**base, **{k: "" for k in _RP_CHANGING[:-1]}, hk.RP_RESERVED: "", **tail}
+    target = len(metadata_json(skeleton).encode("utf-8")) + hk.RP_VALUE_BUDGET
+    bare = len(metadata_json({**base, **changing, hk.RP_RESERVED: "", **tail}).encode("utf-8"))
+    return metadata_json({**base, **changing, hk.RP_RESERVED: " " * max(0, target - bare), **tail})
+
+
+def _in_place(hdr: SafetensorsHeader, header: bytes, linked: bool) -> bool:
+    """Whether :func:`write_header` writes ``header`` over ``hdr`` in place (one pwrite inside
+    one page) rather than as an atomic rewrite."""
+    return not linked and page_local_run(hdr, header) is not None
 
 
 # ---- locating the model -------------------------------------------------------------------
@@ -415,7 +454,7 @@ class ShardInfo:
     size: int
     header_length: int
     n_tensors: int
-    metadata: dict | None  # without the bulky ropepatch.original record
+    metadata: dict | None  # without the bulky ropepatch.original record and the filler
     patched: bool
     symlink: str | None  # link target when the file is a symlink
     nlink: int
@@ -637,10 +676,10 @@ def patch_hf(
                 hk.RP_ALPHA: repr(float(plan.alpha)),
                 hk.RP_CONFIG_SHA256: _sha(new_cfg),
             })
-            new_json = with_metadata_text(hdr, metadata_json({**meta, hk.RP_ORIGINAL: raw_rec}))
+            new_json = with_metadata_text(hdr, layout_metadata({**meta, hk.RP_ORIGINAL: raw_rec}))
             if prev_sha is not None:
                 meta[RP_PREVIOUS_CONFIG_SHA256] = prev_sha
-                first_json = with_metadata_text(hdr, metadata_json({**meta, hk.RP_ORIGINAL: raw_rec}))
+                first_json = with_metadata_text(hdr, layout_metadata({**meta, hk.RP_ORIGINAL: raw_rec}))
                 first = pad_header(first_json, hdr.header_length)
                 # the extra entry must not turn an in-place write into a rewrite of the shard
                 if len(first) == len(pad_header(new_json, hdr.header_length)):
@@ -669,7 +708,7 @@ def patch_hf(
             elif _nlink(s) > 1:
                 files.append(FileAction(s, "replaced-hardlink", f"had {_nlink(s)} hard links"))
             else:
-                files.append(FileAction(s, "in-place" if len(h) == hdr.header_length else "rewrite"))
+                files.append(FileAction(s, "in-place" if _in_place(hdr, h, False) else "rewrite"))
         cfg_dst = dst(model.config_path)
         if not cfg_changed:
             files.append(FileAction(cfg_dst, "unchanged"))
@@ -762,7 +801,7 @@ def _write_in_place(model: HFModel, st: _State, new_headers: dict[str, bytes | N
         fileio.check_can_replace(s)
         hdr, h = st.headers[s], new_headers[s]
         linked = os.path.islink(s) or _nlink(s) > 1
-        if linked or len(h) != hdr.header_length:
+        if not _in_place(hdr, h, linked):
             rewrites.append((s, 8 + len(h) + hdr.data_length, linked))
     if cfg_changed:
         fileio.check_can_replace(model.config_path)
@@ -1006,7 +1045,7 @@ def revert_hf(path: str, dry_run: bool = False, force: bool = False) -> HFRevert
                 messages.append(f"{s}: its former link target {link} no longer holds the original; "
                                 f"restored the bytes as a regular file")
             linked = os.path.islink(s) or _nlink(s) > 1
-            act = "in-place" if len(h0) == hdr.header_length and not linked else "rewrite"
+            act = "in-place" if _in_place(hdr, h0, linked) else "rewrite"
             files.append(FileAction(s, act))
             ops.append(("shard", (s, hdr, h0, not linked)))
 
@@ -1041,7 +1080,8 @@ def inspect_hf(path: str) -> HFInspectResult:
     shards = []
     for s in model.shards:
         h = st.headers[s]
-        meta = None if h.metadata is None else {k: v for k, v in h.metadata.items() if k != hk.RP_ORIGINAL}
+        meta = None if h.metadata is None else {k: v for k, v in h.metadata.items()
+                                                if k not in (hk.RP_ORIGINAL, hk.RP_RESERVED)}
         shards.append(ShardInfo(s, h.file_size, h.header_length, len(h.tensors), meta,
                                 s in st.records, _link_target(s), _nlink(s)))
     record = original = None

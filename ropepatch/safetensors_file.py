@@ -11,13 +11,15 @@ Public API::
     with_metadata_text(hdr, value_text: str | None) -> str  # header JSON with __metadata__ replaced
     metadata_json(meta: Mapping[str, str]) -> str           # compact JSON for a metadata map
     pad_header(json_text, current_length, slack=...) -> bytes  # the N' header bytes to write
+    page_local_run(hdr, header: bytes) -> (offset, bytes) | None  # the in-place write, if one page
     write_header(hdr, header: bytes, dst=None, in_place_ok=True) -> str  # "in-place" | "rewrite"
 
 Editing is surgical: only the text of the ``__metadata__`` value changes (or the member is
 inserted right after the opening ``{`` when the file had none); every tensor entry, the entry
 order, the spacing and "format" are kept byte for byte, so an exact undo record is just the old
 metadata text and the old header length. A new header that fits in the old length is padded with
-spaces and written in place (one pwrite); otherwise the file is rewritten through
+spaces and, when every changed byte lies inside one 4 KiB page of the file, written in place
+(one pwrite of the changed run, :func:`page_local_run`); otherwise the file is rewritten through
 :func:`ropepatch.fileio.rewrite` (tensor bytes copied by the kernel, temp file, fsync, rename),
 leaving :data:`~ropepatch.hf_keys.ST_HEADER_SLACK` spare bytes so later edits fit in place.
 """
@@ -347,14 +349,60 @@ def pad_header(json_text: str, current_length: int, slack: int = ST_HEADER_SLACK
     return data + b" " * (length - len(data))
 
 
+def changed_run(old: bytes, new: bytes, block: int = _PAGE) -> tuple[int, int] | None:
+    """``(first, end)``: the first index where two equal-length buffers differ and one past the
+    last; None when they are equal. Compared block by block, so a 100 MB header costs
+    milliseconds."""
+    assert len(old) == len(new)
+    n = len(old)
+    first = None
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        if old[b0:b1] != new[b0:b1]:
+            first = b0
+            while old[first] == new[first]:
+                first += 1
+            break
+    if first is None:
+        return None
+    end = n
+    while True:
+        b0 = max(first, end - block)
+        if old[b0:end] != new[b0:end]:
+            while old[end - 1] == new[end - 1]:
+                end -= 1
+            return first, end
+        end = b0
+
+
+def page_local_run(hdr: SafetensorsHeader, header: bytes) -> tuple[int, bytes] | None:
+    """The one in-place write that turns ``hdr``'s header bytes into ``header`` (same length):
+    ``(file offset, bytes)`` from the first changed byte to the last, when that run lies inside
+    one 4 KiB page of the file (``(8, b"")`` when nothing changes); None when the lengths differ
+    or the run spans pages. Linux checks for a fatal signal only between the page-sized chunks
+    of a write, so a kill -9 leaves such a run all old or all new; anything else is written
+    as an atomic rewrite (:func:`write_header`)."""
+    if len(header) != hdr.header_length:
+        return None
+    run = changed_run(hdr.header_bytes, header)
+    if run is None:
+        return 8, b""
+    first, end = 8 + run[0], 8 + run[1]
+    if first // _PAGE != (end - 1) // _PAGE:
+        return None
+    return first, header[run[0] : run[1]]
+
+
 def write_header(
     hdr: SafetensorsHeader, header: bytes, dst: str | None = None, in_place_ok: bool = True
 ) -> str:
     """Write ``header`` (the complete new N' header bytes) in front of ``hdr``'s tensor data.
 
-    In place (one pwrite at offset 8) when ``dst`` is None or ``hdr.path``, ``in_place_ok`` and
-    the length is unchanged; otherwise through :func:`fileio.rewrite` into ``dst`` (default
-    ``hdr.path``; replacing a symlink or hard link with a new regular file). Returns
+    In place when ``dst`` is None or ``hdr.path``, ``in_place_ok``, the length is unchanged and
+    the changed bytes lie inside one 4 KiB page of the file (:func:`page_local_run`): one
+    pwrite of just that run, then fsync (nothing when no byte changes). Otherwise through
+    :func:`fileio.rewrite` into ``dst`` (default ``hdr.path``; replacing a symlink or hard link
+    with a new regular file): never a multi-page pwrite that a kill could tear. Returns
     ``"in-place"`` or ``"rewrite"``.
     """
     if len(header) > ST_MAX_HEADER:
@@ -364,8 +412,11 @@ def write_header(
         )
     target = dst or hdr.path
     same = dst is None or os.path.abspath(dst) == os.path.abspath(hdr.path)
-    if same and in_place_ok and len(header) == hdr.header_length:
-        fileio.write_in_place(hdr.path, 8, header, hdr.file_size)
+    run = page_local_run(hdr, header) if same and in_place_ok else None
+    if run is not None:
+        off, data = run
+        if data:
+            fileio.write_in_place(hdr.path, off, data, hdr.file_size)
         return "in-place"
     prefix = struct.pack("<Q", len(header))
     fileio.rewrite(hdr.path, target, prefix + header, hdr.data_offset, hdr.data_length)

@@ -311,8 +311,8 @@ def is_new_plus_prev(prep: Prepared, path: str) -> bool:
     """True when the shard at ``path`` is the uninterrupted result plus the transient
     ``ropepatch.previous_config_sha256`` entry naming the config.json before the command."""
     from ropepatch.errors import RopepatchError
-    from ropepatch.hf_patch import RP_PREVIOUS_CONFIG_SHA256
-    from ropepatch.safetensors_file import metadata_json, pad_header, read_header, with_metadata_text
+    from ropepatch.hf_patch import RP_PREVIOUS_CONFIG_SHA256, layout_metadata
+    from ropepatch.safetensors_file import pad_header, read_header, with_metadata_text
 
     name = os.path.basename(path)
     if not name.endswith(".safetensors") or name not in prep.post or CONFIG not in prep.pre:
@@ -324,7 +324,7 @@ def is_new_plus_prev(prep: Prepared, path: str) -> bool:
     meta = dict(h.metadata or {})
     if meta.pop(RP_PREVIOUS_CONFIG_SHA256, None) != prep.pre[CONFIG]:
         return False
-    header = pad_header(with_metadata_text(h, metadata_json(meta)), h.header_length)
+    header = pad_header(with_metadata_text(h, layout_metadata(meta)), h.header_length)
     with open(path, "rb") as f:
         f.seek(h.data_offset)
         data = f.read()
