@@ -609,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
     g.add_argument(
         "--no-record", action="store_true",
-        help="edit existing values in place without provenance (no revert; for full disks)",
+        help="edit existing values in place without provenance (no revert; for full disks; "
+             "refused when the changes span more than one 4 KiB page)",
     )
     g.add_argument(
         "--replace-scaling", action="store_true",
