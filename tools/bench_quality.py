@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -400,6 +401,14 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                  and _load_any(cache_path("passkey", "filler", ctx, m)) is None]
         if no_pk:
             missing.append(f"passkey ctx {ctx}: {', '.join(no_pk)}")
+    if missing:
+        secs = {ctx: [d["seconds"] for t in TEXTS for m in ALL_METHODS if m not in ("tuned", "window")
+                      for d in [bench.eval_cached(t, ctx, m)] if d and d.get("complete")] for ctx in ctxs}
+        cost = "; ".join(f"ctx {ctx}: about {statistics.median(v) / 60:.0f} min per method and text"
+                         for ctx, v in secs.items() if v)
+        lines += ["Each of these is one run of `python tools/bench_quality.py` (resumable: it skips what "
+                  "is in the cache)" + (f"; measured cost here, 2 threads: {cost}" if cost else "") +
+                  ". A passkey trial costs about as much as one method at the same ctx, per depth.", ""]
     lines += [f"- {m}" for m in missing] or ["- nothing: every configured run is in the cache."]
     lines += ["", f"Measured on: {'; '.join(sorted(machines)) or '–'}. Dates: {', '.join(sorted(dates)) or '–'}.", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
