@@ -366,6 +366,18 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                                   f"ppl_ext {b[2]:.4g}, which {verdict} the window baseline's {win[2]:.4g} "
                                   f"({100 * (b[2] / win[2] - 1):+.1f}%); its ppl_in {b[1]:.4g} is "
                                   f"{100 * (b[1] / base[1] - 1):+.1f}% vs unscaled {base[1]:.4g}.**"]
+                else:
+                    scaled = [r for r in rows if r[0] not in ("none", "window") and r[2] is not None]
+                    if scaled:
+                        b = min(scaled, key=lambda r: r[2])
+                        summary.append(f"| {text} | {ctx} | {_f(base[1])} | {_f(win[2])} | none within 5%; "
+                                       f"lowest ppl_ext: {b[0]} | {_f(b[1])} ({100 * (b[1] / base[1] - 1):+.1f}%) "
+                                       f"| {_f(b[2])} ({100 * (b[2] / win[2] - 1):+.1f}%) "
+                                       f"| {'yes' if b[2] < win[2] else 'no'} |")
+                        lines += ["", f"**No measured method keeps ppl_in within 5% of the unscaled model's "
+                                      f"{base[1]:.4g}. Lowest ppl_ext: {b[0]}, {b[2]:.4g}, vs the window "
+                                      f"baseline's {win[2]:.4g} ({100 * (b[2] / win[2] - 1):+.1f}%); its ppl_in "
+                                      f"{b[1]:.4g} ({100 * (b[1] / base[1] - 1):+.1f}%).**"]
             edges = next((d["result"]["buckets"] for *_, d in rows if d is not None), [])
             if edges:
                 lines += ["", "Buckets: " + ", ".join(f"{b['start']}-{b['end']}" for b in edges) + "."]
