@@ -132,6 +132,11 @@ RP_CONFIG_SHA256 = "ropepatch.config_sha256"  # sha256 of the config.json bytes 
 #    __metadata__ value text>" | null, "config": "<original config.json text>",
 #    "config_link": "<symlink target>" | null, "link": "<symlink target of this shard>" | null}
 RP_ORIGINAL = "ropepatch.original"
+# sha256 of the config.json a re-patch replaces (one ropepatch wrote). Present in the shards
+# only while that re-patch runs (hf_patch's docstring): the shards are written before
+# config.json, so a re-patch killed in between leaves shards that name the new config next to
+# the old config.json, and this key lets the re-run (or a revert) accept that config.json.
+RP_PREVIOUS_CONFIG_SHA256 = "ropepatch.previous_config_sha256"
 # Filler (a string of spaces) between the entries a re-patch changes and RP_ORIGINAL, sized so
 # the __metadata__ value text has the same length for every method/ctx/alpha: a re-patch then
 # changes one short run of bytes near the start of the metadata, written in place when it lies

@@ -96,11 +96,7 @@ from .safetensors_file import (
     write_header,
 )
 
-# sha256 of the config.json a re-patch replaces (one ropepatch wrote). Present in the shards
-# only while that re-patch runs (module docstring): the shards are written before config.json,
-# so a re-patch killed in between leaves shards that name the new config next to the old
-# config.json, and this key lets the re-run (or a revert) accept that config.json.
-RP_PREVIOUS_CONFIG_SHA256 = "ropepatch.previous_config_sha256"
+RP_PREVIOUS_CONFIG_SHA256 = hk.RP_PREVIOUS_CONFIG_SHA256  # re-exported (tests, crash harness)
 
 # The __metadata__ entries a re-patch may change, in the order layout_metadata writes them.
 _RP_CHANGING = (hk.RP_VERSION, hk.RP_METHOD, hk.RP_CTX, hk.RP_ALPHA, hk.RP_CONFIG_SHA256,
