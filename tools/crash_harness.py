@@ -293,20 +293,32 @@ class Prepared:
     seconds: float = 0.0
 
 
+def run_setup(sc, target: str, label: str, fmt=None) -> None:
+    """Run ``sc.setup`` on ``target`` (a file or model directory); each must succeed.
+    ``fmt(args, target, out)`` fills the placeholders (default: this harness's ``{f}``/``{o}``)."""
+    for cmd in sc.setup:
+        rc, _, err = run((fmt or _fmt)(cmd, target, ""))
+        assert rc == 0, f"{label} / {sc.name}: setup {cmd}: {err}"
+
+
+def run_timed(sc, target: str, out: str, label: str, fmt=None) -> float:
+    """Run the scenario's command uninterrupted on ``target``; return its wall seconds."""
+    t0 = time.monotonic()
+    rc, _, err = run((fmt or _fmt)(sc.args, target, out))
+    secs = time.monotonic() - t0
+    assert rc == 0, f"{label} / {sc.name}: {err}"
+    return secs
+
+
 def prepare(sc: Scenario, fixture: str, work: str) -> Prepared:
     d = tempfile.mkdtemp(prefix="prep-", dir=work)
     f = os.path.join(d, "model.gguf")
     shutil.copyfile(FIXTURES / fixture, f)
-    for cmd in sc.setup:
-        rc, _, err = run(_fmt(cmd, f, ""))
-        assert rc == 0, err
+    run_setup(sc, f, fixture)
     pre = os.path.join(d, "pre.gguf")
     shutil.copyfile(f, pre)
     o = os.path.join(d, "out.gguf")
-    t0 = time.monotonic()
-    rc, _, err = run(_fmt(sc.args, f, o))
-    secs = time.monotonic() - t0
-    assert rc == 0, f"{sc.name} {fixture}: {err}"
+    secs = run_timed(sc, f, o, fixture)
     post = o if sc.output else f
     return Prepared(sc, fixture, pre, sha256(pre), sha256(post), post, seconds=secs)
 

@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-from crash_harness import cli, run, sha256  # noqa: E402
+from crash_harness import cli, run, run_setup, run_timed, sha256  # noqa: E402
 
 FIXTURE = ROOT / "fixtures" / "hf" / "tiny-llama"
 CONFIG = "config.json"
@@ -284,19 +284,14 @@ def prepare(sc: Scenario, model: str, pristine: str, work: str) -> Prepared:
     base = tempfile.mkdtemp(prefix="prep-", dir=work)
     d = os.path.join(base, "m")
     shutil.copytree(pristine, d)
-    for cmd in sc.setup:
-        rc, _, err = run(_fmt(cmd, d, ""))
-        assert rc == 0, f"{sc.name}: setup {cmd}: {err}"
+    run_setup(sc, d, model, _fmt)
     if sc.setup:  # a re-patch or revert starts from a patched model: validate it too
         problem = validate(d, ("patch", int(sc.setup[-1][3]), sc.setup[-1][5]), pristine)
         assert problem is None, f"{model} / {sc.name}: setup result invalid: {problem}"
     pre_dir = os.path.join(base, "pre")
     shutil.copytree(d, pre_dir)
     o = os.path.join(base, "out")
-    t0 = time.monotonic()
-    rc, _, err = run(_fmt(sc.args, d, o))
-    secs = time.monotonic() - t0
-    assert rc == 0, f"{model} / {sc.name}: {err}"
+    secs = run_timed(sc, d, o, model, _fmt)
     target = o if sc.output else d
     problem = validate(target, sc.expect, pristine)
     assert problem is None, f"{model} / {sc.name}: uninterrupted result invalid: {problem}"
