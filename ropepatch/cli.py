@@ -406,13 +406,17 @@ def _text_arg(path: str) -> str:
     return load_text(path)
 
 
+# --flash-attn: "auto" leaves llama.cpp's own choice (it picks on when the backend supports it).
+_FLASH = {"auto": None, "on": True, "off": False}
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate, format_table, parse_alphas
 
     res = evaluate(args.path, args.ctx, _text_arg(args.text), methods=args.methods,
                    alphas=parse_alphas(args.alpha), buckets=args.buckets, window=not args.no_window,
                    max_windows=args.windows, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-                   progress=_progress(args))
+                   flash_attn=_FLASH[args.flash_attn], progress=_progress(args))
     data = res.to_json()
     if args.plot:
         from .plot import plot_result
@@ -428,7 +432,7 @@ def cmd_tune(args) -> int:
 
     res = tune(args.path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
                apply=args.apply, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
-               progress=_progress(args))
+               flash_attn=_FLASH[args.flash_attn], progress=_progress(args))
     _emit(args, res.to_json(), format_tune(res))
     return 0
 
@@ -439,7 +443,8 @@ def cmd_passkey(args) -> int:
 
     res = passkey(args.path, args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
                   depths=args.depths, trials=args.trials, seed=args.seed, n_threads=args.threads,
-                  n_gpu_layers=args.gpu_layers, progress=_progress(args))
+                  n_gpu_layers=args.gpu_layers, flash_attn=_FLASH[args.flash_attn],
+                  progress=_progress(args))
     _emit(args, res.to_json(), format_passkey(res))
     return 0
 
@@ -645,6 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--text", required=True, help="a text file to score (tokenized with the model's tokenizer)")
         e.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
         e.add_argument("--gpu-layers", type=int, default=0, help="n_gpu_layers for llama.cpp (-1 = all)")
+        e.add_argument("--flash-attn", choices=sorted(_FLASH), default="auto",
+                       help="llama.cpp flash attention (default auto: the runtime decides; off was faster on CPU here)")
         e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e = parsers["eval"]
     e.add_argument("--methods", default=None, help="comma list, method@alpha allowed (default none,linear,ntk,dynamic,yarn)")

@@ -172,6 +172,7 @@ def passkey(
     progress: ProgressFn | None = None,
     model: Model | None = None,
     original: RopeParams | None = None,
+    flash_attn: bool | None = None,
 ) -> PasskeyResult:
     """The passkey test for each method (default: none, linear, ntk, dynamic, yarn) plus the
     ``window`` baseline, at each depth (fraction of the filler before the key), ``trials``
@@ -190,7 +191,8 @@ def passkey(
     keys = make_keys(trials, seed)
     own = model is None
     if own:
-        model = Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch)
+        model = Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch,
+                      flash_attn=flash_attn)
     t_start = time.perf_counter()
     decode_s = 0.0
     decoded = [0]

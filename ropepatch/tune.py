@@ -131,6 +131,7 @@ def tune(
     scorer: Scorer | None = None,
     model: Model | None = None,
     original: RopeParams | None = None,
+    flash_attn: bool | None = None,
 ) -> TuneResult:
     """Search ``method``'s alpha for ``ctx`` on ``text`` (see the module docstring).
 
@@ -153,7 +154,7 @@ def tune(
     try:
         if scorer is None:
             own = model or Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                                 n_batch=n_batch)
+                                 n_batch=n_batch, flash_attn=flash_attn)
             if tokens is None:
                 if text is None:
                     raise UsageError("tune: give a text or its tokens")

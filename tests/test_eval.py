@@ -318,3 +318,40 @@ def test_tune_search_finds_constrained_optimum_in_few_evaluations(opt, slope):
     assert r.winner is not None and r.winner.ppl_in <= r.limit
     assert abs(math.log(r.winner.alpha / target)) < 0.1, (r.winner.alpha, target)
     assert len(calls) <= 1 + 8  # the baseline prefix + at most 8 candidates
+
+
+@pytest.mark.parametrize("flag, expected", [(None, None), ("auto", None), ("on", True), ("off", False)])
+@pytest.mark.parametrize("command", ["eval", "tune", "passkey"])
+def test_cli_flash_attn_reaches_the_runtime(monkeypatch, tmp_path, capsys, command, flag, expected):
+    """``--flash-attn`` of eval / tune / passkey is the ``flash_attn`` the llama.cpp context is
+    created with (auto = leave llama.cpp's default)."""
+    from ropepatch import cli
+
+    seen = []
+    real_init = E.Model.__init__
+
+    def spy(self, *a, **kw):
+        real_init(self, *a, **kw)
+        seen.append(self.flash_attn)
+
+    monkeypatch.setattr(E.Model, "__init__", spy)
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    argv = [command, MODEL, "--ctx", "512" if command == "passkey" else "256", "--threads", "2", "-q", "--json"]
+    argv += {"eval": ["--text", str(text), "--methods", "ntk", "--no-window"],
+             "tune": ["--text", str(text), "--method", "ntk"],
+             "passkey": ["--methods", "ntk", "--depths", "0.5", "--trials", "1"]}[command]
+    if flag is not None:
+        argv += ["--flash-attn", flag]
+    assert cli.main(argv) == 0
+    json.loads(capsys.readouterr().out)
+    assert seen == [expected]
+
+
+def test_cli_flash_attn_rejects_other_values(capsys):
+    from ropepatch import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["eval", MODEL, "--ctx", "256", "--text", "x", "--flash-attn", "yes"])
+    assert e.value.code == 2
+    assert "--flash-attn: invalid choice: 'yes'" in capsys.readouterr().err
