@@ -11,8 +11,11 @@ splits them, leading space included) is appended to the prompt and scored with t
 forcing. Greedy decoding continues the prompt with exactly the answer iff the argmax at every
 answer position is the answer's next token (the earlier ones being right), which is what
 teacher forcing checks; this is stricter than "the digits appear somewhere in the output".
-``key_nll`` is the mean NLL over the answer's tokens. The filler before the key is identical across the trials of one depth,
-so it is decoded once per (method, depth) and the cache is cut back to it for each trial.
+``key_nll`` is the mean NLL over the answer's tokens.
+
+Shared prefixes are decoded once per method: the filler before the key is identical across
+the trials of one depth, and a shallower depth's prefix is the start of a deeper one's, so the
+depths run deepest first and the KV cache is cut back to the next prefix instead of cleared.
 
 The ``window`` baseline (the unscaled model, seeing only the last L tokens) cannot see a key
 placed more than L tokens before the end: such depths are reported as ``visible: false`` with
@@ -206,7 +209,9 @@ def passkey(
                     total += sum(min(L, len(p.prefix) + len(p.rest)) - 1 for p in ps
                                  if _visible(p, L))
                 else:
-                    total += len(ps[0].prefix) + sum(len(p.rest) - 1 for p in ps)
+                    total += sum(len(p.rest) - 1 for p in ps)
+            if s.method != WINDOW:
+                total += max(len(ps[0].prefix) for ps in prompts.values())  # fed once (see _run_depth)
         meter = _Meter(total, progress)
 
         def count(n: int) -> None:
@@ -217,12 +222,13 @@ def passkey(
         for spec in specs:
             meter.label = spec.label
             settings, params = runtime_settings_for(original, ctx, spec.method, spec.alpha)
-            rows = []
+            rows: dict[float, DepthResult] = {}
             with model.context(settings) as c:
-                for d in dl:
-                    rows.append(_run_depth(model, c, spec, prompts[d], d, L, count))
+                cached = None  # tokens known to sit at positions 0.. of the cache
+                for d in sorted(set(dl), reverse=True):  # deepest first: prefixes nest
+                    rows[d], cached = _run_depth(model, c, spec, prompts[d], d, L, count, cached)
                 decode_s += c.decode_seconds
-            results[spec.label] = MethodPasskey(spec.label, params, tuple(rows))
+            results[spec.label] = MethodPasskey(spec.label, params, tuple(rows[d] for d in dl))
     finally:
         if own:
             model.close()
@@ -239,12 +245,14 @@ def _visible(p: _Prompt, L: int) -> bool:
     return p.key_at >= n - L + 1  # +1: the first token of the view is replaced by BOS
 
 
-def _run_depth(model: Model, c, spec: MethodSpec, prompts: list[_Prompt], depth: float, L: int, count
-               ) -> DepthResult:
+def _run_depth(model: Model, c, spec: MethodSpec, prompts: list[_Prompt], depth: float, L: int, count,
+               cached: np.ndarray | None = None) -> tuple[DepthResult, np.ndarray | None]:
+    """Score one depth's trials. ``cached``: tokens already at positions 0.. of ``c``'s cache
+    (None: unknown). Returns the result and the tokens left at the start of the cache."""
     pos = int(round(np.mean([p.key_at for p in prompts])))
     if spec.method == WINDOW:
         if not all(_visible(p, L) for p in prompts):
-            return DepthResult(depth, pos, False, len(prompts), 0, None, None, ())
+            return DepthResult(depth, pos, False, len(prompts), 0, None, None, ()), cached
         correct, nlls, greedy = 0, [], []
         for p in prompts:
             seq = p.tokens[-L:].copy()
@@ -256,10 +264,13 @@ def _run_depth(model: Model, c, spec: MethodSpec, prompts: list[_Prompt], depth:
             nlls.append(nll)
             greedy.append(g)
         return DepthResult(depth, pos, True, len(prompts), correct, correct / len(prompts),
-                           float(np.mean(nlls)), tuple(greedy))
-    c.clear()
+                           float(np.mean(nlls)), tuple(greedy)), None
     prefix = prompts[0].prefix
-    c.feed(prefix, 0, count)
+    if cached is not None and len(cached) >= len(prefix) and np.array_equal(cached[:len(prefix)], prefix):
+        c.truncate(len(prefix))  # a deeper depth left this prefix in the cache
+    else:
+        c.clear()
+        c.feed(prefix, 0, count)
     correct, nlls, greedy = 0, [], []
     for p in prompts:
         c.truncate(len(prefix))
@@ -268,7 +279,7 @@ def _run_depth(model: Model, c, spec: MethodSpec, prompts: list[_Prompt], depth:
         nlls.append(nll)
         greedy.append(g)
     return DepthResult(depth, pos, True, len(prompts), correct, correct / len(prompts),
-                       float(np.mean(nlls)), tuple(greedy))
+                       float(np.mean(nlls)), tuple(greedy)), prefix
 
 
 def _score_answer(model: Model, c, seq: np.ndarray, answer_len: int, start: int, count

@@ -251,6 +251,27 @@ def test_passkey_per_depth(model):
     assert "depth 0.1" in format_passkey(r)
 
 
+def test_passkey_depths_share_the_prefix(model):
+    """Depths run deepest first and reuse the cached filler: the same answers as scoring each
+    depth on its own, with the shallower prefixes never decoded again."""
+    from ropepatch.passkey import build_prompts, passkey
+
+    depths = [0.2, 0.9, 0.5]
+    r = passkey(MODEL, CTX, methods="ntk", depths=depths, trials=2, seed=3, model=model, window=False)
+    assert [d.depth for d in r.methods["ntk"].depths] == depths  # the order asked for
+    alone_tokens = 0
+    for i, d in enumerate(depths):
+        a = passkey(MODEL, CTX, methods="ntk", depths=[d], trials=2, seed=3, model=model, window=False)
+        alone_tokens += a.tokens_decoded
+        got, want = r.methods["ntk"].depths[i], a.methods["ntk"].depths[0]
+        assert (got.correct, got.greedy, got.position) == (want.correct, want.greedy, want.position)
+        assert got.key_nll == pytest.approx(want.key_nll, rel=1e-4, abs=1e-5)
+    ps = build_prompts(model, CTX, depths, r.keys)
+    rests = sum(len(p.rest) - 1 for d in depths for p in ps[d])
+    assert r.tokens_decoded == len(ps[0.9][0].prefix) + rests
+    assert alone_tokens == sum(len(ps[d][0].prefix) for d in depths) + rests
+
+
 # ---- plot --------------------------------------------------------------------------------------
 
 
