@@ -420,7 +420,8 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                          for ctx, v in secs.items() if v)
         lines += ["Each of these is one run of `python tools/bench_quality.py` (resumable: it skips what "
                   "is in the cache)" + (f"; measured cost here, 2 threads: {cost}" if cost else "") +
-                  ". A passkey trial costs about as much as one method at the same ctx, per depth.", ""]
+                  (". A passkey run decodes the deepest depth's filler once per method, then for each depth "
+                  "and trial the rest of the prompt from the key on (depth 0.1 decodes 90% of ctx again)."), ""]
     lines += [f"- {m}" for m in missing] or ["- nothing: every configured run is in the cache."]
     lines += ["", f"Measured on: {'; '.join(sorted(machines)) or '–'}. Dates: {', '.join(sorted(dates)) or '–'}.", ""]
     out_dir.mkdir(parents=True, exist_ok=True)
