@@ -386,6 +386,17 @@ def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
                 tl = _load_any(cache_path("tune", text, ctx, tm))
                 if tl and tl["key"].get("text_sha") == bench.text_sha(text):
                     lines += _tune_lines(tl["result"])
+                    untuned = bench.eval_cached(text, ctx, tm)
+                    w = tl["result"].get("winner")
+                    stopped = any(abs(r["alpha"] - ctx / L) < 1e-3 and r["ppl_ext"] is None
+                                  for r in tl["result"]["tried"])
+                    if w and untuned and untuned.get("complete") and w["ppl_ext"] is not None and stopped:
+                        # tune stops an infeasible alpha after ppl_in: its ppl_ext is in the table above
+                        u = untuned["result"]["ppl_ext"]
+                        lines += [f"For comparison, the untuned {tm} (alpha {ctx / L:g}) over the whole "
+                                  f"window, from the table above: ppl_in {untuned['result']['ppl_in']:.4g}, "
+                                  f"ppl_ext {u:.4g}; the tuned alpha's ppl_ext is "
+                                  f"{w['ppl_ext'] / u:.2f}x that.", ""]
     if summary:
         lines[head:head] = [
             "## Summary", "",
