@@ -509,7 +509,10 @@ def _tune_lines(t: dict) -> list[str]:
            f"{t['baseline_ppl_in']:.4g}):", "",
            "| alpha | ppl_in | ppl_ext | feasible | note |", "|---|---|---|---|---|"]
     for r in t["tried"]:
-        out.append(f"| {r['alpha']:.4g} | {_f(r['ppl_in'])} | {_f(r['ppl_ext'])} | "
+        # 4 digits: feasibility turns on the limit, which the note gives to 4 digits
+        pin = "–" if r["ppl_in"] is None else f"{r['ppl_in']:.4g}"
+        pext = "–" if r["ppl_ext"] is None else f"{r['ppl_ext']:.4g}"
+        out.append(f"| {r['alpha']:.4g} | {pin} | {pext} | "
                    f"{'yes' if r['feasible'] else 'no'} | {r.get('note', '')} |")
     w = t.get("winner")
     out += ["", f"Winner: alpha {w['alpha']:.4g}." if w else "No feasible alpha.", ""]
