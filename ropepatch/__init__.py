@@ -7,22 +7,34 @@ Public API (everything else is private):
     patch_gguf(path, ctx, method="ntk", alpha=None, out=None, dry_run=False, record=True) -> PatchResult
     revert_gguf(path, out=None) -> RevertResult
     METHODS, RopeParams, RopepatchError
+
+The package is layered; imports go one way only (checked by import-linter in CI):
+
+    cli -> quality -> check -> patch | runtime -> formats | safeio -> rope -> errors | version
+
+The names above are loaded on first use, so importing ``ropepatch`` (or any of its
+subpackages, e.g. the runtime worker, which must import llama_cpp first) loads nothing else.
 """
 
-__version__ = "0.1.0"
+from ropepatch.version import __version__
 
-from .errors import RopepatchError  # noqa: E402
-from .gguf_patch import inspect_gguf, patch_gguf, revert_gguf  # noqa: E402
-from .methods import METHODS, make_plan  # noqa: E402
-from .params import RopeParams  # noqa: E402
+_PUBLIC = {
+    "METHODS": "ropepatch.rope.methods",
+    "make_plan": "ropepatch.rope.methods",
+    "RopeParams": "ropepatch.rope.params",
+    "RopepatchError": "ropepatch.errors",
+    "inspect_gguf": "ropepatch.patch.gguf",
+    "patch_gguf": "ropepatch.patch.gguf",
+    "revert_gguf": "ropepatch.patch.gguf",
+}
 
-__all__ = [
-    "METHODS",
-    "RopeParams",
-    "RopepatchError",
-    "inspect_gguf",
-    "make_plan",
-    "patch_gguf",
-    "revert_gguf",
-    "__version__",
-]
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str):
+    """Load a public name from its layer on first use (PEP 562)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ropepatch' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

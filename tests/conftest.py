@@ -60,7 +60,7 @@ def build_gguf(path, kvs, tensors=(("token_embd.weight", (8, 4), 0),), version=3
                data_fill=b"\x11") -> str:
     """Write a GGUF with metadata ``kvs`` = [(key, ValueType, value)] and F32 tensors of
     ``(name, shape, ggml_type)``, through ropepatch's own encoder."""
-    from ropepatch.gguf_file import GGML_BLOCK_SIZES, make_kv, serialize_header
+    from ropepatch.formats.gguf.header import GGML_BLOCK_SIZES, make_kv, serialize_header
 
     entries = [make_kv(k, t, v) for k, t, v in kvs]
     infos, offset, blobs = b"", 0, []
@@ -87,7 +87,7 @@ def build_gguf(path, kvs, tensors=(("token_embd.weight", (8, 4), 0),), version=3
 
 
 def llama_kvs(arch="llama", ctx=128, base=10000.0, rope_dim=16, extra=()):
-    from ropepatch.keys import ValueType as T
+    from ropepatch.formats.gguf.keys import ValueType as T
 
     kvs = [
         ("general.architecture", T.STRING, arch),

@@ -11,9 +11,9 @@ import subprocess
 import pytest
 
 from conftest import build_gguf, llama_kvs, run_cli, sha256
-from ropepatch import gguf_patch as gp
+from ropepatch.patch import gguf as gp
 from ropepatch.errors import FormatError, UnsupportedModelError, UsageError, WriteError
-from ropepatch.keys import ValueType as T
+from ropepatch.formats.gguf.keys import ValueType as T
 
 
 def assert_one_line_error(path, args, pattern):
@@ -101,7 +101,7 @@ def test_absurd_string_length(good):
 
 
 def test_absurd_array_count(tmp_path):
-    from ropepatch.gguf_file import encode_value
+    from ropepatch.formats.gguf.header import encode_value
 
     p = build_gguf(tmp_path / "a.gguf", llama_kvs(extra=[("tokenizer.ggml.scores", T.ARRAY, (T.FLOAT32, b"\0" * 8, 2))]))
     data = bytearray(open(p, "rb").read())
@@ -220,7 +220,7 @@ def test_read_only_directory(tmp_path):
 
 
 def test_not_enough_space_is_checked_before_writing(tmp_path):
-    from ropepatch.fileio import check_space
+    from ropepatch.safeio.files import check_space
 
     with pytest.raises(WriteError, match=r"needs .* MiB free in .* for the rewrite, found .* MiB"):
         check_space(str(tmp_path), 1 << 62, "m.gguf")

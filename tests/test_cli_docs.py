@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FIXTURES, ROOT, run_cli
 from ropepatch.cli import COMMANDS
-from ropepatch.methods import METHODS
+from ropepatch.rope.methods import METHODS
 
 README = (ROOT / "README.md").read_text()
 

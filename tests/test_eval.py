@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from conftest import FIXTURES  # noqa: E402
-from ropepatch import evaluate as E  # noqa: E402
+from ropepatch.quality import evaluate as E  # noqa: E402
 from ropepatch.errors import RopepatchError, UsageError  # noqa: E402
-from ropepatch.gguf_patch import inspect_gguf  # noqa: E402
+from ropepatch.patch.gguf import inspect_gguf  # noqa: E402
 
 MODEL = str(FIXTURES / "tiny-llama-f32.gguf")
 L = 128
@@ -199,7 +199,7 @@ def test_errors(tokens, model):
 
 
 def test_tune_table_winner_and_apply(copy_fixture, tokens, model):
-    from ropepatch.tune import format_tune, tune
+    from ropepatch.quality.tune import format_tune, tune
 
     path = copy_fixture("tiny-llama-f32.gguf")
     r = tune(path, CTX, tokens=tokens, method="ntk", tolerance=0.5, refine=1, apply=True, model=model)
@@ -218,7 +218,7 @@ def test_tune_table_winner_and_apply(copy_fixture, tokens, model):
 
 
 def test_tune_prefix_check_stops_infeasible_early(tokens, model):
-    from ropepatch.tune import tune
+    from ropepatch.quality.tune import tune
 
     r = tune(MODEL, CTX, tokens=tokens, method="linear", tolerance=0.0, grid=[4.0], refine=0, model=model)
     t = next(x for x in r.tried if x.alpha == 4.0)
@@ -230,7 +230,7 @@ def test_tune_prefix_check_stops_infeasible_early(tokens, model):
 
 
 def test_passkey_per_depth(model):
-    from ropepatch.passkey import format_passkey, make_keys, passkey
+    from ropepatch.quality.passkey import format_passkey, make_keys, passkey
 
     r = passkey(MODEL, CTX, methods="none,ntk", depths="0.1,0.95", trials=2, seed=7, model=model)
     assert list(r.methods) == ["none", "ntk", "window"]
@@ -254,7 +254,7 @@ def test_passkey_per_depth(model):
 def test_passkey_depths_share_the_prefix(model):
     """Depths run deepest first and reuse the cached filler: the same answers as scoring each
     depth on its own, with the shallower prefixes never decoded again."""
-    from ropepatch.passkey import build_prompts, passkey
+    from ropepatch.quality.passkey import build_prompts, passkey
 
     depths = [0.2, 0.9, 0.5]
     r = passkey(MODEL, CTX, methods="ntk", depths=depths, trials=2, seed=3, model=model, window=False)
@@ -277,7 +277,7 @@ def test_passkey_depths_share_the_prefix(model):
 
 def test_plot_writes_png(result, tmp_path):
     pytest.importorskip("matplotlib")
-    from ropepatch.plot import plot_result
+    from ropepatch.quality.plot import plot_result
 
     out = plot_result(result, str(tmp_path / "ppl.png"))
     assert open(out, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -288,7 +288,7 @@ def test_plot_writes_png(result, tmp_path):
 def test_plot_without_matplotlib(monkeypatch, result, tmp_path):
     import builtins
 
-    from ropepatch import plot
+    from ropepatch.quality import plot
 
     real = builtins.__import__
 
@@ -305,7 +305,7 @@ def test_plot_without_matplotlib(monkeypatch, result, tmp_path):
 def test_patched_file_is_evaluated_from_its_originals(copy_fixture, tokens, result):
     """A file ropepatch already patched (here: yarn x4) scores each method exactly like the
     untouched file: the runtime settings pin every RoPE field from the ORIGINAL parameters."""
-    from ropepatch.gguf_patch import patch_gguf
+    from ropepatch.patch.gguf import patch_gguf
 
     path = copy_fixture("tiny-llama-f32.gguf")
     patch_gguf(path, CTX, "yarn", 4.0)
@@ -321,7 +321,7 @@ def test_tune_search_finds_constrained_optimum_in_few_evaluations(opt, slope):
     """Search logic on a synthetic objective (no model): ppl_in grows with log alpha, ppl_ext is
     smooth and unimodal in log alpha with its minimum at ``opt``; the answer is the best
     feasible alpha, min(opt, the tolerance boundary)."""
-    from ropepatch.tune import tune
+    from ropepatch.quality.tune import tune
 
     calls = []
 

@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from conftest import FIXTURES, GGUF_FIXTURES, build_gguf, llama_kvs
-from ropepatch import gguf_patch as gp
-from ropepatch.gguf_file import (
+from ropepatch.patch import gguf as gp
+from ropepatch.formats.gguf.header import (
     GGML_BLOCK_SIZES,
     ArrayValue,
     filler_kv,
@@ -16,7 +16,7 @@ from ropepatch.gguf_file import (
     read_header,
     serialize_header,
 )
-from ropepatch.keys import ValueType as T
+from ropepatch.formats.gguf.keys import ValueType as T
 
 KEY = "0300000000000000" "612e62"  # u64 length 3, then "a.b"
 GOLDEN = [

@@ -11,10 +11,10 @@ import struct
 import pytest
 
 from conftest import FIXTURES, GGUF_FIXTURES, build_gguf, llama_kvs, sha256
-from ropepatch import gguf_patch as gp
+from ropepatch.patch import gguf as gp
 from ropepatch.errors import NotPatchedError, UsageError
-from ropepatch.gguf_file import read_header
-from ropepatch.methods import METHODS, ntk_base
+from ropepatch.formats.gguf.header import read_header
+from ropepatch.rope.methods import METHODS, ntk_base
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -166,7 +166,7 @@ def test_rotary_dims_fall_back_to_head_dim(tmp_path):
     # no rope.dimension_count: llama.cpp uses key_length, else embedding_length / head_count
     p = build_gguf(tmp_path / "a.gguf", llama_kvs(rope_dim=None))
     assert gp.inspect_gguf(p).current.rope_dim == 64 // 4
-    from ropepatch.keys import ValueType as T
+    from ropepatch.formats.gguf.keys import ValueType as T
 
     p = build_gguf(tmp_path / "b.gguf", llama_kvs(rope_dim=None, extra=[("llama.attention.key_length", T.UINT32, 32)]))
     assert gp.inspect_gguf(p).current.rope_dim == 32

@@ -20,26 +20,13 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from conftest import FIXTURES, sha256
-from ropepatch import hf_keys as hk
-from ropepatch import hf_reference as ref
-from ropepatch.errors import (
-    FormatError,
-    NotPatchedError,
-    RopepatchError,
-    UnsupportedModelError,
-    UsageError,
-)
-from ropepatch.hf_config import load_config, read_rope
-from ropepatch.hf_patch import (
-    inspect_hf,
-    patch_hf,
-    plan_hf,
-    plan_hf_snippets,
-    resolve_model,
-    revert_hf,
-)
-from ropepatch.methods import ntk_base
-from ropepatch.safetensors_file import read_header
+from ropepatch.formats.hf import keys as hk
+from ropepatch.check import hf_reference as ref
+from ropepatch.errors import FormatError, NotPatchedError, RopepatchError, UnsupportedModelError, UsageError
+from ropepatch.formats.hf.config import load_config, read_rope
+from ropepatch.patch.hf import inspect_hf, patch_hf, plan_hf, plan_hf_snippets, resolve_model, revert_hf
+from ropepatch.rope.methods import ntk_base
+from ropepatch.formats.safetensors import read_header
 
 METHODS = ["ntk", "dynamic", "linear", "yarn"]
 L, N = 128, 512

@@ -23,9 +23,9 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from conftest import FIXTURES, run_cli, sha256
-from ropepatch import hf_keys as hk
-from ropepatch.hf_patch import RP_PREVIOUS_CONFIG_SHA256, inspect_hf, patch_hf, revert_hf
-from ropepatch.safetensors_file import read_header
+from ropepatch.formats.hf import keys as hk
+from ropepatch.patch.hf import RP_PREVIOUS_CONFIG_SHA256, inspect_hf, patch_hf, revert_hf
+from ropepatch.formats.safetensors import read_header
 
 FIXTURE = FIXTURES / "hf" / "tiny-llama"
 SHARD = "model.safetensors"

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import build_gguf, run_cli, sha256
 
-from ropepatch import gguf_patch as gp
+from ropepatch.patch import gguf as gp
 from ropepatch.errors import UsageError
-from ropepatch.keys import ValueType as T
+from ropepatch.formats.gguf.keys import ValueType as T
 
 
 def kvs(between: int):

@@ -34,11 +34,12 @@ import pytest
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
-from ropepatch.keys import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType, rope_layout  # noqa: E402
-from ropepatch.params import RopeParams  # noqa: E402
-from ropepatch.probe import ProbeResult, RopeOpParams, gpu_available, probe  # noqa: E402
-from ropepatch.rope_reference import (  # noqa: E402
-    apply_rope_op,
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType  # noqa: E402
+from ropepatch.rope.arch import rope_layout
+from ropepatch.rope.params import RopeParams  # noqa: E402
+from ropepatch.runtime.probe import ProbeResult, RopeOpParams, gpu_available, probe  # noqa: E402
+from ropepatch.check.rope_reference import (
+    # noqa: E402     apply_rope_op,
     ggml_rope_args,
     pair_indices,
     rope_angles,
@@ -89,7 +90,7 @@ def read_params(path: Path) -> RopeParams:
     )
 
 
-from ropepatch.rope_reference import pair_magnitude_and_index as _pair_mag_and_index  # noqa: E402
+from ropepatch.check.rope_reference import pair_magnitude_and_index as _pair_mag_and_index  # noqa: E402
 
 
 def rope_errors(cap, op: dict | None = None, layout=None) -> dict:

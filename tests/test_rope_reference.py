@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ropepatch.errors import RopepatchError, UsageError
-from ropepatch.keys import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType
-from ropepatch.params import RopeParams
-from ropepatch.rope_reference import (
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType
+from ropepatch.rope.params import RopeParams
+from ropepatch.check.rope_reference import (
     apply_rope,
     apply_rope_op,
     ggml_rope_args,

@@ -8,10 +8,10 @@ import shutil
 import pytest
 
 from conftest import FIXTURES, run_cli, sha256
-from ropepatch import gguf_patch as gp
+from ropepatch.patch import gguf as gp
 from ropepatch.errors import UsageError
-from ropepatch.hf_patch import patch_hf
-from ropepatch.translate import plan_from_hf
+from ropepatch.patch.hf import patch_hf
+from ropepatch.patch.translate import plan_from_hf
 
 
 @pytest.fixture

@@ -22,13 +22,13 @@ pytest.importorskip("llama_cpp")
 
 from conftest import GGUF_FIXTURES  # noqa: E402
 from ropepatch.errors import UsageError  # noqa: E402
-from ropepatch.gguf_file import read_header  # noqa: E402
-from ropepatch.gguf_patch import inspect_gguf, patch_gguf  # noqa: E402
-from ropepatch.methods import METHODS, make_plan  # noqa: E402
-from ropepatch.probe import gpu_available  # noqa: E402
-from ropepatch.rope_reference import ggml_rope_args  # noqa: E402
-from ropepatch.validate import (  # noqa: E402
-    FAILED,
+from ropepatch.formats.gguf.header import read_header  # noqa: E402
+from ropepatch.patch.gguf import inspect_gguf, patch_gguf  # noqa: E402
+from ropepatch.rope.methods import METHODS, make_plan  # noqa: E402
+from ropepatch.runtime.probe import gpu_available  # noqa: E402
+from ropepatch.check.rope_reference import ggml_rope_args  # noqa: E402
+from ropepatch.check.validate import (
+    # noqa: E402     FAILED,
     PASSED,
     SKIPPED,
     ValidationReport,

@@ -42,7 +42,7 @@ sys.path.insert(0, HERE)
 
 from get_smollm2 import smollm2_path  # noqa: E402
 
-from ropepatch.gguf_file import read_header, serialize_header  # noqa: E402
+from ropepatch.formats.gguf.header import read_header, serialize_header  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 

@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
 
-from ropepatch import evaluate as E  # noqa: E402
-from ropepatch.gguf_patch import inspect_gguf  # noqa: E402
+from ropepatch.quality import evaluate as E  # noqa: E402
+from ropepatch.patch.gguf import inspect_gguf  # noqa: E402
 
 CACHE = Path(os.path.expanduser("~")) / ".cache" / "ropepatch" / "quality"
 ALL_METHODS = ("none", "linear", "ntk", "dynamic", "yarn", "tuned", "window")
@@ -216,7 +216,7 @@ class Bench:
         return d
 
     def tuned(self, text: str, ctx: int, method: str) -> dict:
-        from ropepatch import tune as T
+        from ropepatch.quality import tune as T
 
         key = {"model": model_id(self.path), "text": text, "text_sha": self.text_sha(text), "ctx": ctx,
                "method": method, "n_batch": self.n_batch, "version": 1}
@@ -236,7 +236,7 @@ class Bench:
         return d
 
     def passkey(self, ctx: int, method: str, depths, trials: int, seed: int) -> dict:
-        from ropepatch import passkey as P
+        from ropepatch.quality import passkey as P
 
         key = {"model": model_id(self.path), "ctx": ctx, "method": method, "depths": list(depths),
                "trials": trials, "seed": seed, "version": 1}
@@ -268,7 +268,7 @@ def _f(x) -> str:
 
 
 def write_report(bench: Bench, texts, ctxs, out_dir: Path, passkey_cfg) -> None:
-    from ropepatch import plot as PL
+    from ropepatch.quality import plot as PL
 
     L = bench.original.n_ctx_train
     out_dir.mkdir(parents=True, exist_ok=True)

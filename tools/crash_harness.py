@@ -185,10 +185,10 @@ def validate(path: str, expect: tuple, pristine: str, use_llama: bool = True) ->
 
 
 def _validate(path: str, expect: tuple, pristine: str, use_llama: bool) -> str | None:
-    from ropepatch import gguf_patch as gp
+    from ropepatch.patch import gguf as gp
     from ropepatch.errors import RopepatchError
-    from ropepatch.gguf_file import read_header
-    from ropepatch.methods import make_plan
+    from ropepatch.formats.gguf.header import read_header
+    from ropepatch.rope.methods import make_plan
 
     try:
         read_header(path)
@@ -440,7 +440,7 @@ def make_big_gguf(path: str, mb: int) -> str:
     sys.path.insert(0, str(ROOT / "tools"))
     from fuzz_headers import small_gguf
 
-    from ropepatch.gguf_file import parse_header, serialize_header
+    from ropepatch.formats.gguf.header import parse_header, serialize_header
 
     meta = small_gguf()
     h = parse_header(meta, "meta", len(meta))

@@ -182,7 +182,7 @@ def _validate(d: str, expect: tuple, pristine: str) -> str | None:
     from safetensors import safe_open
 
     from ropepatch.errors import RopepatchError
-    from ropepatch.hf_patch import inspect_hf, plan_hf, plan_hf_snippets, resolve_model
+    from ropepatch.patch.hf import inspect_hf, plan_hf, plan_hf_snippets, resolve_model
 
     if expect[0] == "pristine":
         return None if snap(d) == snap(pristine) else "not the pristine bytes"
@@ -218,7 +218,7 @@ def _validate(d: str, expect: tuple, pristine: str) -> str | None:
 
 def _why_bad(path: str) -> str:
     from ropepatch.errors import RopepatchError
-    from ropepatch.safetensors_file import read_header
+    from ropepatch.formats.safetensors import read_header
 
     name = os.path.basename(path)
     if not os.path.exists(path):
@@ -306,8 +306,8 @@ def is_new_plus_prev(prep: Prepared, path: str) -> bool:
     """True when the shard at ``path`` is the uninterrupted result plus the transient
     ``ropepatch.previous_config_sha256`` entry naming the config.json before the command."""
     from ropepatch.errors import RopepatchError
-    from ropepatch.hf_patch import RP_PREVIOUS_CONFIG_SHA256, layout_metadata
-    from ropepatch.safetensors_file import pad_header, read_header, with_metadata_text
+    from ropepatch.patch.hf import RP_PREVIOUS_CONFIG_SHA256, layout_metadata
+    from ropepatch.formats.safetensors import pad_header, read_header, with_metadata_text
 
     name = os.path.basename(path)
     if not name.endswith(".safetensors") or name not in prep.post or CONFIG not in prep.pre:
@@ -385,7 +385,7 @@ def recover(prep: Prepared, state: str, d: str, o: str, base: str) -> str | None
     if sc.expect[0] != "patch":
         return None
     from ropepatch.errors import RopepatchError
-    from ropepatch.hf_patch import revert_hf
+    from ropepatch.patch.hf import revert_hf
 
     try:
         revert_hf(target)
@@ -403,7 +403,7 @@ def recover(prep: Prepared, state: str, d: str, o: str, base: str) -> str | None
 def revert_now(prep: Prepared, d: str, base: str) -> str | None:
     """``revert`` straight after the kill (instead of the re-run), on a copy of the state."""
     from ropepatch.errors import NotPatchedError, RopepatchError
-    from ropepatch.hf_patch import revert_hf
+    from ropepatch.patch.hf import revert_hf
 
     cp = os.path.join(base, "revert-now")
     shutil.copytree(d, cp, ignore=shutil.ignore_patterns(STRAY + "*"))

@@ -58,11 +58,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ropepatch import gguf_patch as gp  # noqa: E402
+from ropepatch.patch import gguf as gp  # noqa: E402
 from ropepatch.errors import RopepatchError  # noqa: E402
-from ropepatch.gguf_file import GGUFHeader, make_kv, parse_header, read_header, serialize_header  # noqa: E402
-from ropepatch.keys import ValueType as T  # noqa: E402
-from ropepatch.methods import METHODS, make_plan  # noqa: E402
+from ropepatch.formats.gguf.header import GGUFHeader, make_kv, parse_header, read_header, serialize_header  # noqa: E402
+from ropepatch.formats.gguf.keys import ValueType as T  # noqa: E402
+from ropepatch.rope.methods import METHODS, make_plan  # noqa: E402
 
 FIXTURES = ROOT / "fixtures"
 GGUF_FIXTURES = ["tiny-llama-q8_0.gguf", "tiny-qwen2-q8_0.gguf", "tiny-llama-f32.gguf", "tiny-qwen2-f32.gguf"]
@@ -690,7 +690,7 @@ def _mutate_st(rng: random.Random, data: bytes) -> bytes:
 
 
 def check_st(stats: Stats, data: bytes, work: str, save=None, timeout=5.0) -> None:
-    from ropepatch import safetensors_file as sf
+    from ropepatch.formats import safetensors as sf
 
     stats.cases += 1
     d = os.path.join(work, "st")
@@ -801,7 +801,7 @@ def legacy_patched(data: bytes, ctx=512, method="yarn") -> bytes:
     (original keys in place, new keys appended, record without "at"): such files must still
     re-patch (migrated by one rewrite) and revert exactly."""
     import ropepatch
-    from ropepatch import keys as K
+    from ropepatch.formats.gguf import keys as K
 
     h = parse_header(data, "legacy", len(data))
     arch = h.get("general.architecture")

@@ -35,11 +35,18 @@ import re
 import struct
 from dataclasses import dataclass, field
 
-from . import __version__
-from . import keys as K
-from .errors import RopepatchError, FormatError, NotPatchedError, UnsupportedModelError, UsageError, WriteError
-from .fileio import check_can_replace, locked, rewrite, write_spans_in_place
-from .gguf_file import (
+from ropepatch.version import __version__
+from ropepatch.formats.gguf import keys as K
+from ropepatch.errors import (
+    RopepatchError,
+    FormatError,
+    NotPatchedError,
+    UnsupportedModelError,
+    UsageError,
+    WriteError,
+)
+from ropepatch.safeio.files import check_can_replace, locked, rewrite, write_spans_in_place
+from ropepatch.formats.gguf.header import (
     KV,
     ArrayValue,
     GGUFHeader,
@@ -50,9 +57,11 @@ from .gguf_file import (
     read_header,
     serialize_header,
 )
-from .keys import RopeLayout, ScalingType, ValueType, k
-from .methods import DEFAULT_METHOD, Plan, make_plan
-from .params import RopeParams
+from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
+from ropepatch.rope.params import RopeLayout, ScalingType
+from ropepatch.formats.gguf.keys import ValueType, k
+from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan
+from ropepatch.rope.params import RopeParams
 
 MIN_SLACK = 1024  # bytes of filler left for later in-place patches
 BLOCK = 4096
@@ -100,12 +109,12 @@ def rope_params_from_kvs(kvs: dict[str, KV], tensor_names, path: str) -> RopePar
             f"{path}: missing key {K.GENERAL_ARCHITECTURE!r}; not a model file (for split models "
             f"pass the first split, *-00001-of-*.gguf)"
         )
-    if arch in K.NO_ROPE_ARCHS:
+    if arch in NO_ROPE_ARCHS:
         raise UnsupportedModelError(
             f"{path}: architecture {arch!r} does not use rotary position embeddings; there is "
             f"nothing for ropepatch to scale"
         )
-    layout = K.rope_layout(arch)
+    layout = rope_layout(arch)
     if layout == RopeLayout.UNKNOWN and not any(key.startswith(f"{arch}.rope.") for key in kvs):
         raise UnsupportedModelError(
             f"{path}: architecture {arch!r} is not a known RoPE architecture and has no "

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from . import hf_keys as hk
-from .errors import UnsupportedModelError
+from ropepatch.formats.hf import keys as hk
+from ropepatch.errors import UnsupportedModelError
 
 
 def _exponents(dim: int) -> np.ndarray:
@@ -113,7 +113,7 @@ def hf_inv_freq(config: Any, seq_len: int | None = None) -> tuple[np.ndarray, fl
     """Inverse frequencies and attention factor for a config (a dict as loaded from
     config.json, a :class:`~ropepatch.hf_config.ConfigDoc` or an
     :class:`~ropepatch.hf_config.HFRope`), dispatching on its rope_type as transformers does."""
-    from .hf_config import ConfigDoc, HFRope, parse_config, read_rope
+    from ropepatch.formats.hf.config import ConfigDoc, HFRope, parse_config, read_rope
 
     if isinstance(config, dict):
         import json

@@ -22,10 +22,11 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .errors import FormatError, UnsupportedModelError, UsageError
-from .keys import RopeLayout, ScalingType, rope_layout
-from .params import RopeParams
-from .rope_reference import apply_rope_op, ggml_rope_args
+from ropepatch.errors import FormatError, UnsupportedModelError, UsageError
+from ropepatch.rope.params import RopeLayout, ScalingType
+from ropepatch.rope.arch import rope_layout
+from ropepatch.rope.params import RopeParams
+from ropepatch.check.rope_reference import apply_rope_op, ggml_rope_args
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 

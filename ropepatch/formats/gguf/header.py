@@ -16,8 +16,8 @@ import os
 import struct
 from dataclasses import dataclass
 
-from .errors import FormatError
-from .keys import GENERAL_ALIGNMENT, ValueType
+from ropepatch.errors import FormatError
+from ropepatch.formats.gguf.keys import GENERAL_ALIGNMENT, ValueType
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

@@ -33,12 +33,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import UsageError
-from .evaluate import (
-    DEFAULT_N_BATCH, MethodResult, MethodSpec, Model, ProgressFn, _Meter, _num, default_buckets,
-    extension_original, make_windows, score_method,
+from ropepatch.errors import UsageError
+from ropepatch.quality.evaluate import (
+    DEFAULT_N_BATCH,
+    MethodResult,
+    MethodSpec,
+    Model,
+    ProgressFn,
+    _Meter,
+    _num,
+    default_buckets,
+    extension_original,
+    make_windows,
+    score_method,
 )
-from .params import RopeParams
+from ropepatch.rope.params import RopeParams
 
 TUNABLE = ("ntk", "yarn", "dynamic", "linear")
 DEFAULT_TOLERANCE = 0.05
@@ -139,7 +148,7 @@ def tune(
     ``apply``: patch the file with the winner (``gguf_patch.patch_gguf``; the provenance records
     it as ``ropepatch.alpha``). ``scorer``: replaces the built-in scoring (used by the bench to
     cache runs)."""
-    from .gguf_patch import patch_gguf  # noqa: PLC0415
+    from ropepatch.patch.gguf import patch_gguf  # noqa: PLC0415
 
     if method not in TUNABLE:
         raise UsageError(f"--method: tune searches one of {', '.join(TUNABLE)}, found {method!r}")

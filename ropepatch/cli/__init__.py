@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict, is_dataclass
 from enum import Enum
 
-from . import __version__
-from .errors import RopepatchError, UsageError
-from .methods import DEFAULT_METHOD, METHODS, Plan, make_plan
-from .params import RopeParams
+from ropepatch.version import __version__
+from ropepatch.errors import RopepatchError, UsageError
+from ropepatch.rope.methods import DEFAULT_METHOD, METHODS, Plan, make_plan
+from ropepatch.rope.params import RopeParams
 
 # ---- formatting helpers -------------------------------------------------------------------
 
@@ -43,7 +43,7 @@ def params_dict(p: RopeParams) -> dict:
 
 
 def plan_dict(plan: Plan) -> dict:
-    from .runtime_flags import runtime_settings
+    from ropepatch.rope.runtime_flags import runtime_settings
 
     return {
         "method": plan.method,
@@ -88,7 +88,7 @@ def _warn(msgs) -> None:
 
 
 def _is_hf(path: str) -> bool:
-    from .hf_patch import is_hf_path
+    from ropepatch.patch.hf import is_hf_path
 
     return is_hf_path(path)
 
@@ -103,7 +103,7 @@ def _hf_rope_text(r) -> str:
 
 
 def _inspect_hf(args) -> int:
-    from .hf_patch import inspect_hf
+    from ropepatch.patch.hf import inspect_hf
 
     info = inspect_hf(args.path)
     lines = [f"{info.model.root} (Hugging Face, config {info.model.config_path}, {len(info.shards)} safetensors file(s))",
@@ -121,7 +121,7 @@ def _inspect_hf(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .gguf_patch import inspect_gguf
+    from ropepatch.patch.gguf import inspect_gguf
 
     if _is_hf(args.path):
         if args.as_hf:
@@ -129,7 +129,7 @@ def cmd_inspect(args) -> int:
         return _inspect_hf(args)
     info = inspect_gguf(args.path)
     if args.as_hf:
-        from .translate import gguf_as_hf
+        from ropepatch.patch.translate import gguf_as_hf
 
         block = gguf_as_hf(info)
         _emit(args, block, json.dumps(_jsonable(block), indent=2))
@@ -170,14 +170,14 @@ def _plan_original(args) -> tuple[RopeParams, str]:
     if args.path:
         if args.base is not None or args.rope_dim is not None or args.orig_ctx is not None:
             raise UsageError("plan: give either PATH or --base/--rope-dim/--orig-ctx, not both")
-        from .gguf_patch import inspect_gguf
+        from ropepatch.patch.gguf import inspect_gguf
 
         info = inspect_gguf(args.path)
         return info.original, args.path
     missing = [n for n, v in (("--base", args.base), ("--rope-dim", args.rope_dim), ("--orig-ctx", args.orig_ctx)) if v is None]
     if missing:
         raise UsageError(f"plan: without a model PATH, {', '.join(missing)} must be given")
-    from .keys import rope_layout
+    from ropepatch.rope.arch import rope_layout
 
     if not (args.base > 1 and math.isfinite(args.base)):
         raise UsageError(f"--base must be a finite number > 1, found {args.base}")
@@ -197,7 +197,7 @@ def _plan_original(args) -> tuple[RopeParams, str]:
 
 
 def _plan_hf(args) -> int:
-    from .hf_patch import plan_hf, plan_hf_snippets
+    from ropepatch.patch.hf import plan_hf, plan_hf_snippets
 
     if args.base is not None or args.rope_dim is not None or args.orig_ctx is not None:
         raise UsageError("plan: give either PATH or --base/--rope-dim/--orig-ctx, not both")
@@ -219,7 +219,12 @@ def _plan_hf(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .runtime_flags import llama_cpp_flags, llama_cpp_python_kwargs, ollama_modelfile, override_kv_flags
+    from ropepatch.rope.runtime_flags import (
+        llama_cpp_flags,
+        llama_cpp_python_kwargs,
+        ollama_modelfile,
+        override_kv_flags,
+    )
 
     if args.path and _is_hf(args.path):
         return _plan_hf(args)
@@ -296,11 +301,11 @@ def _progress_printer(enabled: bool):
 
 
 def cmd_gguf(args) -> int:
-    from .gguf_patch import inspect_gguf, patch_gguf
+    from ropepatch.patch.gguf import inspect_gguf, patch_gguf
 
     ctx, method, alpha, pre = args.ctx, args.method, args.alpha, []
     if args.from_hf:
-        from .translate import plan_from_hf
+        from ropepatch.patch.translate import plan_from_hf
 
         if args.method_given or args.alpha is not None:
             raise UsageError("--from-hf takes the method and factor from the config; drop --method/--alpha")
@@ -351,7 +356,7 @@ def cmd_gguf(args) -> int:
 
 
 def _revert_hf(args) -> int:
-    from .hf_patch import revert_hf
+    from ropepatch.patch.hf import revert_hf
 
     if args.output:
         raise UsageError(f"{args.path}: -o is for GGUF files; Hugging Face models are reverted in place")
@@ -365,7 +370,7 @@ def _revert_hf(args) -> int:
 
 
 def cmd_hf(args) -> int:
-    from .hf_patch import patch_hf
+    from ropepatch.patch.hf import patch_hf
 
     res = patch_hf(args.path, args.ctx, args.method, args.alpha, out=args.output, dry_run=args.dry_run,
                    replace_scaling=args.replace_scaling, force=args.force)
@@ -384,7 +389,7 @@ def cmd_hf(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .validate import format_report, validate
+    from ropepatch.check.validate import format_report, validate
 
     r = validate(args.path, ctx=args.ctx, gpu_layers=args.gpu_layers, positions=args.positions,
                  reference_forward=args.reference_forward, n_threads=args.threads)
@@ -395,13 +400,13 @@ def cmd_validate(args) -> int:
 def _progress(args):
     if args.json or args.quiet or not sys.stderr.isatty():
         return None
-    from .evaluate import progress_bar
+    from ropepatch.quality.evaluate import progress_bar
 
     return progress_bar()
 
 
 def _text_arg(path: str) -> str:
-    from .evaluate import load_text
+    from ropepatch.quality.evaluate import load_text
 
     return load_text(path)
 
@@ -411,7 +416,7 @@ _FLASH = {"auto": None, "on": True, "off": False}
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, format_table, parse_alphas
+    from ropepatch.quality.evaluate import evaluate, format_table, parse_alphas
 
     res = evaluate(args.path, args.ctx, _text_arg(args.text), methods=args.methods,
                    alphas=parse_alphas(args.alpha), buckets=args.buckets, window=not args.no_window,
@@ -419,7 +424,7 @@ def cmd_eval(args) -> int:
                    flash_attn=_FLASH[args.flash_attn], progress=_progress(args))
     data = res.to_json()
     if args.plot:
-        from .plot import plot_result
+        from ropepatch.quality.plot import plot_result
 
         data["plot"] = plot_result(res, args.plot)
     text = format_table(res) + (f"\nplot: {args.plot}" if args.plot else "")
@@ -428,7 +433,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .tune import format_tune, tune
+    from ropepatch.quality.tune import format_tune, tune
 
     res = tune(args.path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
                apply=args.apply, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
@@ -438,8 +443,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_passkey(args) -> int:
-    from .evaluate import parse_alphas
-    from .passkey import format_passkey, passkey
+    from ropepatch.quality.evaluate import parse_alphas
+    from ropepatch.quality.passkey import format_passkey, passkey
 
     res = passkey(args.path, args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
                   depths=args.depths, trials=args.trials, seed=args.seed, n_threads=args.threads,
@@ -450,7 +455,7 @@ def cmd_passkey(args) -> int:
 
 
 def _positions(text: str) -> list[int]:
-    from .validate import parse_positions
+    from ropepatch.check.validate import parse_positions
 
     try:
         return parse_positions(text)
@@ -459,7 +464,7 @@ def _positions(text: str) -> list[int]:
 
 
 def cmd_revert(args) -> int:
-    from .gguf_patch import revert_gguf
+    from ropepatch.patch.gguf import revert_gguf
 
     if _is_hf(args.path):
         return _revert_hf(args)

@@ -35,8 +35,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import FormatError, RopepatchError, UsageError
-from .keys import LLAMA_ROPE_SCALING_TYPE
+from ropepatch.errors import FormatError, RopepatchError, UsageError
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE
 
 # ---- ggml.h (llama-cpp-python 0.3.36's vendored ggml) ---------------------------------------
 GGML_MAX_DIMS = 4

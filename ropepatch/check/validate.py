@@ -42,11 +42,12 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__
-from . import keys as K
-from .errors import RopepatchError, UnsupportedModelError, UsageError
-from .keys import RopeLayout, ScalingType, ValueType, k
-from .params import RopeParams
+from ropepatch.version import __version__
+from ropepatch.formats.gguf import keys as K
+from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
+from ropepatch.rope.params import RopeLayout, ScalingType
+from ropepatch.formats.gguf.keys import ValueType, k
+from ropepatch.rope.params import RopeParams
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 _LABEL = {"plan": "the recorded plan", "file": "the file", "expected": "the caller's expectation"}
@@ -244,7 +245,7 @@ def _mode_name(mode: int) -> str:
 
 def _weight_stats(path: str) -> tuple[int, set[int]]:
     """(number of weight elements, set of ggml tensor types) from the GGUF header."""
-    from .gguf_file import read_header  # noqa: PLC0415
+    from ropepatch.formats.gguf.header import read_header  # noqa: PLC0415
 
     h = read_header(path)
     n = 0
@@ -271,8 +272,8 @@ class _RuntimeInfo:
 
 def _runtime_info(path: str, keys: Sequence[str], gpu_layers: int) -> _RuntimeInfo:
     """Load the model in llama.cpp (no context) and read what the runtime took from the file."""
-    from .errors import FormatError  # noqa: PLC0415
-    from .probe import _lock, _llama, _quiet_llama_log  # noqa: PLC0415
+    from ropepatch.errors import FormatError  # noqa: PLC0415
+    from ropepatch.runtime.probe import _lock, _llama, _quiet_llama_log  # noqa: PLC0415
 
     with _lock, _quiet_llama_log(True):
         llama_cpp = _llama()
@@ -367,7 +368,7 @@ def _fmt_val(v) -> str:
 
 
 def _pair_mag_and_index(x: np.ndarray, n_dims: int, layout) -> tuple[np.ndarray, np.ndarray]:
-    from .rope_reference import pair_magnitude_and_index  # noqa: PLC0415
+    from ropepatch.check.rope_reference import pair_magnitude_and_index  # noqa: PLC0415
 
     return pair_magnitude_and_index(x, n_dims, layout)
 
@@ -378,7 +379,7 @@ def rotary_errors(cap, op: Mapping, f16: bool = False) -> dict:
     magnitude m(|x0|+|x1|), the worst error as a multiple of the tolerance (<= 1 passes,
     :data:`ROTARY_TOLERANCE`), the position of the worst element, and the max change of the
     pass-through dims (must be 0)."""
-    from .rope_reference import apply_rope_op, rope_angles, yarn_mscale  # noqa: PLC0415
+    from ropepatch.check.rope_reference import apply_rope_op, rope_angles, yarn_mscale  # noqa: PLC0415
 
     n = int(op["n_dims"])
     lay = RopeLayout.NEOX if int(op["mode"]) == 2 else RopeLayout.NORM
@@ -468,10 +469,10 @@ def validate(
     expect: overrides of the expected RopeParams fields (e.g. ``{"layout": "neox"}``,
         ``{"freq_base": 5e5}``): check the runtime against what you believe instead.
     """
-    from .gguf_patch import inspect_gguf  # noqa: PLC0415
-    from .methods import make_plan  # noqa: PLC0415
-    from .probe import gpu_available, probe  # noqa: PLC0415
-    from .rope_reference import ggml_rope_args  # noqa: PLC0415
+    from ropepatch.patch.gguf import inspect_gguf  # noqa: PLC0415
+    from ropepatch.rope.methods import make_plan  # noqa: PLC0415
+    from ropepatch.runtime.probe import gpu_available, probe  # noqa: PLC0415
+    from ropepatch.check.rope_reference import ggml_rope_args  # noqa: PLC0415
 
     t_start = time.perf_counter()
     path = str(path)
@@ -570,7 +571,7 @@ def validate(
         K.CONTEXT_LENGTH, K.ROPE_DIMENSION_COUNT, K.ROPE_FREQ_BASE, K.ROPE_SCALE_LINEAR, K.ROPE_SCALING_TYPE,
         K.ROPE_SCALING_FACTOR, K.ROPE_SCALING_ORIG_CTX, K.ROPE_SCALING_ATTN_FACTOR, K.ROPE_SCALING_FINETUNED,
     )]
-    from .gguf_file import read_header  # noqa: PLC0415
+    from ropepatch.formats.gguf.header import read_header  # noqa: PLC0415
 
     header = read_header(path)
     rp_keys = [kv.key for kv in header.kvs if kv.key.startswith(K.RP_PREFIX) and kv.type != ValueType.ARRAY
@@ -818,8 +819,8 @@ def _check_d(path, cur, expected_op, op_problem, L, ctx, gpu_layers, on_gpu, ref
         return _skip("d", name, f"model too large for the automatic reference forward ({n_weights / 1e6:.0f}M "
                                 f"weights x {n_tok} tokens = {cost:.2g} > {FORWARD_AUTO_BUDGET:.0e} multiply-adds); "
                                 f"force it with --reference-forward")
-    from .probe import probe  # noqa: PLC0415
-    from .reference_forward import compare_logits, forward, load_model  # noqa: PLC0415
+    from ropepatch.runtime.probe import probe  # noqa: PLC0415
+    from ropepatch.check.reference_forward import compare_logits, forward, load_model  # noqa: PLC0415
 
     t0 = time.perf_counter()
     start = max(0, ctx - n_tok)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import hf_keys as hk
-from .errors import UnsupportedModelError, UsageError
-from .gguf_patch import ModelInfo
-from .keys import ScalingType
-from .methods import make_plan
-from .params import RopeParams
+from ropepatch.formats.hf import keys as hk
+from ropepatch.errors import UnsupportedModelError, UsageError
+from ropepatch.patch.gguf import ModelInfo
+from ropepatch.rope.params import ScalingType
+from ropepatch.rope.methods import make_plan
+from ropepatch.rope.params import RopeParams
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class HFTranslation:
 def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None) -> HFTranslation:
     """The GGUF patch that applies ``config_path``'s rope settings to a model whose ORIGINAL
     GGUF settings are ``original``. ``ctx`` overrides the target context the config implies."""
-    from .hf_config import load_config, read_rope
+    from ropepatch.formats.hf.config import load_config, read_rope
 
     rope = read_rope(load_config(config_path))
     L, d, b = original.n_ctx_train, original.rope_dim, original.freq_base
@@ -75,7 +75,7 @@ def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None)
 
 def gguf_as_hf(info: ModelInfo) -> dict:
     """The Hugging Face config keys equivalent to a GGUF's current rope settings."""
-    from .hf_patch import plan_hf_snippets
+    from ropepatch.patch.hf import plan_hf_snippets
 
     prov, cur = info.provenance, info.current
     if prov is not None:

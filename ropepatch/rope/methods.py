@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import UnsupportedModelError, UsageError
-from .keys import ScalingType
-from .params import RopeParams
+from ropepatch.errors import UnsupportedModelError, UsageError
+from ropepatch.rope.params import ScalingType
+from ropepatch.rope.params import RopeParams
 
 
 # ---- formulas -----------------------------------------------------------------------------

@@ -1,10 +1,32 @@
-"""RopeParams: the one value that flows from reader to math to writer to verifier."""
+"""RopeParams: the one value that flows from reader to math to writer to verifier, and the
+enums it is made of (values are the on-disk / runtime values)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import Enum
 
-from .keys import RopeLayout, ScalingType
+
+class ScalingType(str, Enum):
+    """Values of ``{arch}.rope.scaling.type`` that llama.cpp accepts (any other aborts the load)."""
+
+    NONE = "none"
+    LINEAR = "linear"
+    YARN = "yarn"
+    LONGROPE = "longrope"
+
+
+class RopeLayout(str, Enum):
+    """How rotary pairs are formed: NORM pairs (2i, 2i+1); NEOX pairs (i, i + d/2)."""
+
+    NORM = "norm"
+    NEOX = "neox"
+    MROPE = "mrope"  # multi-section (vision-language), NEOX pairing
+    UNKNOWN = "unknown"
+
+
+# llama_rope_scaling_type in llama.h (the value llama-cpp-python's rope_scaling_type takes)
+LLAMA_ROPE_SCALING_TYPE = {"none": 0, "linear": 1, "yarn": 2, "longrope": 3}
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import UsageError
-from .keys import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType
-from .params import RopeParams
+from ropepatch.errors import UsageError
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType
+from ropepatch.rope.params import RopeParams
 
 # ggml's ROPE op "mode" values (ggml.h GGML_ROPE_TYPE_*): only these two are plain text RoPE.
 GGML_ROPE_TYPE_NORMAL = 0

@@ -58,11 +58,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from . import hf_keys as hk
-from .errors import FormatError, UnsupportedModelError
-from .keys import NO_ROPE_ARCHS, RopeLayout, ScalingType, rope_layout
-from .methods import Plan
-from .params import RopeParams
+from ropepatch.formats.hf import keys as hk
+from ropepatch.errors import FormatError, UnsupportedModelError
+from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
+from ropepatch.rope.params import RopeLayout, ScalingType
+from ropepatch.rope.methods import Plan
+from ropepatch.rope.params import RopeParams
 
 
 # ---- JSON documents -----------------------------------------------------------------------

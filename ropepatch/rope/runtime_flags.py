@@ -3,8 +3,8 @@ arguments, GGUF kv overrides and an Ollama Modelfile. Pure: no I/O."""
 
 from __future__ import annotations
 
-from .keys import LLAMA_ROPE_SCALING_TYPE, ScalingType
-from .methods import Plan
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, ScalingType
+from ropepatch.rope.methods import Plan
 
 
 def _f(x: float) -> str:

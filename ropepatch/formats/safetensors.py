@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from . import fileio
-from .errors import FormatError
-from .hf_keys import ST_HEADER_ALIGN, ST_HEADER_SLACK, ST_MAX_HEADER, ST_METADATA
+from ropepatch.safeio import files as fileio
+from ropepatch.errors import FormatError
+from ropepatch.formats.hf.keys import ST_HEADER_ALIGN, ST_HEADER_SLACK, ST_MAX_HEADER, ST_METADATA
 
 # element size in bits for every dtype the safetensors format defines
 DTYPE_BITS: Mapping[str, int] = MappingProxyType(

@@ -36,11 +36,11 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import FormatError, RopepatchError, UsageError
-from .keys import LLAMA_ROPE_SCALING_TYPE, ScalingType
-from .methods import METHODS, make_plan
-from .params import RopeParams
-from .runtime_flags import llama_cpp_python_kwargs
+from ropepatch.errors import FormatError, RopepatchError, UsageError
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, ScalingType
+from ropepatch.rope.methods import METHODS, make_plan
+from ropepatch.rope.params import RopeParams
+from ropepatch.rope.runtime_flags import llama_cpp_python_kwargs
 
 WINDOW = "window"  # the sliding-window baseline's method name
 DEFAULT_METHODS = ("none", "linear", "ntk", "dynamic", "yarn")
@@ -781,7 +781,7 @@ def score_method(model: Model, windows: Sequence[np.ndarray], spec: MethodSpec, 
 def extension_original(model_path: str, ctx: int, original: RopeParams | None = None) -> RopeParams:
     """The model's original RoPE parameters (read from the file unless given), after checking
     that ``ctx`` is a context past its training length: what eval, tune and passkey measure."""
-    from .gguf_patch import inspect_gguf  # noqa: PLC0415 - avoid an import cycle at load time
+    from ropepatch.patch.gguf import inspect_gguf  # noqa: PLC0415 - avoid an import cycle at load time
 
     if not isinstance(ctx, int) or ctx < 2:
         raise UsageError(f"--ctx: expected a number of tokens >= 2, found {ctx}")

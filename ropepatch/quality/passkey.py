@@ -31,12 +31,20 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import UsageError
-from .evaluate import (
-    WINDOW, MethodSpec, Model, Progress, ProgressFn, _Meter, _num, parse_methods,
-    extension_original, runtime_settings_for,
+from ropepatch.errors import UsageError
+from ropepatch.quality.evaluate import (
+    WINDOW,
+    MethodSpec,
+    Model,
+    Progress,
+    ProgressFn,
+    _Meter,
+    _num,
+    parse_methods,
+    extension_original,
+    runtime_settings_for,
 )
-from .params import RopeParams
+from ropepatch.rope.params import RopeParams
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
          "it. I will quiz you about the important information there.")

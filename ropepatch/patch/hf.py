@@ -68,10 +68,10 @@ import shutil
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping
 
-from . import fileio
-from . import hf_keys as hk
-from .errors import FormatError, NotPatchedError, RopepatchError, UsageError, WriteError
-from .hf_config import (
+from ropepatch.safeio import files as fileio
+from ropepatch.formats.hf import keys as hk
+from ropepatch.errors import FormatError, NotPatchedError, RopepatchError, UsageError, WriteError
+from ropepatch.formats.hf.config import (
     ConfigChange,
     ConfigDoc,
     HFRope,
@@ -84,9 +84,9 @@ from .hf_config import (
     rope_block,
     unscaled_params,
 )
-from .methods import DEFAULT_METHOD, Plan, make_plan
-from .params import RopeParams
-from .safetensors_file import (
+from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan
+from ropepatch.rope.params import RopeParams
+from ropepatch.formats.safetensors import (
     SafetensorsHeader,
     metadata_json,
     pad_header,
@@ -109,7 +109,7 @@ _OTHER_WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt", ".h5"
 def ropepatch_version() -> str:
     """The installed ropepatch version (``ropepatch.__version__``, else package metadata)."""
     try:
-        from . import __version__  # type: ignore[attr-defined]
+        from ropepatch.version import __version__
 
         return str(__version__)
     except ImportError:

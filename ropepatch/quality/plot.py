@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from .errors import RopepatchError, WriteError
+from ropepatch.errors import RopepatchError, WriteError
 
 Series = Sequence[tuple[int, int, float]]  # (start, end, ppl) per bin
 
@@ -71,7 +71,7 @@ def plot_result(result, out: str, *, bins: int | None = 64, title: str | None = 
                   for name, m in result["methods"].items()}
         return plot_series(series, out, n_ctx_train=result["n_ctx_train"], ctx=result["ctx"],
                            title=title or f"{result['model']}: perplexity by position, ctx {result['ctx']}")
-    from .evaluate import rebucket  # noqa: PLC0415
+    from ropepatch.quality.evaluate import rebucket  # noqa: PLC0415
 
     ctx = result.ctx
     series = {}

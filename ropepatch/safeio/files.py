@@ -25,7 +25,7 @@ import stat
 
 from typing import Iterator
 
-from .errors import WriteError
+from ropepatch.errors import WriteError
 
 _CHUNK = 1 << 28  # bytes per copy_file_range call
 

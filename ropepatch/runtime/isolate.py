@@ -1,0 +1,175 @@
+"""Run llama.cpp work in a child process, so a native crash becomes one line, not a dead CLI.
+
+:func:`run_isolated` starts ``python -m ropepatch.runtime.worker`` (which imports ``llama_cpp``
+before anything else: the load path that works on CUDA builds), sends it a :class:`Job` -- a
+function named ``"module:function"`` with its arguments -- and streams back what the function
+reports through its callback arguments (progress, finished checks, the current step) until it
+returns or raises. The parent never loads llama.cpp itself.
+
+If the child dies without an answer (SIGSEGV, SIGABRT, an OOM kill), :class:`RuntimeCrash` says
+which step, which file, which device and which signal, in one line; whatever the callbacks
+already received (e.g. validate's finished checks) is the caller's to report.
+
+Protocol (child -> parent, over an inherited pipe): pickled tuples ``("event", name, payload)``,
+then exactly one of ``("result", value)``, ``("error", (module, class, message))``,
+``("failure", "Type: message")``. Parent -> child: one pickled :class:`Job` on the child's stdin.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ropepatch.errors import RopepatchError
+
+STEP = "on_step"  # the callback name whose payload (a string) names the step now running
+_PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the ropepatch package
+
+
+class RuntimeCrash(RopepatchError):
+    """The llama.cpp runtime child died without an answer (a signal or an abrupt exit)."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the worker runs: ``target(*args, **kwargs)``, each kwarg in ``callbacks`` replaced by
+    a function that streams its argument back to the parent as an event of that name."""
+
+    target: str  # "package.module:function"
+    args: tuple = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    callbacks: tuple[str, ...] = ()
+
+
+@dataclass
+class Outcome:
+    """Bookkeeping of one isolated run (for the overhead figures and the crash message)."""
+
+    step: str = "starting the runtime"
+    events: int = 0
+    started: float = 0.0
+    first_event_s: float | None = None  # seconds from spawn to the child's first event
+
+
+def _signal_name(rc: int) -> str:
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
+def _crash_line(rc: int, file: str, device: str, step: str) -> str:
+    if rc < 0:
+        how = f"crashed with {_signal_name(rc)}"
+        if -rc == signal.SIGKILL:
+            how += " (killed: out of memory?)"
+    else:
+        how = f"exited with status {rc} without an answer"
+    return (f"{file}: the llama.cpp runtime {how} while {step} on {device}; the parent process is "
+            f"intact and wrote nothing; try --gpu-layers 0, or run the same command with "
+            f"ROPEPATCH_WORKER_LOG=1 to see llama.cpp's log")
+
+
+def _rebuild_error(payload) -> RopepatchError:
+    module, cls_name, message = payload
+    cls = RopepatchError
+    try:
+        import importlib  # noqa: PLC0415
+
+        found = getattr(importlib.import_module(module), cls_name)
+        if isinstance(found, type) and issubclass(found, RopepatchError):
+            cls = found
+    except Exception:  # noqa: BLE001 - fall back to the base class
+        pass
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    return err
+
+
+def _spawn(write_fd: int) -> subprocess.Popen:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH", "")) if p)
+    try:
+        out = sys.stderr.fileno()
+        os.fstat(out)
+    except (AttributeError, ValueError, OSError):
+        out = subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "ropepatch.runtime.worker", str(write_fd)],
+        stdin=subprocess.PIPE, stdout=out, stderr=None, pass_fds=(write_fd,), env=env,
+        close_fds=True,
+    )
+
+
+def run_isolated(job: Job, *, file: str, device: str = "cpu",
+                 callbacks: Mapping[str, Callable[[Any], None]] | None = None,
+                 outcome: Outcome | None = None) -> Any:
+    """Run ``job`` in a runtime worker; return its result or raise its :class:`RopepatchError`.
+
+    ``callbacks`` receive the events of the same names (every name in ``job.callbacks`` may have
+    one). ``file`` and ``device`` name the model and the device in a crash message."""
+    callbacks = dict(callbacks or {})
+    outcome = outcome if outcome is not None else Outcome()
+    outcome.started = time.perf_counter()
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = _spawn(write_fd)
+    except OSError as exc:
+        os.close(read_fd)
+        raise RopepatchError(f"{file}: cannot start the runtime worker ({exc.strerror or exc})") from None
+    finally:
+        os.close(write_fd)
+    try:
+        try:
+            pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the child died at once: reported below from its exit status
+        with os.fdopen(read_fd, "rb") as stream:
+            return _receive(stream, proc, callbacks, outcome, file, device)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        raise
+
+
+def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str) -> Any:
+    while True:
+        try:
+            msg = pickle.load(stream)
+        except EOFError:
+            break
+        except Exception as exc:  # noqa: BLE001 - a torn frame: the child died mid-write
+            if proc.wait() != 0:
+                break
+            raise RopepatchError(f"{file}: garbled answer from the runtime worker ({exc})") from None
+        kind = msg[0]
+        if kind == "event":
+            _, name, payload = msg
+            outcome.events += 1
+            if outcome.first_event_s is None:
+                outcome.first_event_s = time.perf_counter() - outcome.started
+            if name == STEP:
+                outcome.step = str(payload)
+            cb = callbacks.get(name)
+            if cb is not None:
+                cb(payload)
+            continue
+        proc.wait()
+        if kind == "result":
+            return msg[1]
+        if kind == "error":
+            raise _rebuild_error(msg[1])
+        raise RopepatchError(f"{file}: the runtime worker failed while {outcome.step}: {msg[1]}")
+    rc = proc.wait()
+    raise RuntimeCrash(_crash_line(rc, file, device, outcome.step))
