@@ -42,11 +42,6 @@ def dynamic_ntk_base(base: float, rope_dim: int, alpha: float, length: int, orig
     return base * ((alpha * length / orig_ctx) - (alpha - 1)) ** ntk_exponent(rope_dim)
 
 
-def inv_freqs(base: float, rope_dim: int) -> list[float]:
-    """theta_i = b^(-2i/d) for i = 0 .. d/2-1 (the per-pair rotation speeds)."""
-    return [base ** (-2.0 * i / rope_dim) for i in range(rope_dim // 2)]
-
-
 def yarn_mscale(factor: float, attn_factor: float = 1.0) -> float:
     """YaRN's attention temperature: attn_factor * (1 + 0.1 ln s) for s > 1."""
     if factor <= 1.0:
@@ -58,8 +53,18 @@ def yarn_mscale(factor: float, attn_factor: float = 1.0) -> float:
 
 
 @dataclass(frozen=True)
+class HFSpelling:
+    """How a method is written into a Hugging Face config (transformers' rope block)."""
+
+    rope_type: str | None  # rope_scaling.rope_type; None = no scaling block (plain default rope)
+    theta_from_target: bool = False  # rope_theta becomes the planned base (ntk)
+    max_pos_is_target: bool = True  # max_position_embeddings = N (else it stays L)
+    writes_orig_max_pos: bool = False  # original_max_position_embeddings = L (yarn)
+
+
+@dataclass(frozen=True)
 class Method:
-    """One context-extension method."""
+    """One context-extension method: everything about it that is not per-format I/O."""
 
     name: str
     summary: str
@@ -67,10 +72,30 @@ class Method:
     alpha_help: str
     writes: str  # the GGUF fields this method writes, for help text and docs
     _apply: Callable[[RopeParams, int, float], RopeParams]
+    hf: HFSpelling = HFSpelling(None)
+    takes_alpha: bool = True  # False: alpha is meaningless (none)
+    # notes shown after planning/patching, str.format()-ed with :func:`note_values` of the plan
+    gguf_note: str = ""  # the GGUF file / llama.cpp
+    hf_note: str = ""  # the HF config / transformers / vLLM, after patching
+    hf_plan_note: str = ""  # the same, for ``plan`` on an HF model
 
     def apply(self, orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
         """Parameters to write for target context ``ctx`` given the ORIGINAL params."""
         return self._apply(orig, ctx, alpha)
+
+
+def note_values(plan: "Plan") -> dict:
+    """The fields a method's note templates may use."""
+    L = plan.original.n_ctx_train
+    return {"ctx": plan.ctx, "L": L, "alpha": plan.alpha, "base": plan.target.freq_base,
+            "orig_base": plan.original.freq_base, "runtime_len": int(L * plan.alpha)}
+
+
+def method_note(plan: "Plan", which: str) -> str:
+    """The method's ``which`` note (``"gguf_note"``, ``"hf_note"``, ``"hf_plan_note"``) for
+    ``plan``, filled in; "" when the method has none."""
+    template = getattr(get_method(plan.method), which)
+    return template.format(**note_values(plan)) if template else ""
 
 
 def _unscaled(orig: RopeParams, ctx: int) -> RopeParams:
@@ -116,6 +141,8 @@ METHODS: dict[str, Method] = {
             "alpha: the scale s in b' = b * s^(d/(d-2)); default N/L (often best set above N/L)",
             "rope.freq_base, context_length",
             _ntk,
+            hf=HFSpelling(None, theta_from_target=True),
+            hf_note="ntk: rope_theta {orig_base:g} -> {base:.6g}, max_position_embeddings {L} -> {ctx}",
         ),
         Method(
             "dynamic",
@@ -125,6 +152,16 @@ METHODS: dict[str, Method] = {
             "alpha: the factor a in b * ((a*N/L) - (a-1))^(d/(d-2)); default N/L (HF's rope_scaling.factor)",
             "rope.freq_base, context_length (llama.cpp has no dynamic mode: the base is used at every length)",
             _dynamic,
+            hf=HFSpelling("dynamic", max_pos_is_target=False),
+            gguf_note="dynamic: llama.cpp has no dynamic NTK mode; the file gets the base dynamic NTK would "
+            "use at {ctx} tokens ({base:.6g}), and the runtime will use it at EVERY length, short "
+            "prompts included",
+            hf_note="dynamic: max_position_embeddings stays at the original {L}; transformers raises the "
+            "base only for sequences longer than that and does not re-rotate cached keys "
+            "(transformers #25104); vLLM applies it statically for {runtime_len} tokens",
+            hf_plan_note="transformers rescales the base only for sequences longer than "
+            "max_position_embeddings ({L}) and does not re-rotate cached keys; vLLM computes it "
+            "once, statically, for {runtime_len} tokens",
         ),
         Method(
             "linear",
@@ -134,6 +171,9 @@ METHODS: dict[str, Method] = {
             "alpha: the factor s (positions m -> m/s); default N/L",
             "rope.scaling.type=linear, rope.scaling.factor, context_length",
             _linear,
+            hf=HFSpelling("linear", max_pos_is_target=False),
+            hf_note="linear: max_position_embeddings stays at {L}; runtimes scale positions by "
+            "1/{alpha:g} (vLLM allows {runtime_len} tokens)",
         ),
         Method(
             "yarn",
@@ -143,6 +183,8 @@ METHODS: dict[str, Method] = {
             "alpha: the factor s; default N/L",
             "rope.scaling.type=yarn, rope.scaling.factor, rope.scaling.original_context_length, context_length",
             _yarn,
+            hf=HFSpelling("yarn", writes_orig_max_pos=True),
+            hf_plan_note="attention factor defaults to 0.1*ln(factor)+1 (not written)",
         ),
         Method(
             "none",
@@ -151,6 +193,7 @@ METHODS: dict[str, Method] = {
             "unused",
             "context_length",
             _none,
+            takes_alpha=False,
         ),
     )
 }
