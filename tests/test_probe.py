@@ -39,7 +39,7 @@ from ropepatch.rope.arch import rope_layout
 from ropepatch.rope.params import RopeParams  # noqa: E402
 from ropepatch.runtime.probe import ProbeResult, RopeOpParams, gpu_available, probe  # noqa: E402
 from ropepatch.check.rope_reference import (
-    # noqa: E402     apply_rope_op,
+    apply_rope_op,
     ggml_rope_args,
     pair_indices,
     rope_angles,
