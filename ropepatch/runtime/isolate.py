@@ -67,7 +67,7 @@ def _signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
-def _crash_line(rc: int, file: str, device: str, step: str) -> str:
+def crash_line(rc: int, file: str, device: str, step: str) -> str:
     if rc < 0:
         how = f"crashed with {_signal_name(rc)}"
         if -rc == signal.SIGKILL:
@@ -172,4 +172,4 @@ def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str) 
             raise _rebuild_error(msg[1])
         raise RopepatchError(f"{file}: the runtime worker failed while {outcome.step}: {msg[1]}")
     rc = proc.wait()
-    raise RuntimeCrash(_crash_line(rc, file, device, outcome.step))
+    raise RuntimeCrash(crash_line(rc, file, device, outcome.step))

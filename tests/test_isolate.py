@@ -1,0 +1,103 @@
+"""The runtime worker (ropepatch.runtime.isolate / worker): results, events, errors and native
+crashes of a real child process. The crashes are real signals: ROPEPATCH_WORKER_CRASH makes the
+worker send itself the signal after its Nth event."""
+
+from __future__ import annotations
+
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ropepatch.errors import RopepatchError, UsageError
+from ropepatch.runtime.isolate import Job, Outcome, RuntimeCrash, run_isolated
+
+FIXTURE = str(Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llama-f32.gguf")
+
+TARGETS = '''
+import sys
+
+def steps(n, on_step=None, progress=None):
+    for i in range(n):
+        on_step(f"step {i}")
+        progress(i)
+    return {"done": n, "first_modules": FIRST}
+
+def fails():
+    raise ValueError("bad value")
+
+FIRST = [m for m in ("llama_cpp", "numpy", "hashlib") if m in sys.modules]
+'''
+
+
+@pytest.fixture
+def targets(tmp_path, monkeypatch):
+    """A module the worker can import (put on its PYTHONPATH)."""
+    (tmp_path / "rp_worker_targets.py").write_text(textwrap.dedent(TARGETS))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.delenv("ROPEPATCH_WORKER_CRASH", raising=False)
+    return "rp_worker_targets"
+
+
+def test_result_and_events_stream_back_in_order(targets):
+    seen, steps, out = [], [], Outcome()
+    res = run_isolated(Job(f"{targets}:steps", (3,), callbacks=("on_step", "progress")),
+                       file="m.gguf", callbacks={"progress": seen.append, "on_step": steps.append},
+                       outcome=out)
+    assert res["done"] == 3
+    assert seen == [0, 1, 2] and steps == ["step 0", "step 1", "step 2"]
+    assert out.events == 6 and out.step == "step 2"
+
+
+def test_worker_imports_llama_cpp_before_anything_else(targets):
+    pytest.importorskip("llama_cpp")
+    res = run_isolated(Job(f"{targets}:steps", (0,), callbacks=("on_step", "progress")), file="m.gguf")
+    # the worker imported llama_cpp first; numpy came in with it (llama_cpp imports numpy)
+    assert "llama_cpp" in res["first_modules"]
+
+
+def test_ropepatch_error_keeps_its_class_and_line():
+    with pytest.raises(UsageError) as e:
+        run_isolated(Job("ropepatch.runtime.binding:gpu_layers", (-5,)), file="m.gguf")
+    assert str(e.value) == "--gpu-layers must be -1 (all) or >= 0, found -5"
+
+
+def test_other_exception_is_one_line(targets):
+    with pytest.raises(RopepatchError) as e:
+        run_isolated(Job(f"{targets}:fails"), file="m.gguf")
+    assert "\n" not in str(e.value)
+    assert str(e.value).endswith("ValueError: bad value")
+
+
+@pytest.mark.parametrize("sig, after", [("SEGV", 0), ("SEGV", 3), ("ABRT", 2), ("KILL", 1)])
+def test_native_crash_is_one_line_naming_signal_step_file_device(targets, monkeypatch, sig, after):
+    monkeypatch.setenv("ROPEPATCH_WORKER_CRASH", f"{sig}:{after}")
+    seen = []
+    with pytest.raises(RuntimeCrash) as e:
+        run_isolated(Job(f"{targets}:steps", (5,), callbacks=("on_step", "progress")),
+                     file="model.gguf", device="gpu (n_gpu_layers=-1)", callbacks={"progress": seen.append})
+    msg = str(e.value)
+    assert "\n" not in msg and e.value.exit_code == 1
+    assert msg.startswith("model.gguf: the llama.cpp runtime crashed with SIG" + sig)
+    assert "on gpu (n_gpu_layers=-1)" in msg
+    step = "starting the runtime" if after == 0 else f"step {(after - 1) // 2}"
+    assert f"while {step} on" in msg
+    assert seen == list(range(after // 2))  # the events before the crash were delivered
+    if sig == "KILL":
+        assert "out of memory?" in msg
+
+
+def test_real_model_load_in_the_worker():
+    pytest.importorskip("llama_cpp")
+    res = run_isolated(Job("ropepatch.runtime.probe:probe", (FIXTURE, [1, 2, 3], 200),
+                           {"layers": (0,), "logits": False}), file=FIXTURE)
+    assert res.positions.tolist() == [200, 201, 202]
+    assert res.rope("Kcur-0").op.n_ctx_orig == 128
+
+
+def test_signal_names_cover_the_crashes_we_report():
+    from ropepatch.runtime.isolate import crash_line
+
+    assert "SIGSEGV" in crash_line(-signal.SIGSEGV, "f", "cpu", "x")
+    assert "exited with status 3" in crash_line(3, "f", "cpu", "x")
