@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 from ropepatch.patch import gguf as gp  # noqa: E402
 from ropepatch.errors import RopepatchError  # noqa: E402
 from ropepatch.formats.gguf.header import GGUFHeader, make_kv, parse_header, read_header, serialize_header  # noqa: E402
+from ropepatch.formats.gguf.params import params_from_kvs, params_to_kvs  # noqa: E402
 from ropepatch.formats.gguf.keys import ValueType as T  # noqa: E402
 from ropepatch.rope.methods import METHODS, make_plan  # noqa: E402
 
@@ -805,9 +806,9 @@ def legacy_patched(data: bytes, ctx=512, method="yarn") -> bytes:
 
     h = parse_header(data, "legacy", len(data))
     arch = h.get("general.architecture")
-    info_orig = gp.rope_params_from_kvs({kv.key: kv for kv in h.kvs}, [t.name for t in h.tensors], "legacy")
+    info_orig = params_from_kvs({kv.key: kv for kv in h.kvs}, [t.name for t in h.tensors], "legacy")
     plan = make_plan(info_orig, ctx, method)
-    new_kvs = gp._apply_desired(list(h.kvs), gp._desired(plan, arch))
+    new_kvs = gp._apply_desired(list(h.kvs), params_to_kvs(plan))
     record = json.dumps(gp._make_record(h, arch), sort_keys=True, separators=(",", ":"))
     rp = [make_kv(K.RP_VERSION, T.STRING, ropepatch.__version__), make_kv(K.RP_METHOD, T.STRING, method),
           make_kv(K.RP_CTX, T.UINT32, ctx), make_kv(K.RP_ALPHA, T.FLOAT64, float(plan.alpha)),

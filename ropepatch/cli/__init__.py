@@ -43,7 +43,7 @@ def params_dict(p: RopeParams) -> dict:
 
 
 def plan_dict(plan: Plan) -> dict:
-    from ropepatch.rope.runtime_flags import runtime_settings
+    from ropepatch.formats.gguf.params import runtime_settings
 
     return {
         "method": plan.method,
@@ -219,12 +219,8 @@ def _plan_hf(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from ropepatch.rope.runtime_flags import (
-        llama_cpp_flags,
-        llama_cpp_python_kwargs,
-        ollama_modelfile,
-        override_kv_flags,
-    )
+    from ropepatch.formats.gguf.params import override_kv_flags
+    from ropepatch.rope.runtime_flags import llama_cpp_flags, llama_cpp_python_kwargs, ollama_modelfile
 
     if args.path and _is_hf(args.path):
         return _plan_hf(args)

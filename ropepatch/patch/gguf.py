@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 
 from ropepatch.version import __version__
@@ -41,7 +40,6 @@ from ropepatch.errors import (
     RopepatchError,
     FormatError,
     NotPatchedError,
-    UnsupportedModelError,
     UsageError,
     WriteError,
 )
@@ -57,8 +55,7 @@ from ropepatch.formats.gguf.header import (
     read_header,
     serialize_header,
 )
-from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
-from ropepatch.rope.params import RopeLayout, ScalingType
+from ropepatch.formats.gguf.params import params_from_kvs, params_to_kvs
 from ropepatch.formats.gguf.keys import ValueType, k
 from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan
 from ropepatch.rope.params import RopeParams
@@ -70,119 +67,6 @@ _F32_MAX = 3.4028234663852886e38
 PAGE = 4096  # the re-patchable tail of the header starts on a page boundary
 RP_UNSET = "ropepatch.unset."  # + a TOUCHED_KEYS template minus "{arch}.": slot of an absent key
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
-_FREQ_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
-
-
-# ---- reading RoPE parameters ----------------------------------------------------------------
-
-
-def _int_value(kv: KV, path: str) -> int:
-    """An integer key's value; for per-layer arrays, the first layer's (as llama.cpp's n_head())."""
-    if isinstance(kv.value, ArrayValue):
-        if kv.value.count == 0 or kv.value.elem_type not in (ValueType.UINT32, ValueType.INT32):
-            raise FormatError(f"{path}: key {kv.key!r} is an empty or non-integer array")
-        (v,) = struct.unpack_from("<I" if kv.value.elem_type == ValueType.UINT32 else "<i",
-                                  kv.value_raw, 12)
-        return v
-    if isinstance(kv.value, bool) or not isinstance(kv.value, int):
-        raise FormatError(f"{path}: key {kv.key!r}: expected an integer, found {kv.type.name} {kv.value!r}")
-    return kv.value
-
-
-def _typed(kvs: dict[str, KV], key: str, t: ValueType, path: str):
-    kv = kvs.get(key)
-    if kv is None:
-        return None
-    if kv.type != t:
-        raise FormatError(
-            f"{path}: key {key!r}: expected type {t.name} (llama.cpp requires it), found "
-            f"{kv.type.name}; fix the key with gguf-set-metadata or re-convert the model"
-        )
-    return kv.value
-
-
-def rope_params_from_kvs(kvs: dict[str, KV], tensor_names, path: str) -> RopeParams:
-    """The RoPE parameters llama.cpp would read from these metadata entries."""
-    arch = _typed(kvs, K.GENERAL_ARCHITECTURE, ValueType.STRING, path)
-    if arch is None:
-        raise FormatError(
-            f"{path}: missing key {K.GENERAL_ARCHITECTURE!r}; not a model file (for split models "
-            f"pass the first split, *-00001-of-*.gguf)"
-        )
-    if arch in NO_ROPE_ARCHS:
-        raise UnsupportedModelError(
-            f"{path}: architecture {arch!r} does not use rotary position embeddings; there is "
-            f"nothing for ropepatch to scale"
-        )
-    layout = rope_layout(arch)
-    if layout == RopeLayout.UNKNOWN and not any(key.startswith(f"{arch}.rope.") for key in kvs):
-        raise UnsupportedModelError(
-            f"{path}: architecture {arch!r} is not a known RoPE architecture and has no "
-            f"{arch}.rope.* keys; ropepatch cannot tell how it positions tokens"
-        )
-    ctx_kv = kvs.get(k(K.CONTEXT_LENGTH, arch))
-    if ctx_kv is None:
-        raise FormatError(f"{path}: missing key {k(K.CONTEXT_LENGTH, arch)!r} (the training context)")
-    n_ctx = _int_value(ctx_kv, path)
-    if n_ctx <= 0:
-        raise FormatError(f"{path}: key {k(K.CONTEXT_LENGTH, arch)!r}: expected a positive training context, found {n_ctx}")
-
-    # head dim exactly as llama.cpp's loader derives n_embd_head_k
-    head_dim = None
-    if k(K.KEY_LENGTH, arch) in kvs:
-        head_dim = _int_value(kvs[k(K.KEY_LENGTH, arch)], path)
-    elif k(K.EMBEDDING_LENGTH, arch) in kvs and k(K.HEAD_COUNT, arch) in kvs:
-        n_embd = _int_value(kvs[k(K.EMBEDDING_LENGTH, arch)], path)
-        n_head = _int_value(kvs[k(K.HEAD_COUNT, arch)], path)
-        if n_head > 0:
-            head_dim = n_embd // n_head
-    rope_dim_kv = kvs.get(k(K.ROPE_DIMENSION_COUNT, arch))
-    rope_dim = _int_value(rope_dim_kv, path) if rope_dim_kv else head_dim
-    if rope_dim is None:
-        raise FormatError(
-            f"{path}: cannot find the rotary dimension count: {k(K.ROPE_DIMENSION_COUNT, arch)!r} "
-            f"is missing and so are {k(K.KEY_LENGTH, arch)!r} and "
-            f"{k(K.EMBEDDING_LENGTH, arch)!r}/{k(K.HEAD_COUNT, arch)!r}"
-        )
-    if rope_dim <= 2 or rope_dim % 2 or (head_dim and rope_dim > head_dim):
-        raise FormatError(
-            f"{path}: key {k(K.ROPE_DIMENSION_COUNT, arch)!r}: expected an even number of rotary "
-            f"dims > 2 and <= the head dim ({head_dim}), found {rope_dim}"
-        )
-
-    base = _typed(kvs, k(K.ROPE_FREQ_BASE, arch), ValueType.FLOAT32, path)
-    base = 10000.0 if base is None else base
-    if not (base > 1.0 and base < float("inf")):
-        raise FormatError(f"{path}: key {k(K.ROPE_FREQ_BASE, arch)!r}: expected a finite base > 1, found {base}")
-    stype = _typed(kvs, k(K.ROPE_SCALING_TYPE, arch), ValueType.STRING, path)
-    factor = _typed(kvs, k(K.ROPE_SCALING_FACTOR, arch), ValueType.FLOAT32, path)
-    if factor is None:
-        factor = _typed(kvs, k(K.ROPE_SCALE_LINEAR, arch), ValueType.FLOAT32, path) or 0.0
-    try:
-        scaling = ScalingType(stype if stype is not None else "linear")
-    except ValueError:
-        raise FormatError(
-            f"{path}: key {k(K.ROPE_SCALING_TYPE, arch)!r}: expected one of none, linear, yarn, "
-            f"longrope, found {stype!r} (llama.cpp aborts on it); run 'ropepatch revert' or fix the key"
-        ) from None
-    if stype is None and factor in (0.0, 1.0):
-        scaling = ScalingType.NONE
-    orig_ctx_kv = kvs.get(k(K.ROPE_SCALING_ORIG_CTX, arch))
-    orig_ctx = _int_value(orig_ctx_kv, path) if orig_ctx_kv else 0
-    attn = _typed(kvs, k(K.ROPE_SCALING_ATTN_FACTOR, arch), ValueType.FLOAT32, path)
-    return RopeParams(
-        arch=arch,
-        n_ctx_train=n_ctx,
-        rope_dim=rope_dim,
-        head_dim=head_dim or rope_dim,
-        freq_base=float(base),
-        scaling_type=scaling,
-        scaling_factor=float(factor),
-        orig_ctx=orig_ctx,
-        attn_factor=1.0 if attn is None else float(attn),
-        layout=layout,
-        has_freq_factors=any(n in _FREQ_FACTOR_TENSORS for n in tensor_names),
-    )
 
 
 # ---- provenance -----------------------------------------------------------------------------
@@ -347,9 +231,9 @@ def _load(path: str) -> tuple[GGUFHeader, Provenance | None, RopeParams, RopePar
     h = read_header(path)
     prov = _provenance(h)
     names = [t.name for t in h.tensors]
-    current = rope_params_from_kvs({kv.key: kv for kv in h.kvs}, names, path)
+    current = params_from_kvs({kv.key: kv for kv in h.kvs}, names, path)
     orig_kvs = _original_kvs(h, prov)
-    original = rope_params_from_kvs({kv.key: kv for kv in orig_kvs}, names, path)
+    original = params_from_kvs({kv.key: kv for kv in orig_kvs}, names, path)
     return h, prov, current, original
 
 
@@ -390,25 +274,6 @@ class PatchResult:
     changes: tuple[Change, ...]
     warnings: tuple[str, ...] = field(default=())
     bytes_written: int = 0
-
-
-def _desired(plan: Plan, arch: str) -> dict[str, tuple[ValueType, object]]:
-    """Key -> (type, value) for every touched key whose value the plan sets; the other touched
-    keys keep their original state (value or absence)."""
-    o, t = plan.original, plan.target
-    want: dict[str, tuple[ValueType, object]] = {
-        k(K.CONTEXT_LENGTH, arch): (ValueType.UINT32, t.n_ctx_train)
-    }
-    if t.freq_base != o.freq_base:
-        want[k(K.ROPE_FREQ_BASE, arch)] = (ValueType.FLOAT32, t.freq_base)
-    if t.scaling_type != ScalingType.NONE:
-        want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, t.scaling_type.value)
-        want[k(K.ROPE_SCALING_FACTOR, arch)] = (ValueType.FLOAT32, t.scaling_factor)
-    elif o.scaling_type != ScalingType.NONE:  # --replace-scaling of an existing scaling
-        want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, ScalingType.NONE.value)
-    if t.orig_ctx:
-        want[k(K.ROPE_SCALING_ORIG_CTX, arch)] = (ValueType.UINT32, t.orig_ctx)
-    return want
 
 
 def _apply_desired(kvs: list[KV], want) -> list[KV]:
@@ -556,7 +421,7 @@ def patch_gguf(
             f"use at {ctx} tokens ({plan.target.freq_base:.6g}), and the runtime will use it at "
             f"EVERY length, short prompts included"
         )
-    want = _desired(plan, arch)
+    want = params_to_kvs(plan)
     base_kvs = _original_kvs(h, prov)
     new_kvs = _apply_desired(base_kvs, want)
 

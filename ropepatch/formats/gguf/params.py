@@ -1,0 +1,214 @@
+"""THE one mapping between GGUF metadata entries and :class:`RopeParams`.
+
+* :func:`params_from_kvs` - the RoPE parameters llama.cpp would read from a file's entries.
+* :func:`params_to_kvs` - the entries (key -> (type, value)) that make a file carry a plan's
+  target; a patch writes exactly these.
+* :func:`kv_overrides`, :func:`override_kv_flags`, :func:`runtime_settings` - the same entries
+  as llama.cpp kv overrides for the UNPATCHED file, derived from :func:`params_to_kvs` so the
+  key <-> field mapping is written once. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ropepatch.errors import FormatError, UnsupportedModelError
+from ropepatch.formats.gguf import keys as K
+from ropepatch.formats.gguf.header import KV, ArrayValue
+from ropepatch.formats.gguf.keys import ValueType, k
+from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
+from ropepatch.rope.methods import Plan
+from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
+from ropepatch.rope.runtime_flags import llama_cpp_flags, llama_cpp_python_kwargs, ollama_modelfile
+
+FREQ_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+
+def _int_value(kv: KV, path: str) -> int:
+    """An integer key's value; for per-layer arrays, the first layer's (as llama.cpp's n_head())."""
+    if isinstance(kv.value, ArrayValue):
+        if kv.value.count == 0 or kv.value.elem_type not in (ValueType.UINT32, ValueType.INT32):
+            raise FormatError(f"{path}: key {kv.key!r} is an empty or non-integer array")
+        (v,) = struct.unpack_from("<I" if kv.value.elem_type == ValueType.UINT32 else "<i",
+                                  kv.value_raw, 12)
+        return v
+    if isinstance(kv.value, bool) or not isinstance(kv.value, int):
+        raise FormatError(f"{path}: key {kv.key!r}: expected an integer, found {kv.type.name} {kv.value!r}")
+    return kv.value
+
+
+def _typed(kvs: dict[str, KV], key: str, t: ValueType, path: str):
+    kv = kvs.get(key)
+    if kv is None:
+        return None
+    if kv.type != t:
+        raise FormatError(
+            f"{path}: key {key!r}: expected type {t.name} (llama.cpp requires it), found "
+            f"{kv.type.name}; fix the key with gguf-set-metadata or re-convert the model"
+        )
+    return kv.value
+
+
+def _arch(kvs: dict[str, KV], path: str) -> tuple[str, RopeLayout]:
+    """The architecture name and its rotary layout; refuses files ropepatch cannot scale."""
+    arch = _typed(kvs, K.GENERAL_ARCHITECTURE, ValueType.STRING, path)
+    if arch is None:
+        raise FormatError(
+            f"{path}: missing key {K.GENERAL_ARCHITECTURE!r}; not a model file (for split models "
+            f"pass the first split, *-00001-of-*.gguf)"
+        )
+    if arch in NO_ROPE_ARCHS:
+        raise UnsupportedModelError(
+            f"{path}: architecture {arch!r} does not use rotary position embeddings; there is "
+            f"nothing for ropepatch to scale"
+        )
+    layout = rope_layout(arch)
+    if layout == RopeLayout.UNKNOWN and not any(key.startswith(f"{arch}.rope.") for key in kvs):
+        raise UnsupportedModelError(
+            f"{path}: architecture {arch!r} is not a known RoPE architecture and has no "
+            f"{arch}.rope.* keys; ropepatch cannot tell how it positions tokens"
+        )
+    return arch, layout
+
+
+def _train_ctx(kvs: dict[str, KV], arch: str, path: str) -> int:
+    ctx_kv = kvs.get(k(K.CONTEXT_LENGTH, arch))
+    if ctx_kv is None:
+        raise FormatError(f"{path}: missing key {k(K.CONTEXT_LENGTH, arch)!r} (the training context)")
+    n_ctx = _int_value(ctx_kv, path)
+    if n_ctx <= 0:
+        raise FormatError(f"{path}: key {k(K.CONTEXT_LENGTH, arch)!r}: expected a positive training context, found {n_ctx}")
+    return n_ctx
+
+
+def _dims(kvs: dict[str, KV], arch: str, path: str) -> tuple[int, int | None]:
+    """(rotary dims, head dim); the head dim exactly as llama.cpp's loader derives n_embd_head_k."""
+    head_dim = None
+    if k(K.KEY_LENGTH, arch) in kvs:
+        head_dim = _int_value(kvs[k(K.KEY_LENGTH, arch)], path)
+    elif k(K.EMBEDDING_LENGTH, arch) in kvs and k(K.HEAD_COUNT, arch) in kvs:
+        n_embd = _int_value(kvs[k(K.EMBEDDING_LENGTH, arch)], path)
+        n_head = _int_value(kvs[k(K.HEAD_COUNT, arch)], path)
+        if n_head > 0:
+            head_dim = n_embd // n_head
+    rope_dim_kv = kvs.get(k(K.ROPE_DIMENSION_COUNT, arch))
+    rope_dim = _int_value(rope_dim_kv, path) if rope_dim_kv else head_dim
+    if rope_dim is None:
+        raise FormatError(
+            f"{path}: cannot find the rotary dimension count: {k(K.ROPE_DIMENSION_COUNT, arch)!r} "
+            f"is missing and so are {k(K.KEY_LENGTH, arch)!r} and "
+            f"{k(K.EMBEDDING_LENGTH, arch)!r}/{k(K.HEAD_COUNT, arch)!r}"
+        )
+    if rope_dim <= 2 or rope_dim % 2 or (head_dim and rope_dim > head_dim):
+        raise FormatError(
+            f"{path}: key {k(K.ROPE_DIMENSION_COUNT, arch)!r}: expected an even number of rotary "
+            f"dims > 2 and <= the head dim ({head_dim}), found {rope_dim}"
+        )
+    return rope_dim, head_dim
+
+
+def _scaling(kvs: dict[str, KV], arch: str, path: str) -> tuple[ScalingType, float]:
+    """(scaling type, factor) as llama.cpp reads them (legacy scale_linear as the fallback)."""
+    stype = _typed(kvs, k(K.ROPE_SCALING_TYPE, arch), ValueType.STRING, path)
+    factor = _typed(kvs, k(K.ROPE_SCALING_FACTOR, arch), ValueType.FLOAT32, path)
+    if factor is None:
+        factor = _typed(kvs, k(K.ROPE_SCALE_LINEAR, arch), ValueType.FLOAT32, path) or 0.0
+    try:
+        scaling = ScalingType(stype if stype is not None else "linear")
+    except ValueError:
+        raise FormatError(
+            f"{path}: key {k(K.ROPE_SCALING_TYPE, arch)!r}: expected one of none, linear, yarn, "
+            f"longrope, found {stype!r} (llama.cpp aborts on it); run 'ropepatch revert' or fix the key"
+        ) from None
+    if stype is None and factor in (0.0, 1.0):
+        scaling = ScalingType.NONE
+    return scaling, float(factor)
+
+
+def params_from_kvs(kvs: dict[str, KV], tensor_names, path: str) -> RopeParams:
+    """The RoPE parameters llama.cpp would read from these metadata entries (``kvs``: key ->
+    entry; ``tensor_names`` tell whether per-pair frequency factors ship with the model).
+    Raises FormatError / UnsupportedModelError (one line, starting with ``path``)."""
+    arch, layout = _arch(kvs, path)
+    n_ctx = _train_ctx(kvs, arch, path)
+    rope_dim, head_dim = _dims(kvs, arch, path)
+    base = _typed(kvs, k(K.ROPE_FREQ_BASE, arch), ValueType.FLOAT32, path)
+    base = 10000.0 if base is None else base
+    if not (base > 1.0 and base < float("inf")):
+        raise FormatError(f"{path}: key {k(K.ROPE_FREQ_BASE, arch)!r}: expected a finite base > 1, found {base}")
+    scaling, factor = _scaling(kvs, arch, path)
+    orig_ctx_kv = kvs.get(k(K.ROPE_SCALING_ORIG_CTX, arch))
+    orig_ctx = _int_value(orig_ctx_kv, path) if orig_ctx_kv else 0
+    attn = _typed(kvs, k(K.ROPE_SCALING_ATTN_FACTOR, arch), ValueType.FLOAT32, path)
+    return RopeParams(
+        arch=arch,
+        n_ctx_train=n_ctx,
+        rope_dim=rope_dim,
+        head_dim=head_dim or rope_dim,
+        freq_base=float(base),
+        scaling_type=scaling,
+        scaling_factor=factor,
+        orig_ctx=orig_ctx,
+        attn_factor=1.0 if attn is None else float(attn),
+        layout=layout,
+        has_freq_factors=any(n in FREQ_FACTOR_TENSORS for n in tensor_names),
+    )
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+
+def params_to_kvs(plan: Plan, *, reset_scaling: bool = True) -> dict[str, tuple[ValueType, object]]:
+    """Key -> (type, value) for every touched key (:data:`keys.TOUCHED_KEYS`) whose value the
+    plan sets, in a fixed order; the other touched keys keep their original state (value or
+    absence). ``reset_scaling``: when the plan drops a scaling the original had
+    (--replace-scaling), include ``scaling.type = none``."""
+    o, t, arch = plan.original, plan.target, plan.target.arch
+    want: dict[str, tuple[ValueType, object]] = {
+        k(K.CONTEXT_LENGTH, arch): (ValueType.UINT32, t.n_ctx_train)
+    }
+    if t.freq_base != o.freq_base:
+        want[k(K.ROPE_FREQ_BASE, arch)] = (ValueType.FLOAT32, t.freq_base)
+    if t.scaling_type != ScalingType.NONE:
+        want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, t.scaling_type.value)
+        want[k(K.ROPE_SCALING_FACTOR, arch)] = (ValueType.FLOAT32, t.scaling_factor)
+    elif o.scaling_type != ScalingType.NONE and reset_scaling:
+        want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, ScalingType.NONE.value)
+    if t.orig_ctx:
+        want[k(K.ROPE_SCALING_ORIG_CTX, arch)] = (ValueType.UINT32, t.orig_ctx)
+    return want
+
+
+# ---- the same entries as runtime overrides -------------------------------------------------
+
+
+def kv_overrides(plan: Plan) -> dict[str, object]:
+    """GGUF metadata overrides with the same effect (typed as llama.cpp's --override-kv wants):
+    :func:`params_to_kvs` without the scaling reset, floats as ``float``."""
+    return {
+        key: float(v) if t == ValueType.FLOAT32 else v
+        for key, (t, v) in params_to_kvs(plan, reset_scaling=False).items()
+    }
+
+
+def override_kv_flags(plan: Plan) -> list[str]:
+    """``--override-kv KEY=TYPE:VALUE`` flags for :func:`kv_overrides`."""
+    out = []
+    for key, v in kv_overrides(plan).items():
+        kind = "str" if isinstance(v, str) else "float" if isinstance(v, float) else "int"
+        out += ["--override-kv", f"{key}={kind}:{v}"]
+    return out
+
+
+def runtime_settings(plan: Plan, model_path: str = "./model.gguf") -> dict[str, object]:
+    """The plan as runtime settings in one JSON-friendly mapping: llama.cpp flags, kv override
+    flags, llama-cpp-python arguments and an Ollama Modelfile."""
+    return {
+        "llama_cpp_flags": llama_cpp_flags(plan),
+        "override_kv_flags": override_kv_flags(plan),
+        "llama_cpp_python": llama_cpp_python_kwargs(plan),
+        "ollama_modelfile": ollama_modelfile(plan, model_path),
+    }
