@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from ropepatch.formats.provenance import (  # noqa: F401 - re-exported: the keys both formats share
+    RP_ALPHA,
+    RP_CTX,
+    RP_METHOD,
+    RP_ORIGINAL,
+    RP_PREFIX,
+    RP_RESERVED,
+    RP_VERSION,
+)
+
 
 class ValueType(IntEnum):
     """GGUF metadata value types (``gguf_type`` in ggml)."""
@@ -60,13 +70,9 @@ TOUCHED_KEYS = (
 )
 
 # ---- ropepatch provenance keys (llama.cpp loads and ignores unknown keys) -----------------
-RP_VERSION = "ropepatch.version"  # STRING: ropepatch version that wrote the file
-RP_METHOD = "ropepatch.method"  # STRING: method name from the registry
-RP_CTX = "ropepatch.ctx"  # UINT32: target context
-RP_ALPHA = "ropepatch.alpha"  # FLOAT64: the alpha / factor used
-RP_ORIGINAL = "ropepatch.original"  # STRING: JSON undo record (see gguf_patch)
-RP_RESERVED = "ropepatch.reserved"  # ARRAY[UINT8] of zeros: header slack for in-place re-patches
-RP_PREFIX = "ropepatch."
+# RP_VERSION (STRING), RP_METHOD (STRING), RP_CTX (UINT32), RP_ALPHA (FLOAT64), RP_ORIGINAL
+# (STRING: JSON undo record), RP_RESERVED (ARRAY[UINT8] of zeros: header slack), RP_PREFIX:
+# imported above from formats/provenance.py.
 
 
 def k(template: str, arch: str) -> str:

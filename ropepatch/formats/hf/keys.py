@@ -10,6 +10,16 @@ Three groups:
 
 from __future__ import annotations
 
+from ropepatch.formats.provenance import (  # noqa: F401 - re-exported: the keys both formats share
+    RP_ALPHA,
+    RP_CTX,
+    RP_METHOD,
+    RP_ORIGINAL,
+    RP_PREFIX,
+    RP_RESERVED,
+    RP_VERSION,
+)
+
 # ---- files in a model directory -----------------------------------------------------------
 CONFIG_NAME = "config.json"
 INDEX_NAME = "model.safetensors.index.json"
@@ -121,30 +131,25 @@ ST_HEADER_SLACK = 1024
 ST_HEADER_ALIGN = 8  # keep the data section 8-byte aligned, as the safetensors writer does
 
 # ---- ropepatch provenance in every shard's __metadata__ (values are strings) ---------------
-RP_PREFIX = "ropepatch."
-RP_VERSION = "ropepatch.version"  # ropepatch version that wrote the file
-RP_METHOD = "ropepatch.method"  # method name from the registry
-RP_CTX = "ropepatch.ctx"  # target context, decimal
-RP_ALPHA = "ropepatch.alpha"  # alpha / factor used, repr() of the float
+# RP_PREFIX, RP_VERSION, RP_METHOD, RP_CTX (decimal), RP_ALPHA (repr() of the float),
+# RP_ORIGINAL and RP_RESERVED: imported above from formats/provenance.py.
 RP_CONFIG_SHA256 = "ropepatch.config_sha256"  # sha256 of the config.json bytes ropepatch wrote
 # JSON undo record for THIS shard's header plus the original config.json text:
 #   {"v": 1, "header_length": N0, "pad": "<bytes after the JSON>", "metadata": "<exact original
 #    __metadata__ value text>" | null, "config": "<original config.json text>",
 #    "config_link": "<symlink target>" | null, "link": "<symlink target of this shard>" | null}
-RP_ORIGINAL = "ropepatch.original"
+# is the value of RP_ORIGINAL.
 # sha256 of the config.json a re-patch replaces (one ropepatch wrote). Present in the shards
 # only while that re-patch runs (hf_patch's docstring): the shards are written before
 # config.json, so a re-patch killed in between leaves shards that name the new config next to
 # the old config.json, and this key lets the re-run (or a revert) accept that config.json.
 RP_PREVIOUS_CONFIG_SHA256 = "ropepatch.previous_config_sha256"
-# Filler (a string of spaces) between the entries a re-patch changes and RP_ORIGINAL, sized so
-# the __metadata__ value text has the same length for every method/ctx/alpha: a re-patch then
-# changes one short run of bytes near the start of the metadata, written in place when it lies
-# inside one 4 KiB page (see hf_patch.layout_metadata).
-RP_RESERVED = "ropepatch.reserved"
+# RP_RESERVED holds filler (a string of spaces) between the entries a re-patch changes and
+# RP_ORIGINAL, sized so the __metadata__ value text has the same length for every
+# method/ctx/alpha: a re-patch then changes one short run of bytes near the start of the
+# metadata, written in place when it lies inside one 4 KiB page (see hf_patch.layout_metadata).
 # Bytes of __metadata__ text reserved for the values a re-patch changes (version, method, ctx,
 # alpha, config_sha256 and the transient previous_config_sha256 entry, about 230 bytes at most);
 # the rest of it is the RP_RESERVED filler.
 RP_VALUE_BUDGET = 256
-RP_KEYS = (RP_VERSION, RP_METHOD, RP_CTX, RP_ALPHA, RP_CONFIG_SHA256, RP_RESERVED, RP_ORIGINAL)
 RP_RECORD_VERSION = 1
