@@ -1,0 +1,87 @@
+"""``ropepatch inspect``: a model's RoPE settings and whether ropepatch patched it."""
+
+from __future__ import annotations
+
+from ropepatch.cli.render import describe_hf_rope, describe_params, dumps, emit, g, note_lines, params_dict
+from ropepatch.errors import UsageError
+
+
+def is_hf(path: str) -> bool:
+    """Whether ``path`` names a Hugging Face model (directory, config.json or .safetensors)."""
+    from ropepatch.patch.hf import is_hf_path
+
+    return is_hf_path(path)
+
+
+def cmd_inspect(args) -> int:
+    """Print a GGUF's or HF model's RoPE settings (or, ``--as-hf``, a GGUF's HF rope block)."""
+    from ropepatch.patch.gguf import inspect_gguf
+
+    if is_hf(args.path):
+        if args.as_hf:
+            raise UsageError(f"{args.path}: --as-hf is for GGUF files; this is already a Hugging Face model")
+        return _inspect_hf(args)
+    info = inspect_gguf(args.path)
+    if args.as_hf:
+        from ropepatch.patch.translate import gguf_as_hf
+
+        block = gguf_as_hf(info)
+        emit(args, block, dumps(block))
+        return 0
+    emit(args, _gguf_dict(info), _gguf_text(info))
+    return 0
+
+
+def _gguf_dict(info) -> dict:
+    prov = info.provenance
+    return {
+        "path": info.path,
+        "format": info.format,
+        "current": params_dict(info.current),
+        "original": params_dict(info.original),
+        "patched_by_ropepatch": prov is not None,
+        "provenance": None
+        if prov is None
+        else {"version": prov.version, "method": prov.method, "ctx": prov.ctx, "alpha": prov.alpha},
+        "split": list(info.split) if info.split else None,
+        "file_size": info.file_size,
+        "n_tensors": info.n_tensors,
+        "n_kv": info.n_kv,
+        "reserved_header_bytes": info.slack,
+    }
+
+
+def _gguf_text(info) -> str:
+    prov = info.provenance
+    lines = [f"{info.path} (GGUF, {info.file_size / 2**20:.1f} MiB, {info.n_tensors} tensors)"]
+    if info.split:
+        lines.append(f"  split {info.split[0]} of {info.split[1]} (hyperparameters live in split 1)")
+    lines.append("  now:      " + describe_params(info.current))
+    if prov is None:
+        lines.append("  not patched by ropepatch")
+    else:
+        lines.append(
+            f"  patched by ropepatch {prov.version}: method {prov.method}, ctx {prov.ctx}, "
+            f"alpha {g(prov.alpha)}; {info.slack} bytes reserved for in-place re-patches"
+        )
+        lines.append("  original: " + describe_params(info.original))
+    return "\n".join(lines)
+
+
+def _inspect_hf(args) -> int:
+    from ropepatch.patch.hf import inspect_hf
+
+    info = inspect_hf(args.path)
+    lines = [f"{info.model.root} (Hugging Face, config {info.model.config_path}, {len(info.shards)} safetensors file(s))",
+             "  now:      " + describe_hf_rope(info.rope)]
+    if info.patched and info.record:
+        rec = info.record
+        lines.append(f"  patched by ropepatch {rec.get('version')}: method {rec.get('method')}, "
+                     f"ctx {rec.get('ctx')}, alpha {rec.get('alpha')}")
+        if info.original is not None:
+            lines.append("  original: " + describe_hf_rope(info.original))
+    else:
+        lines.append("  not patched by ropepatch")
+    lines += note_lines(info.messages)
+    emit(args, info.to_dict(), "\n".join(lines))
+    return 0

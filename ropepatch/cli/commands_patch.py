@@ -1,0 +1,145 @@
+"""``ropepatch gguf`` / ``hf`` / ``revert``: write a plan into a model, or restore its original."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ropepatch.cli.commands_inspect import is_hf
+from ropepatch.cli.progress import byte_progress, show_progress
+from ropepatch.cli.render import emit, file_lines, g, note_lines, plan_dict, warn
+from ropepatch.errors import UsageError
+from ropepatch.rope.methods import DEFAULT_METHOD
+
+
+def _gguf_target(args) -> tuple[int, str, float | None, list[str]]:
+    """ctx, method, alpha and translation warnings: from --ctx/--method/--alpha or --from-hf."""
+    method_given = args.method is not None
+    ctx, method, alpha, pre = args.ctx, args.method or DEFAULT_METHOD, args.alpha, []
+    if args.from_hf:
+        from ropepatch.patch.gguf import inspect_gguf
+        from ropepatch.patch.translate import plan_from_hf
+
+        if method_given or args.alpha is not None:
+            raise UsageError("--from-hf takes the method and factor from the config; drop --method/--alpha")
+        tr = plan_from_hf(args.from_hf, inspect_gguf(args.path).original, args.ctx)
+        ctx, method, alpha, pre = tr.ctx, tr.method, tr.alpha, list(tr.warnings)
+    elif ctx is None:
+        raise UsageError("gguf: --ctx is required (or --from-hf CONFIG)")
+    return ctx, method, alpha, pre
+
+
+def cmd_gguf(args) -> int:
+    """Patch a GGUF file (in place, or a copy with -o) and print the changed keys."""
+    from ropepatch.patch.gguf import patch_gguf
+
+    ctx, method, alpha, pre = _gguf_target(args)
+    t0 = time.perf_counter()
+    res = patch_gguf(
+        args.path,
+        ctx,
+        method,
+        alpha,
+        out=args.output,
+        dry_run=args.dry_run,
+        record=not args.no_record,
+        replace_scaling=args.replace_scaling,
+        progress=byte_progress(show_progress(args)),
+    )
+    secs = time.perf_counter() - t0
+    if args.from_hf:  # the patch's own dynamic warning says the same
+        pre = [w for w in pre if not w.startswith("dynamic:")]
+    warn(pre + list(res.warnings))
+    data = {
+        "path": res.path,
+        "output": res.out,
+        "mode": res.mode,
+        "plan": plan_dict(res.plan),
+        "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in res.changes],
+        "bytes_written": res.bytes_written,
+        "seconds": secs,
+        "warnings": list(res.warnings),
+    }
+    emit(args, data, _gguf_text(res, secs))
+    return 0
+
+
+def _value(v) -> str:
+    return "(absent)" if v is None else g(v) if isinstance(v, float) else str(v)
+
+
+def _gguf_text(res, secs: float) -> str:
+    p = res.plan
+    lines = [f"{res.path}: {p.method} for {p.ctx} tokens (alpha {g(p.alpha)}, s = {p.scale:g})"]
+    for c in res.changes:
+        lines.append(f"  {c.key}: {_value(c.old)} -> {_value(c.new)}")
+    verb = {
+        "no-op": "already patched this way: nothing written",
+        "dry-run": "dry run: nothing written",
+        "in-place": f"written in place ({res.bytes_written} bytes) in {secs * 1000:.1f} ms",
+        "rewrite": f"rewrote {res.out} ({res.bytes_written / 2**20:.1f} MiB, tensor bytes copied by the kernel) "
+        f"in {secs:.2f} s",
+    }[res.mode]
+    lines.append(verb)
+    return "\n".join(lines)
+
+
+def cmd_hf(args) -> int:
+    """Patch a Hugging Face model's config.json (and safetensors provenance)."""
+    from ropepatch.patch.hf import patch_hf
+
+    res = patch_hf(args.path, args.ctx, args.method, args.alpha, out=args.output, dry_run=args.dry_run,
+                   replace_scaling=args.replace_scaling, force=args.force)
+    lines = [f"{res.path}: {res.plan.method} for {res.plan.ctx} tokens (alpha {g(res.plan.alpha)})"]
+    for c in res.changes:
+        lines.append(f"  {c.key}: {json.dumps(c.before)} -> {json.dumps(c.after)}")
+    lines += file_lines(res.files)
+    lines += note_lines(res.messages)
+    if not res.changed:
+        lines.append("already patched this way: nothing written")
+    elif res.dry_run:
+        lines.append("dry run: nothing written")
+    emit(args, res.to_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_revert(args) -> int:
+    """Restore the exact original bytes of a GGUF or HF model ropepatch patched."""
+    from ropepatch.patch.gguf import revert_gguf
+
+    if is_hf(args.path):
+        return _revert_hf(args)
+
+    t0 = time.perf_counter()
+    res = revert_gguf(args.path, out=args.output, dry_run=args.dry_run,
+                      progress=byte_progress(show_progress(args)))
+    secs = time.perf_counter() - t0
+    data = {
+        "path": res.path,
+        "output": res.out,
+        "mode": res.mode,
+        "header_sha256": res.sha256_header,
+        "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in res.changes],
+        "seconds": secs,
+    }
+    text = (
+        f"{res.path}: restored the original header (sha256 {res.sha256_header[:16]}...), "
+        f"{len(res.changes)} keys changed back"
+        + (" (dry run: nothing written)" if res.mode == "dry-run" else f", {res.mode} in {secs:.2f} s")
+    )
+    emit(args, data, text)
+    return 0
+
+
+def _revert_hf(args) -> int:
+    from ropepatch.patch.hf import revert_hf
+
+    if args.output:
+        raise UsageError(f"{args.path}: -o is for GGUF files; Hugging Face models are reverted in place")
+    res = revert_hf(args.path, dry_run=args.dry_run, force=args.force)
+    done = "restored the original config.json and safetensors headers" if res.changed else "nothing to restore"
+    lines = [f"{res.path}: " + done + (" (dry run: nothing written)" if res.dry_run else "")]
+    lines += file_lines(res.files)
+    lines += note_lines(res.messages)
+    emit(args, res.to_dict(), "\n".join(lines))
+    return 0

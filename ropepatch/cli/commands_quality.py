@@ -1,0 +1,65 @@
+"""``ropepatch validate`` / ``eval`` / ``tune`` / ``passkey``: run the model in llama.cpp."""
+
+from __future__ import annotations
+
+from ropepatch.cli.options import FLASH_ATTN
+from ropepatch.cli.progress import quality_progress
+from ropepatch.cli.render import emit
+
+
+def cmd_validate(args) -> int:
+    """Prove in llama.cpp that the file runs with the planned RoPE (exit 1 on a failed check)."""
+    from ropepatch.check.validate import format_report, validate
+
+    r = validate(args.path, ctx=args.ctx, gpu_layers=args.gpu_layers, positions=args.positions,
+                 reference_forward=args.reference_forward, n_threads=args.threads)
+    print(r.to_json() if args.json else format_report(r))
+    return 0 if r.passed else 1
+
+
+def _text_arg(path: str) -> str:
+    from ropepatch.quality.evaluate import load_text
+
+    return load_text(path)
+
+
+def cmd_eval(args) -> int:
+    """Perplexity by position for each method vs the sliding-window baseline."""
+    from ropepatch.quality.evaluate import evaluate, format_table, parse_alphas
+
+    res = evaluate(args.path, args.ctx, _text_arg(args.text), methods=args.methods,
+                   alphas=parse_alphas(args.alpha), buckets=args.buckets, window=not args.no_window,
+                   max_windows=args.windows, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+                   flash_attn=FLASH_ATTN[args.flash_attn], progress=quality_progress(args))
+    data = res.to_json()
+    if args.plot:
+        from ropepatch.quality.plot import plot_result
+
+        data["plot"] = plot_result(res, args.plot)
+    text = format_table(res) + (f"\nplot: {args.plot}" if args.plot else "")
+    emit(args, data, text)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    """Search a method's alpha for the lowest ppl_ext within a ppl_in tolerance."""
+    from ropepatch.quality.tune import format_tune, tune
+
+    res = tune(args.path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
+               apply=args.apply, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+               flash_attn=FLASH_ATTN[args.flash_attn], progress=quality_progress(args))
+    emit(args, res.to_json(), format_tune(res))
+    return 0
+
+
+def cmd_passkey(args) -> int:
+    """Passkey retrieval at each depth: can the model use distant context?"""
+    from ropepatch.quality.evaluate import parse_alphas
+    from ropepatch.quality.passkey import format_passkey, passkey
+
+    res = passkey(args.path, args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
+                  depths=args.depths, trials=args.trials, seed=args.seed, n_threads=args.threads,
+                  n_gpu_layers=args.gpu_layers, flash_attn=FLASH_ATTN[args.flash_attn],
+                  progress=quality_progress(args))
+    emit(args, res.to_json(), format_passkey(res))
+    return 0

@@ -1,0 +1,102 @@
+"""What the CLI prints: ``--json`` or text, number formatting and one-line model summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, is_dataclass
+from enum import Enum
+
+from ropepatch.rope.methods import Plan
+from ropepatch.rope.params import RopeParams
+
+
+def _jsonable(x):
+    if isinstance(x, Enum):
+        return x.value
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if is_dataclass(x) and not isinstance(x, type):  # e.g. an array value (gguf_file.ArrayValue)
+        return _jsonable(asdict(x))
+    return x
+
+
+def dumps(data) -> str:
+    """``data`` as the indented JSON every ``--json`` prints."""
+    return json.dumps(_jsonable(data), indent=2)
+
+
+def emit(args, data: dict, text: str) -> None:
+    """Print ``data`` as JSON when ``--json`` was given, else ``text``."""
+    print(dumps(data) if args.json else text)
+
+
+def warn(msgs) -> None:
+    """One ``ropepatch: warning:`` line on stderr per message."""
+    for m in msgs:
+        print(f"ropepatch: warning: {m}", file=sys.stderr)
+
+
+def g(x: float) -> str:
+    """A float in at most 9 significant digits (what every text table uses)."""
+    return f"{x:.9g}"
+
+
+def params_dict(p: RopeParams) -> dict:
+    """RoPE parameters as JSON (with the derived ``freq_scale``)."""
+    d = _jsonable(asdict(p))
+    d["freq_scale"] = p.freq_scale
+    return d
+
+
+def plan_dict(plan: Plan) -> dict:
+    """A plan as JSON: inputs, target parameters and the equivalent runtime settings."""
+    from ropepatch.formats.gguf.params import runtime_settings
+
+    return {
+        "method": plan.method,
+        "ctx": plan.ctx,
+        "alpha": plan.alpha,
+        "scale": plan.scale,
+        "params": params_dict(plan.target),
+        "runtime": runtime_settings(plan),
+    }
+
+
+def describe_params(p: RopeParams) -> str:
+    """One line: a GGUF model's context, rotary layout, base and scaling."""
+    s = (
+        f"{p.arch}: context_length {p.n_ctx_train}, rotary dims {p.rope_dim} of head dim "
+        f"{p.head_dim}, layout {p.layout.value.upper()}, freq_base {g(p.freq_base)}, scaling "
+        f"{p.scaling_type.value}"
+    )
+    if p.scaling_type.value != "none":
+        s += f" (factor {g(p.scaling_factor)}, original ctx {p.n_ctx_orig})"
+    if p.has_freq_factors:
+        s += ", per-pair frequency factors (rope_freqs)"
+    return s
+
+
+def describe_hf_rope(r) -> str:
+    """One line: a Hugging Face config's rope settings and usable context."""
+    s = (f"{r.model_type}: max_position_embeddings {r.max_position_embeddings}, rotary dims "
+         f"{r.rope_dim} of head dim {r.head_dim}, rope_theta {g(r.rope_theta)}, rope_type {r.rope_type}")
+    if r.factor:
+        s += f" (factor {g(r.factor)}"
+        s += f", original {r.original_max_position_embeddings})" if r.original_max_position_embeddings else ")"
+    return s + f"; usable context {r.effective_ctx}"
+
+
+def file_lines(files) -> list[str]:
+    """One indented line per file an HF patch/revert touches."""
+    return [f"  {f.path}: {f.action}" + (f" ({f.detail})" if f.detail else "") for f in files]
+
+
+def note_lines(messages) -> list[str]:
+    """One indented ``note:`` line per message."""
+    return [f"  note: {m}" for m in messages]
