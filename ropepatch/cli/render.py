@@ -3,32 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
-from dataclasses import asdict, is_dataclass
-from enum import Enum
+from dataclasses import asdict
 
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeParams
-
-
-def _jsonable(x):
-    if isinstance(x, Enum):
-        return x.value
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if is_dataclass(x) and not isinstance(x, type):  # e.g. an array value (gguf_file.ArrayValue)
-        return _jsonable(asdict(x))
-    return x
+from ropepatch.rope.serialize import jsonable
 
 
 def dumps(data) -> str:
     """``data`` as the indented JSON every ``--json`` prints."""
-    return json.dumps(_jsonable(data), indent=2)
+    return json.dumps(jsonable(data), indent=2)
 
 
 def emit(args, data: dict, text: str) -> None:
@@ -49,7 +34,7 @@ def g(x: float) -> str:
 
 def params_dict(p: RopeParams) -> dict:
     """RoPE parameters as JSON (with the derived ``freq_scale``)."""
-    d = _jsonable(asdict(p))
+    d = jsonable(asdict(p))
     d["freq_scale"] = p.freq_scale
     return d
 
