@@ -194,8 +194,8 @@ class Bench:
         windows = E.make_windows(toks, ctx, self.model.bos if self.model.add_bos else None, 1)
         L = self.original.n_ctx_train
         edges = E.default_buckets(ctx, L)
-        cost = E._method_cost(spec, ctx, L, 1)
-        meter = E._Meter(cost, progress_printer())
+        cost = E.method_cost(spec, ctx, L, 1)
+        meter = E.Meter(cost, progress_printer())
         r = E.score_method(self.model, windows, spec, self.original, ctx, edges, meter, stop_in=stop_in)
         fine = [round(i * ctx / FINE_BINS) for i in range(FINE_BINS + 1)]
         d = {

@@ -32,19 +32,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ropepatch.errors import UsageError
-from ropepatch.quality.evaluate import (
-    WINDOW,
-    MethodSpec,
-    Model,
-    Progress,
-    ProgressFn,
-    _Meter,
-    _num,
-    parse_methods,
-    extension_original,
-    runtime_settings_for,
-)
+from ropepatch.quality.progress import Meter, Progress, ProgressFn, StepFn, step
+from ropepatch.quality.results import num
+from ropepatch.quality.scoring import extension_original, open_model, runtime_settings_for
+from ropepatch.quality.specs import WINDOW, MethodSpec, resolve_specs
 from ropepatch.rope.params import RopeParams
+from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
          "it. I will quiz you about the important information there.")
@@ -70,7 +63,7 @@ class DepthResult:
         return {"depth": self.depth, "position": self.position, "visible": self.visible,
                 "trials": self.trials, "correct": self.correct,
                 "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
-                "key_nll": _num(self.key_nll) if self.key_nll is not None else None,
+                "key_nll": num(self.key_nll) if self.key_nll is not None else None,
                 "greedy": list(self.greedy)}
 
 
@@ -177,74 +170,69 @@ def passkey(
     trials: int = 5,
     seed: int = 0,
     window: bool = True,
-    n_batch: int = 512,
+    n_batch: int = DEFAULT_N_BATCH,
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     progress: ProgressFn | None = None,
+    on_step: StepFn | None = None,
     model: Model | None = None,
     original: RopeParams | None = None,
     flash_attn: bool | None = None,
 ) -> PasskeyResult:
     """The passkey test for each method (default: none, linear, ntk, dynamic, yarn) plus the
     ``window`` baseline, at each depth (fraction of the filler before the key), ``trials``
-    keys each."""
+    keys each. ``on_step(str)``: told when the load and each method's run start."""
     if trials < 1:
         raise UsageError(f"--trials: expected a number >= 1, found {trials}")
     original = extension_original(model_path, ctx, original)
     L = original.n_ctx_train
     dl = parse_depths(depths)
-    if methods is not None and not isinstance(methods, str) and all(isinstance(m, MethodSpec) for m in methods):
-        specs = list(methods)
-    else:
-        specs = parse_methods(methods, alphas)
-    if window and not any(s.method == WINDOW for s in specs):
-        specs.append(MethodSpec(WINDOW, WINDOW))
+    specs = resolve_specs(methods, alphas, window, empty_ok=True)
     keys = make_keys(trials, seed)
-    own = model is None
-    if own:
-        model = Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads, n_batch=n_batch,
-                      flash_attn=flash_attn)
-    t_start = time.perf_counter()
-    decode_s = 0.0
-    decoded = [0]
-    try:
-        prompts = build_prompts(model, ctx, dl, keys)
-        n_tok = max(len(p.prefix) + len(p.rest) for ps in prompts.values() for p in ps)
-        total = 0
-        for s in specs:
-            for d, ps in prompts.items():
-                if s.method == WINDOW:
-                    total += sum(min(L, len(p.prefix) + len(p.rest)) - 1 for p in ps
-                                 if _visible(p, L))
-                else:
-                    total += sum(len(p.rest) - 1 for p in ps)
-            if s.method != WINDOW:
-                total += max(len(ps[0].prefix) for ps in prompts.values())  # fed once (see _run_depth)
-        meter = _Meter(total, progress)
-
-        def count(n: int) -> None:
-            decoded[0] += n
-            meter(n)
-
-        results: dict[str, MethodPasskey] = {}
-        for spec in specs:
-            meter.label = spec.label
-            settings, params = runtime_settings_for(original, ctx, spec.method, spec.alpha)
-            rows: dict[float, DepthResult] = {}
-            with model.context(settings) as c:
-                cached = None  # tokens known to sit at positions 0.. of the cache
-                for d in sorted(set(dl), reverse=True):  # deepest first: prefixes nest
-                    rows[d], cached = _run_depth(model, c, spec, prompts[d], d, L, count, cached)
-                decode_s += c.decode_seconds
-            results[spec.label] = MethodPasskey(spec.label, params, tuple(rows[d] for d in dl))
-    finally:
-        if own:
-            model.close()
+    with open_model(model_path, model, on_step=on_step, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
+                    n_batch=n_batch, flash_attn=flash_attn) as m:
+        t_start = time.perf_counter()
+        prompts = build_prompts(m, ctx, dl, keys)
+        meter = Meter(_passkey_cost(specs, prompts, L), progress)
+        runs = [_run_method(m, spec, prompts, original, ctx, dl, meter, on_step) for spec in specs]
     return PasskeyResult(
-        model=os.path.basename(model_path), n_ctx_train=L, ctx=ctx, tokens=n_tok, trials=trials,
-        seed=seed, keys=tuple(keys), methods=results, seconds=time.perf_counter() - t_start,
-        decode_seconds=decode_s, tokens_decoded=decoded[0],
+        model=os.path.basename(model_path), n_ctx_train=L, ctx=ctx,
+        tokens=max(len(p.prefix) + len(p.rest) for ps in prompts.values() for p in ps), trials=trials,
+        seed=seed, keys=tuple(keys), methods={r.name: r for r, _ in runs},
+        seconds=time.perf_counter() - t_start, decode_seconds=sum(s for _, s in runs),
+        tokens_decoded=meter.done,
     )
+
+
+def _passkey_cost(specs: Sequence[MethodSpec], prompts: dict[float, list[_Prompt]], L: int) -> int:
+    """Tokens the run decodes (for progress): every trial's rest, each method's deepest prefix
+    once (see :func:`_run_depth`), the window baseline's visible views."""
+    total = 0
+    for s in specs:
+        for ps in prompts.values():
+            if s.method == WINDOW:
+                total += sum(min(L, len(p.prefix) + len(p.rest)) - 1 for p in ps if _visible(p, L))
+            else:
+                total += sum(len(p.rest) - 1 for p in ps)
+        if s.method != WINDOW:
+            total += max(len(ps[0].prefix) for ps in prompts.values())  # fed once (see _run_depth)
+    return total
+
+
+def _run_method(model: Model, spec: MethodSpec, prompts: dict[float, list[_Prompt]], original: RopeParams,
+                ctx: int, depths: Sequence[float], meter: Meter, on_step: StepFn | None
+                ) -> tuple[MethodPasskey, float]:
+    """One method at every depth: its result and the seconds spent inside llama_decode."""
+    step(on_step, f"passkey: {spec.label} at {ctx} tokens")
+    meter.label = spec.label
+    settings, params = runtime_settings_for(original, ctx, spec.method, spec.alpha)
+    rows: dict[float, DepthResult] = {}
+    with model.context(settings) as c:
+        cached = None  # tokens known to sit at positions 0.. of the cache
+        for d in sorted(set(depths), reverse=True):  # deepest first: prefixes nest
+            rows[d], cached = _run_depth(model, c, spec, prompts[d], d, original.n_ctx_train, meter, cached)
+        decode_s = c.decode_seconds
+    return MethodPasskey(spec.label, params, tuple(rows[d] for d in depths)), decode_s
 
 
 def _visible(p: _Prompt, L: int) -> bool:

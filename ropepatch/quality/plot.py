@@ -8,6 +8,8 @@ import math
 from typing import Mapping, Sequence
 
 from ropepatch.errors import RopepatchError, WriteError
+from ropepatch.quality.buckets import rebucket
+from ropepatch.quality.specs import WINDOW
 
 Series = Sequence[tuple[int, int, float]]  # (start, end, ppl) per bin
 
@@ -41,7 +43,7 @@ def plot_series(series: Mapping[str, Series], out: str, *, n_ctx_train: int, tit
             if not xs:
                 continue
             hi = max(hi, max(b for _, b, _ in bins))
-            style = {"linestyle": "--", "color": "black"} if name == "window" else {}
+            style = {"linestyle": "--", "color": "black"} if name == WINDOW else {}
             ax.plot(xs, ys, marker="." if len(xs) <= 16 else None, label=name, linewidth=1.6, **style)
         ax.axvline(n_ctx_train, color="grey", linestyle=":", linewidth=1.2)
         ax.text(n_ctx_train, 1.0, f" training length {n_ctx_train}", transform=ax.get_xaxis_transform(),
@@ -64,15 +66,13 @@ def plot_series(series: Mapping[str, Series], out: str, *, n_ctx_train: int, tit
 
 
 def plot_result(result, out: str, *, bins: int | None = 64, title: str | None = None) -> str:
-    """Plot an :class:`ropepatch.evaluate.EvalResult` (per-position data re-binned into ``bins``
+    """Plot an :class:`ropepatch.quality.results.EvalResult` (per-position data re-binned into ``bins``
     equal bins; ``bins=None`` uses the result's own buckets) or its ``to_json()`` dict (buckets)."""
     if isinstance(result, Mapping):
         series = {name: [(b["start"], b["end"], b["ppl"]) for b in m["buckets"]]
                   for name, m in result["methods"].items()}
         return plot_series(series, out, n_ctx_train=result["n_ctx_train"], ctx=result["ctx"],
                            title=title or f"{result['model']}: perplexity by position, ctx {result['ctx']}")
-    from ropepatch.quality.evaluate import rebucket  # noqa: PLC0415
-
     ctx = result.ctx
     series = {}
     for name, m in result.methods.items():

@@ -26,6 +26,8 @@ Few evaluations:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -34,22 +36,18 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ropepatch.errors import UsageError
-from ropepatch.quality.evaluate import (
-    DEFAULT_N_BATCH,
-    MethodResult,
-    MethodSpec,
-    Model,
-    ProgressFn,
-    _Meter,
-    _num,
-    default_buckets,
-    extension_original,
-    make_windows,
-    score_method,
-)
+from ropepatch.patch.gguf import PatchResult, patch_gguf
+from ropepatch.quality.buckets import default_buckets
+from ropepatch.quality.progress import Meter, ProgressFn, StepFn, step
+from ropepatch.quality.results import MethodResult, num
+from ropepatch.quality.scoring import extension_original, open_model, score_method
+from ropepatch.quality.specs import UNSCALED, MethodSpec
+from ropepatch.quality.text import text_windows
+from ropepatch.rope.methods import METHODS
 from ropepatch.rope.params import RopeParams
+from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
 
-TUNABLE = ("ntk", "yarn", "dynamic", "linear")
+TUNABLE = tuple(name for name, m in METHODS.items() if m.takes_alpha)  # registry order
 DEFAULT_TOLERANCE = 0.05
 DEFAULT_GRID = (1.0, 1.5, 2.0, 3.0)  # multiples of s = ctx / L
 MAX_EXTEND = 2
@@ -67,8 +65,8 @@ class Trial:
     note: str = ""
 
     def to_json(self) -> dict:
-        return {"alpha": _num(self.alpha), "label": self.label, "ppl_in": _num(self.ppl_in),
-                "ppl_ext": None if self.ppl_ext is None else _num(self.ppl_ext),
+        return {"alpha": num(self.alpha), "label": self.label, "ppl_in": num(self.ppl_in),
+                "ppl_ext": None if self.ppl_ext is None else num(self.ppl_ext),
                 "feasible": self.feasible, "stage": self.stage, "note": self.note}
 
 
@@ -84,7 +82,7 @@ class TuneResult:
     tried: tuple[Trial, ...]
     winner: Trial | None
     verdict: str
-    applied: object | None = None  # gguf_patch.PatchResult when apply=True
+    applied: PatchResult | None = None  # set by apply_tune
 
     @property
     def limit(self) -> float:
@@ -93,14 +91,14 @@ class TuneResult:
     def to_json(self) -> dict:
         d = {
             "model": self.model, "method": self.method, "ctx": self.ctx, "n_ctx_train": self.n_ctx_train,
-            "tolerance": self.tolerance, "baseline_ppl_in": _num(self.baseline_ppl_in),
-            "ppl_in_limit": _num(self.limit), "default_alpha": _num(self.default_alpha),
+            "tolerance": self.tolerance, "baseline_ppl_in": num(self.baseline_ppl_in),
+            "ppl_in_limit": num(self.limit), "default_alpha": num(self.default_alpha),
             "tried": [t.to_json() for t in self.tried],
             "winner": self.winner.to_json() if self.winner else None,
             "verdict": self.verdict,
         }
         if self.applied is not None:
-            d["applied"] = {"path": self.applied.out, "mode": self.applied.mode, "alpha": _num(self.winner.alpha)}
+            d["applied"] = {"path": self.applied.out, "mode": self.applied.mode, "alpha": num(self.winner.alpha)}
         return d
 
 
@@ -121,6 +119,119 @@ def _label(method: str, alpha: float) -> str:
     return f"{method}@{alpha:.4g}"
 
 
+class _Search:
+    """The search's state: the scorer, the in-range limit and every trial so far."""
+
+    def __init__(self, scorer: Scorer, method: str, L: int, s: float, tolerance: float,
+                 say: Callable[[str], None], on_step: StepFn | None):
+        self.scorer, self.method, self.L, self.s, self.tolerance = scorer, method, L, s, tolerance
+        self.say, self.on_step = say, on_step
+        self.tried: dict[float, Trial] = {}
+        self.base_in = self.limit = float("nan")
+
+    def measure(self, spec: MethodSpec, stop_in: Callable[[float], bool]) -> tuple[float, float | None]:
+        step(self.on_step, f"tuning {self.method}: scoring {spec.label}")
+        return _measured(self.scorer(spec, stop_in))
+
+    def baseline(self) -> None:
+        """The unscaled model's ppl_in (positions < L only) and the limit derived from it."""
+        self.say(f"baseline: unscaled model on positions < {self.L}")
+        self.base_in, _ = self.measure(MethodSpec(UNSCALED, UNSCALED), lambda _p: True)
+        self.limit = self.base_in * (1.0 + self.tolerance)
+        self.say(f"  ppl_in {self.base_in:.4g}; limit {self.limit:.4g} (+{self.tolerance:.0%})")
+
+    def trial(self, alpha: float, stage: str, note: str = "") -> Trial:
+        """Score ``alpha`` (rounded to 4 digits, at least 1) unless it was already tried."""
+        alpha = float(f"{max(1.0, alpha):.4g}")
+        if alpha in self.tried:
+            return self.tried[alpha]
+        lab = _label(self.method, alpha)
+        self.say(f"{stage}: {lab}")
+        limit = self.limit
+        pin, pext = self.measure(MethodSpec(lab, self.method, alpha), lambda p: p > limit)
+        feas = pin <= limit
+        t = Trial(alpha, lab, pin, pext if feas else None, feas, stage,
+                  note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {self.L}"))
+        self.tried[alpha] = t
+        self.say(f"  ppl_in {pin:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
+                 f"{'' if feas else ' (infeasible)'}")
+        return t
+
+    def best(self) -> Trial | None:
+        ok = [t for t in self.tried.values() if t.feasible and t.ppl_ext is not None]
+        return min(ok, key=lambda t: t.ppl_ext) if ok else None
+
+    def grid(self, grid: Sequence[float] | None) -> None:
+        """The coarse stage, ascending; larger alphas are skipped once one is infeasible."""
+        s = self.s
+        alphas = sorted({float(f"{max(1.0, a):.4g}") for a in (grid or [s * f for f in DEFAULT_GRID])})
+        if grid is None and float(f"{s:.4g}") not in alphas:
+            alphas = sorted({*alphas, float(f"{s:.4g}")})
+        for i, a in enumerate(alphas):
+            if not self.trial(a, "grid").feasible:
+                for b in alphas[i + 1:]:
+                    self.say(f"grid: skip {_label(self.method, b)} (larger than an infeasible alpha)")
+                break
+
+    def extend(self) -> None:
+        """Step down toward alpha = 1 while nothing is feasible; then extend the grid while the
+        best is at its edge: upward while still feasible, downward (toward alpha = 1) when the
+        smallest alpha tried is the best."""
+        tried = self.tried
+        for _ in range(MAX_EXTEND):
+            if self.best() is not None or min(tried) <= 1.0:
+                break
+            self.trial(max(1.0, min(tried) / EXTEND_RATIO ** 2), "extend")
+        for _ in range(MAX_EXTEND):
+            b = self.best()
+            if b is not None and b.alpha == max(tried):
+                self.trial(b.alpha * EXTEND_RATIO, "extend")
+            elif (b is not None and b.alpha == min(tried) and b.alpha > 1.0
+                  and any(t.alpha > b.alpha and t.ppl_ext is not None for t in tried.values())):
+                # measured evidence that ppl_ext gets worse above the best: look below it
+                self.trial(b.alpha / EXTEND_RATIO, "extend")
+            else:
+                break
+
+    def refine(self, steps: int) -> None:
+        for _ in range(max(0, steps)):
+            b = self.best()
+            if b is None:
+                break
+            nxt = _refine_point(sorted(self.tried.values(), key=lambda t: t.alpha), b)
+            if nxt is None:
+                break
+            self.trial(nxt, "refine")
+
+    def result(self, model_path: str, ctx: int) -> TuneResult:
+        w = self.best()
+        table = tuple(sorted(self.tried.values(), key=lambda t: t.alpha))
+        verdict = _verdict(self.method, self.s, table, w, self.tolerance)
+        return TuneResult(os.path.basename(model_path), self.method, ctx, self.L, self.tolerance,
+                          self.base_in, self.s, table, w, verdict)
+
+
+def _model_scorer(model: Model, ctx: int, text, tokens, original: RopeParams,
+                  progress: ProgressFn | None) -> Scorer:
+    """The built-in scorer: one window of the text, each spec scored by :func:`score_method`."""
+    _, windows = text_windows(model, ctx, text, tokens, 1, "tune")
+    edges = default_buckets(ctx, original.n_ctx_train)
+
+    def scorer(spec: MethodSpec, stop_in=None) -> MethodResult:
+        meter = Meter(ctx - 1, progress)
+        meter.label = spec.label
+        return score_method(model, windows, spec, original, ctx, edges, meter, stop_in=stop_in)
+
+    return scorer
+
+
+def _check_tune_args(method: str, tolerance: float) -> None:
+    if method not in TUNABLE:
+        raise UsageError(f"--method: tune searches one of {', '.join(TUNABLE)}, found {method!r}")
+    if not (math.isfinite(tolerance) and 0 <= tolerance < 10):
+        raise UsageError(f"--tolerance: expected a fraction like 0.05, found {tolerance}")
+
+
 def tune(
     model_path: str,
     ctx: int,
@@ -136,6 +247,7 @@ def tune(
     n_threads: int | None = None,
     n_gpu_layers: int = 0,
     progress: ProgressFn | None = None,
+    on_step: StepFn | None = None,
     log: Callable[[str], None] | None = None,
     scorer: Scorer | None = None,
     model: Model | None = None,
@@ -145,114 +257,35 @@ def tune(
     """Search ``method``'s alpha for ``ctx`` on ``text`` (see the module docstring).
 
     ``grid``: explicit alphas for the coarse stage (default: s x (1, 1.5, 2, 3), at least 1).
-    ``apply``: patch the file with the winner (``gguf_patch.patch_gguf``; the provenance records
-    it as ``ropepatch.alpha``). ``scorer``: replaces the built-in scoring (used by the bench to
-    cache runs)."""
-    from ropepatch.patch.gguf import patch_gguf  # noqa: PLC0415
-
-    if method not in TUNABLE:
-        raise UsageError(f"--method: tune searches one of {', '.join(TUNABLE)}, found {method!r}")
-    if not (math.isfinite(tolerance) and 0 <= tolerance < 10):
-        raise UsageError(f"--tolerance: expected a fraction like 0.05, found {tolerance}")
+    ``apply``: patch the file with the winner (:func:`apply_tune`). ``scorer``: replaces the
+    built-in scoring (used by the bench to cache runs). ``on_step(str)``: told when the load
+    and each candidate's scoring start; ``log(str)``: the search's narration."""
+    _check_tune_args(method, tolerance)
     original = extension_original(model_path, ctx, original)
     L = original.n_ctx_train
-    s = ctx / L
-    say = log or (lambda _m: None)
-
-    own = None
-    try:
+    with contextlib.ExitStack() as held:
         if scorer is None:
-            own = model or Model(model_path, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                                 n_batch=n_batch, flash_attn=flash_attn)
-            if tokens is None:
-                if text is None:
-                    raise UsageError("tune: give a text or its tokens")
-                tokens = own.tokenize(text)
-            windows = make_windows(np.asarray(tokens, dtype=np.int32), ctx,
-                                   own.bos if own.add_bos else None, 1)
-            edges = default_buckets(ctx, L)
+            m = held.enter_context(open_model(
+                model_path, model, on_step=on_step, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
+                n_batch=n_batch, flash_attn=flash_attn))
+            scorer = _model_scorer(m, ctx, text, tokens, original, progress)
+        search = _Search(scorer, method, L, ctx / L, tolerance, log or (lambda _m: None), on_step)
+        search.baseline()
+        search.grid(grid)
+        search.extend()
+        search.refine(refine)
+    result = search.result(model_path, ctx)
+    return apply_tune(model_path, result) if apply else result
 
-            def scorer(spec: MethodSpec, stop_in=None):  # noqa: F811
-                meter = _Meter(ctx - 1, progress)
-                meter.label = spec.label
-                return score_method(own, windows, spec, original, ctx, edges, meter, stop_in=stop_in)
 
-        say(f"baseline: unscaled model on positions < {L}")
-        base_in, _ = _measured(scorer(MethodSpec("none", "none"), lambda _p: True))
-        limit = base_in * (1.0 + tolerance)
-        say(f"  ppl_in {base_in:.4g}; limit {limit:.4g} (+{tolerance:.0%})")
-        tried: dict[float, Trial] = {}
-
-        def trial(alpha: float, stage: str, note: str = "") -> Trial:
-            alpha = float(f"{max(1.0, alpha):.4g}")
-            if alpha in tried:
-                return tried[alpha]
-            lab = _label(method, alpha)
-            say(f"{stage}: {lab}")
-            pin, pext = _measured(scorer(MethodSpec(lab, method, alpha), lambda p: p > limit))
-            feas = pin <= limit
-            t = Trial(alpha, lab, pin, pext if feas else None, feas, stage,
-                      note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {L}"))
-            tried[alpha] = t
-            say(f"  ppl_in {pin:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
-                f"{'' if feas else ' (infeasible)'}")
-            return t
-
-        alphas = sorted({float(f"{max(1.0, a):.4g}") for a in (grid or [s * f for f in DEFAULT_GRID])})
-        if grid is None and float(f"{s:.4g}") not in alphas:
-            alphas = sorted({*alphas, float(f"{s:.4g}")})
-        for i, a in enumerate(alphas):
-            t = trial(a, "grid")
-            if not t.feasible:
-                for b in alphas[i + 1:]:
-                    say(f"grid: skip {_label(method, b)} (larger than an infeasible alpha)")
-                break
-
-        def best() -> Trial | None:
-            ok = [t for t in tried.values() if t.feasible and t.ppl_ext is not None]
-            return min(ok, key=lambda t: t.ppl_ext) if ok else None
-
-        # nothing feasible: step down toward alpha = 1 (weaker scaling keeps ppl_in closer)
-        for _ in range(MAX_EXTEND):
-            if best() is not None or min(tried) <= 1.0:
-                break
-            trial(max(1.0, min(tried) / EXTEND_RATIO ** 2), "extend")
-        # extend the grid while the best is at its edge: upward while still feasible, downward
-        # (toward alpha = 1) when the smallest alpha tried is the best
-        for _ in range(MAX_EXTEND):
-            b = best()
-            if b is not None and b.alpha == max(tried):
-                trial(b.alpha * EXTEND_RATIO, "extend")
-            elif (b is not None and b.alpha == min(tried) and b.alpha > 1.0
-                  and any(t.alpha > b.alpha and t.ppl_ext is not None for t in tried.values())):
-                # measured evidence that ppl_ext gets worse above the best: look below it
-                trial(b.alpha / EXTEND_RATIO, "extend")
-            else:
-                break
-
-        for _ in range(max(0, refine)):
-            b = best()
-            if b is None:
-                break
-            nxt = _refine_point(sorted(tried.values(), key=lambda t: t.alpha), b)
-            if nxt is None:
-                break
-            trial(nxt, "refine")
-    finally:
-        if own is not None and model is None:
-            own.close()
-
-    w = best()
-    table = tuple(sorted(tried.values(), key=lambda t: t.alpha))
-    verdict = _verdict(method, s, table, w, tolerance)
-    applied = None
-    if apply:
-        if w is None:
-            raise UsageError(f"{model_path}: tune found no {method} alpha within the ppl_in tolerance; "
-                             f"nothing applied (try a larger --tolerance)")
-        applied = patch_gguf(model_path, ctx, method, w.alpha)
-    return TuneResult(os.path.basename(model_path), method, ctx, L, tolerance, base_in, s, table, w,
-                      verdict, applied)
+def apply_tune(model_path: str, result: TuneResult) -> TuneResult:
+    """Patch ``model_path`` with the winner of ``result`` (``patch_gguf``; the provenance records
+    it as ``ropepatch.alpha``): ``result`` with ``applied`` set. UsageError when nothing won."""
+    if result.winner is None:
+        raise UsageError(f"{model_path}: tune found no {result.method} alpha within the ppl_in tolerance; "
+                         f"nothing applied (try a larger --tolerance)")
+    applied = patch_gguf(model_path, result.ctx, result.method, result.winner.alpha)
+    return dataclasses.replace(result, applied=applied)
 
 
 def _refine_point(ts: list[Trial], b: Trial) -> float | None:

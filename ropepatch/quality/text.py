@@ -1,0 +1,50 @@
+"""The text a measurement scores: read from a file, tokenized once with the model's own
+tokenizer, cut into non-overlapping ``ctx``-token windows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ropepatch.errors import UsageError
+from ropepatch.runtime.session import Model
+
+
+def load_text(path: str) -> str:
+    """A text file as str (UTF-8, undecodable bytes replaced)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the text: {e.strerror}") from None
+
+
+def make_windows(text_tokens: np.ndarray, ctx: int, bos: int | None, max_windows: int | None = None
+                 ) -> list[np.ndarray]:
+    """Non-overlapping ``ctx``-token windows of the text (each starting with ``bos`` when given)."""
+    body = ctx - 1 if bos is not None else ctx
+    n_fit = len(text_tokens) // body
+    if n_fit < 1:
+        raise UsageError(
+            f"the text has {len(text_tokens)} tokens; scoring a window of {ctx} needs at least "
+            f"{body}: pass a longer --text or a smaller --ctx"
+        )
+    k = n_fit if max_windows is None else max(1, min(n_fit, int(max_windows)))
+    out = []
+    for w in range(k):
+        chunk = text_tokens[w * body:(w + 1) * body]
+        out.append(np.concatenate([[bos], chunk]).astype(np.int32) if bos is not None else chunk.astype(np.int32))
+    return out
+
+
+def text_windows(model: Model, ctx: int, text: str | bytes | None, tokens: np.ndarray | None,
+                 max_windows: int | None, who: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``(tokens, windows)``: the text's tokens (``tokens`` when given, else ``text`` tokenized
+    by ``model``) and their windows, each starting with the model's BOS when it adds one.
+    ``who`` names the caller in the error when neither is given."""
+    if tokens is None:
+        if text is None:
+            raise UsageError(f"{who}: give a text or its tokens")
+        tokens = model.tokenize(text)
+    windows = make_windows(np.asarray(tokens, dtype=np.int32), ctx,
+                           model.bos if model.add_bos else None, max_windows)
+    return tokens, windows
