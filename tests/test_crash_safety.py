@@ -18,6 +18,7 @@ import crash_harness as ch  # noqa: E402
 import fuzz_headers  # noqa: E402
 
 from ropepatch.safeio import files as fileio  # noqa: E402
+from ropepatch.safeio import commit as safecommit  # noqa: E402
 from ropepatch.patch import gguf as gp  # noqa: E402
 
 FIXTURE = "tiny-llama-q8_0.gguf"
@@ -51,8 +52,8 @@ def test_every_repatch_is_one_write_inside_one_page(copy_fixture, monkeypatch, f
     key count, a new context with the old YaRN factor)."""
     path = copy_fixture(fixture)
     writes = []
-    real = gp.write_spans_in_place
-    monkeypatch.setattr(gp, "write_spans_in_place", lambda p, spans, size: (writes.append(spans), real(p, spans, size)))
+    real = safecommit.write_spans_in_place
+    monkeypatch.setattr(safecommit, "write_spans_in_place", lambda p, spans, size: (writes.append(spans), real(p, spans, size)))
     gp.patch_gguf(path, 1024, "yarn")
     for method, ctx in (("ntk", 2048), ("yarn", 4096), ("yarn", 8192), ("linear", 300), ("dynamic", 512),
                         ("none", 256), ("ntk", 4096)):

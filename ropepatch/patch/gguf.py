@@ -43,7 +43,8 @@ from ropepatch.errors import (
     UsageError,
     WriteError,
 )
-from ropepatch.safeio.files import check_can_replace, locked, rewrite, write_spans_in_place
+from ropepatch.safeio.commit import Commit, changed_run, commit_header, page_local_run
+from ropepatch.safeio.files import check_can_replace, locked
 from ropepatch.formats.gguf.header import (
     KV,
     ArrayValue,
@@ -321,38 +322,6 @@ def _layout(h: GGUFHeader, kvs: list[KV], rewrite_layout: bool) -> tuple[bytes, 
     return body, new_off
 
 
-def _diff_spans(old: bytes, new: bytes, block: int = 4096) -> list[tuple[int, bytes]]:
-    """The runs where two equal-length buffers differ, as (offset, new bytes); runs closer than
-    a block apart are merged. Compared block by block so a multi-MB header costs microseconds."""
-    assert len(old) == len(new)
-    spans: list[list[int]] = []
-    for b0 in range(0, len(old), block):
-        b1 = min(b0 + block, len(old))
-        if old[b0:b1] == new[b0:b1]:
-            continue
-        s = b0
-        while old[s] == new[s]:
-            s += 1
-        e = b1
-        while old[e - 1] == new[e - 1]:
-            e -= 1
-        if spans and s - spans[-1][1] <= block:
-            spans[-1][1] = e
-        else:
-            spans.append([s, e])
-    return [(s, new[s:e]) for s, e in spans]
-
-
-def _atomic_run(spans: list[tuple[int, bytes]]) -> bool:
-    """True when the changes are one run inside one page: a single pwrite that a kill cannot
-    tear (the kernel stops a write for a fatal signal only between pages). Anything else is
-    written as an atomic rewrite."""
-    if len(spans) != 1:
-        return False
-    off, data = spans[0]
-    return off // PAGE == (off + len(data) - 1) // PAGE
-
-
 def _read_prefix(path: str, n: int) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
@@ -456,21 +425,12 @@ def patch_gguf(
     layout_kvs = kept + [record_kv] + slots + rp
     changes = _changes(list(h.kvs), layout_kvs)
     header, new_off = _layout(h, layout_kvs, rewrite_layout=prov is None)
-    in_place = new_off == h.data_offset
-    if in_place and header == h.raw:
-        if out is None:
-            return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
-        in_place = False
+    if header == h.raw and out is None:
+        return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
     if dry_run:
         return PatchResult(path, target, plan, "dry-run", changes, tuple(warnings))
-    with locked(path):
-        _recheck(path, h)
-        spans = _diff_spans(h.raw, header) if in_place and out is None else []
-        if _atomic_run(spans):  # a kill leaves the old header or the new one, never a mix
-            write_spans_in_place(path, spans, h.file_size)
-            return PatchResult(path, target, plan, "in-place", changes, tuple(warnings), len(spans[0][1]))
-        rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
-    return PatchResult(path, target, plan, "rewrite", changes, tuple(warnings), len(header) + h.data_length)
+    done = _commit(h, header, target, progress)
+    return PatchResult(path, target, plan, done.mode, changes, tuple(warnings), done.bytes_written)
 
 
 def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progress) -> PatchResult:
@@ -488,10 +448,10 @@ def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progr
     assert len(body) == h.data_offset
     if not changes:
         return PatchResult(h.path, target, plan, "no-op", (), tuple(warnings))
-    if target == h.path:
+    if target == h.path and page_local_run(h.raw, body) is None:
         # in place: a kill is all-or-nothing only for one pwrite inside one page
-        spans = _diff_spans(h.raw, body)
-        first, last = (spans[0][0], spans[-1][0] + len(spans[-1][1]) - 1) if spans else (0, 0)
+        first, end = changed_run(h.raw, body)
+        last = end - 1
         pages = last // PAGE - first // PAGE + 1
         if pages > 1:
             raise UsageError(
@@ -502,20 +462,20 @@ def _patch_no_record(h, new_kvs, plan, target, dry_run, warnings, changes, progr
             )
     if dry_run:
         return PatchResult(h.path, target, plan, "dry-run", changes, tuple(warnings))
-    if target != h.path:
-        with locked(h.path):
-            rewrite(h.path, target, body, h.data_offset, h.data_length, progress=progress)
-        return PatchResult(h.path, target, plan, "rewrite", changes, tuple(warnings), h.file_size)
+    # in place: one pwrite from the first changed byte to the last (all inside one page,
+    # checked above), so a kill cannot land between two changed values
+    done = _commit(h, body, target, progress)
+    mode = "no-op" if done.mode == "in-place" and not done.bytes_written else done.mode
+    return PatchResult(h.path, target, plan, mode, changes, tuple(warnings), done.bytes_written)
+
+
+def _commit(h: GGUFHeader, header: bytes, target: str, progress) -> Commit:
+    """Under the file's lock, and only if nobody changed the header since it was read: write
+    ``header`` over ``h``'s (into ``target``) by the one commit rule (:mod:`safeio.commit`)."""
     with locked(h.path):
         _recheck(h.path, h)
-        spans = _diff_spans(h.raw, body)
-        if not spans:
-            return PatchResult(h.path, target, plan, "no-op", changes, tuple(warnings))
-        # one pwrite from the first changed byte to the last (all inside one page, checked
-        # above), so a kill cannot land between two changed values
-        first, last = spans[0][0], spans[-1][0] + len(spans[-1][1])
-        write_spans_in_place(h.path, [(first, body[first:last])], h.file_size)
-    return PatchResult(h.path, target, plan, "in-place", changes, tuple(warnings), last - first)
+        return commit_header(h.path, h.raw, header, h.data_offset, h.data_length, h.file_size,
+                             dst=target, progress=progress)
 
 
 def _recheck(path: str, h: GGUFHeader) -> None:
@@ -572,11 +532,5 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
     if dry_run:
         return RevertResult(path, target, "dry-run", sha, changes)
     check_can_replace(target)
-    with locked(path):
-        _recheck(path, h)
-        spans = _diff_spans(h.raw, header) if data_off == h.data_offset and out is None else []
-        if _atomic_run(spans):  # a kill leaves the old header or the new one, never a mix
-            write_spans_in_place(path, spans, h.file_size)
-            return RevertResult(path, target, "in-place", sha, changes)
-        rewrite(path, target, header, h.data_offset, h.data_length, progress=progress)
-    return RevertResult(path, target, "rewrite", sha, changes)
+    done = _commit(h, header, target, progress)
+    return RevertResult(path, target, done.mode, sha, changes)

@@ -1,0 +1,108 @@
+"""THE one rule for committing a new model-file header, for every format.
+
+If the new header has the old one's length and every byte that differs lies inside one 4 KiB
+page of the file, it is written in place by a single ``pwrite`` of the run from the first
+changed byte to the last, then ``fsync``. Linux checks for a fatal signal only between the
+page-sized chunks of a write, so a kill -9 leaves that run all old or all new: the file holds
+the old header or the new one, never a mix. Anything else (another length, a run across pages,
+another destination, or a caller that forbids in-place writes, e.g. for a symlinked or
+hard-linked file) is an atomic rewrite: temp file in the target's directory + new header +
+kernel copy of the tensor bytes + fsync + rename (:func:`ropepatch.safeio.files.rewrite`).
+
+Callers hold :func:`ropepatch.safeio.files.locked` on the file and have checked it did not
+change since they read it; this module does neither.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+from ropepatch.safeio.files import rewrite, write_spans_in_place
+
+PAGE = 4096  # the unit of an untearable write
+
+
+def changed_run(old: bytes, new: bytes, block: int = PAGE) -> tuple[int, int] | None:
+    """``(first, end)``: the first index where two equal-length buffers differ and one past the
+    last; None when they are equal. Compared block by block, so a 100 MB header costs
+    milliseconds."""
+    assert len(old) == len(new)
+    n = len(old)
+    first = None
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        if old[b0:b1] != new[b0:b1]:
+            first = b0
+            while old[first] == new[first]:
+                first += 1
+            break
+    if first is None:
+        return None
+    end = n
+    while True:
+        b0 = max(first, end - block)
+        if old[b0:end] != new[b0:end]:
+            while old[end - 1] == new[end - 1]:
+                end -= 1
+            return first, end
+        end = b0
+
+
+def page_local_run(old: bytes, new: bytes) -> tuple[int, bytes] | None:
+    """The one in-place write that turns ``old`` into ``new`` (both the file's bytes from offset
+    0): ``(offset, bytes)`` from the first changed byte to the last, when the lengths are equal
+    and that run lies inside one 4 KiB page (``(0, b"")`` when nothing changes); else None."""
+    if len(old) != len(new):
+        return None
+    run = changed_run(old, new)
+    if run is None:
+        return 0, b""
+    first, end = run
+    if first // PAGE != (end - 1) // PAGE:
+        return None
+    return first, new[first:end]
+
+
+class Commit(NamedTuple):
+    """What :func:`commit_header` did."""
+
+    mode: str  # "in-place" | "rewrite"
+    bytes_written: int  # in place: the run's length (0: nothing changed); rewrite: the new file's
+
+
+def commit_header(
+    path: str,
+    old: bytes,
+    new: bytes,
+    data_offset: int,
+    data_length: int,
+    file_size: int,
+    *,
+    dst: str | None = None,
+    allow_in_place: bool = True,
+    progress=None,
+) -> Commit:
+    """Put the header ``new`` in front of ``path``'s tensor bytes, by the module's one rule.
+
+    ``old``: the header bytes now at ``path[0:data_offset]``; ``new``: the complete new bytes
+    to put before the data (for safetensors: the 8-byte length prefix included). The data are
+    ``path[data_offset : data_offset + data_length]``; ``file_size`` is ``path``'s size as read
+    (an in-place write refuses a file whose size changed).
+
+    In place when ``dst`` is None or names ``path``, ``allow_in_place`` and
+    :func:`page_local_run` finds one run: one pwrite (none when nothing changed) + fsync,
+    through :func:`files.write_spans_in_place`. Otherwise :func:`files.rewrite` of ``path`` into
+    ``dst`` (default ``path``; a symlink or hard link there is replaced by a new regular file),
+    with ``progress(done, total)`` after each copied chunk. Returns :class:`Commit`; raises
+    WriteError (one line) on failure, the original file intact.
+    """
+    same = dst is None or os.path.abspath(dst) == os.path.abspath(path)
+    run = page_local_run(old, new) if same and allow_in_place else None
+    if run is not None:
+        off, data = run
+        if data:
+            write_spans_in_place(path, [(off, data)], file_size)
+        return Commit("in-place", len(data))
+    rewrite(path, dst or path, new, data_offset, data_length, progress=progress)
+    return Commit("rewrite", len(new) + data_length)
