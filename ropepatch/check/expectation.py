@@ -1,0 +1,118 @@
+"""What ``ropepatch validate`` expects the runtime to do with a file.
+
+The expected parameters: ``inspect_gguf(path).current`` (what the file says, as ropepatch reads
+it); when the file carries ropepatch provenance, the recorded plan's target
+(``make_plan(original, ctx, method, alpha).target``: what the user asked for); a caller's
+overrides (``expect``) replace either. Their ROPE op parameters (:func:`ggml_rope_args`) are what
+checks b-d compare the runtime with. Pure Python: reads the header, never loads the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+from ropepatch.check.report import g, jsonable
+from ropepatch.check.rope_reference import ggml_rope_args
+from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
+from ropepatch.patch.gguf import ModelInfo, inspect_gguf
+from ropepatch.rope.methods import make_plan
+from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The file as ropepatch reads it, and what the runtime should apply."""
+
+    current: RopeParams  # the file's settings now
+    original_ctx: int  # L: the training context before any extension
+    target_ctx: int  # the probes reach position target_ctx - 1
+    provenance: Mapping[str, object] | None  # {method, ctx, alpha, version} or None
+    plan_target: RopeParams | None  # the recorded plan's target, when it could be rebuilt
+    plan_problem: str  # why the recorded plan could not be rebuilt ("" if it could)
+    params: RopeParams  # the expected parameters
+    source: str  # "plan", "file" or "expected"
+    op: Mapping[str, object] | None  # ggml_rope_args(params), None when there is no reference
+    op_problem: str  # why op is None
+    file_op: Mapping[str, object] | None  # ggml_rope_args(current), None when there is none
+    notes: tuple[str, ...] = ()
+
+    @property
+    def arch(self) -> str:
+        return self.current.arch
+
+    @property
+    def params_dict(self) -> dict:
+        """The expected parameters as JSON values, with their ``freq_scale``."""
+        d = jsonable(asdict(self.params))
+        d["freq_scale"] = self.params.freq_scale
+        return d
+
+
+def read_model(path: str) -> ModelInfo:
+    """The file as ropepatch reads it (raises a one-line :class:`RopepatchError`)."""
+    return inspect_gguf(path)
+
+
+def _recorded_plan(info: ModelInfo, ctx: int | None, notes: list[str]):
+    """(provenance dict, plan target, problem) for a file ropepatch patched; (None, None, "")
+    for one it did not."""
+    prov = info.provenance
+    if prov is None:
+        return None, None, ""
+    prov_d = {"method": prov.method, "ctx": prov.ctx, "alpha": prov.alpha, "version": prov.version}
+    target, problem = None, ""
+    try:
+        try:
+            plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha)
+        except UnsupportedModelError:
+            plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha, replace_scaling=True)
+            notes.append("the recorded plan replaces the model's own scaling (--replace-scaling)")
+        target = plan.target
+    except RopepatchError as exc:
+        problem = (f"the recorded plan (method {prov.method!r}, ctx {prov.ctx}, alpha {g(prov.alpha)}) "
+                   f"cannot be rebuilt: {exc}")
+    if ctx is not None and prov.ctx and int(ctx) != prov.ctx:
+        notes.append(f"--ctx {ctx} differs from the ctx ropepatch patched the file for ({prov.ctx})")
+    return prov_d, target, problem
+
+
+def with_overrides(params: RopeParams, expect: Mapping[str, object]) -> RopeParams:
+    """``params`` with the caller's overrides (field names of :class:`RopeParams`)."""
+    fields = RopeParams.__dataclass_fields__
+    bad = [kk for kk in expect if kk not in fields]
+    if bad:
+        raise UsageError(f"validate: unknown expected field(s) {bad}; fields: {list(fields)}")
+    ov = dict(expect)
+    if "layout" in ov:
+        ov["layout"] = RopeLayout(ov["layout"])
+    if "scaling_type" in ov:
+        ov["scaling_type"] = ScalingType(ov["scaling_type"])
+    return params.with_(**ov)
+
+
+def rope_op(params: RopeParams) -> tuple[dict | None, str]:
+    """(ggml_rope_args(params), "") or (None, why there is no reference rotary)."""
+    try:
+        return ggml_rope_args(params), ""
+    except RopepatchError as exc:
+        return None, f"no reference rotary for this model: {exc}"
+
+
+def expectation(info: ModelInfo, ctx: int | None, expect: Mapping[str, object] | None) -> Expectation:
+    """What to expect of the runtime for the file ``info`` describes, validated to ``ctx``
+    (default: the file's context length) with the caller's overrides ``expect``."""
+    cur = info.current
+    notes: list[str] = []
+    prov_d, plan_target, plan_problem = _recorded_plan(info, ctx, notes)
+    params = plan_target if plan_target is not None else cur
+    source = "plan" if plan_target is not None else "file"
+    if expect:
+        params, source = with_overrides(params, expect), "expected"
+    op, op_problem = rope_op(params)
+    return Expectation(
+        current=cur, original_ctx=info.original.n_ctx_train,
+        target_ctx=int(ctx) if ctx is not None else cur.n_ctx_train, provenance=prov_d,
+        plan_target=plan_target, plan_problem=plan_problem, params=params, source=source, op=op,
+        op_problem=op_problem, file_op=rope_op(cur)[0], notes=tuple(notes),
+    )
