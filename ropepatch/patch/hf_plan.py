@@ -1,0 +1,99 @@
+"""Plans for an HF model, and the config / vLLM spellings of a plan.
+
+    plan_hf(path, ctx, method="ntk", alpha=None, replace_scaling=False) -> Plan
+    plan_hf_snippets(plan: Plan) -> dict   # transformers v4 / v5 blocks, vLLM overrides
+"""
+
+from __future__ import annotations
+
+import json
+
+from ropepatch.formats.hf import keys as hk
+from ropepatch.formats.hf.config import (
+    ConfigDoc,
+    HFRope,
+    check_composable_hf,
+    parse_config,
+    read_rope,
+    rope_block,
+    unscaled_params,
+)
+from ropepatch.patch.hf_model import resolve_model
+from ropepatch.patch.hf_state import ModelState, read_state
+from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan
+
+
+def plan_from_state(st: ModelState, ctx: int, method: str, alpha: float | None,
+                    replace_scaling: bool) -> tuple[ConfigDoc, HFRope, Plan]:
+    """The original config (recorded when patched), its rope settings and the plan."""
+    orig_doc = parse_config(st.original_config_text(), st.model.config_path)
+    rope0 = read_rope(orig_doc)
+    check_composable_hf(rope0, method, replace_scaling)
+    plan = make_plan(unscaled_params(rope0), ctx, method, alpha)
+    return orig_doc, rope0, plan
+
+
+def plan_hf(path: str, ctx: int, method: str = DEFAULT_METHOD, alpha: float | None = None,
+            replace_scaling: bool = False) -> Plan:
+    """The plan :func:`patch_hf` would carry out (from the recorded originals), touching nothing."""
+    st = read_state(resolve_model(path))
+    return plan_from_state(st, ctx, method, alpha, replace_scaling)[2]
+
+
+def plan_hf_snippets(plan: Plan) -> dict:
+    """The HF spellings of ``plan`` (``plan.original`` = the unscaled model: L, b, d).
+
+    Returns ``{"method", "ctx", "rope_theta", "max_position_embeddings", "rope_scaling"
+    (v4 block or None), "transformers_v4" (keys to set in config.json), "transformers_v5"
+    (the same with ``rope_parameters``), "vllm_hf_overrides" (JSON string for
+    ``--hf-overrides``), "vllm_hf_overrides_v5", "vllm_args" (a command-line fragment),
+    "notes"}``.
+    """
+    rb = rope_block(plan)
+    v4 = {hk.ROPE_THETA: rb.rope_theta, hk.ROPE_SCALING: rb.scaling,
+          hk.MAX_POSITION_EMBEDDINGS: rb.max_position_embeddings}
+    params = {hk.RS_ROPE_TYPE: hk.RT_DEFAULT} if rb.scaling is None else dict(rb.scaling)
+    params[hk.ROPE_THETA] = rb.rope_theta
+    v5 = {hk.ROPE_PARAMETERS: params, hk.MAX_POSITION_EMBEDDINGS: rb.max_position_embeddings}
+    overrides = json.dumps(v4, separators=(", ", ": "))
+    notes = []
+    if plan.method == "dynamic":
+        notes.append(
+            f"transformers rescales the base only for sequences longer than "
+            f"max_position_embeddings ({rb.max_position_embeddings}) and does not re-rotate "
+            f"cached keys; vLLM computes it once, statically, for "
+            f"{int(rb.max_position_embeddings * plan.alpha)} tokens"
+        )
+    if plan.method == "yarn":
+        notes.append("attention factor defaults to 0.1*ln(factor)+1 (not written)")
+    return {
+        "method": plan.method,
+        "ctx": plan.ctx,
+        "rope_theta": rb.rope_theta,
+        "max_position_embeddings": rb.max_position_embeddings,
+        "rope_scaling": rb.scaling,
+        "transformers_v4": v4,
+        "transformers_v5": v5,
+        "vllm_hf_overrides": overrides,
+        "vllm_hf_overrides_v5": json.dumps(v5, separators=(", ", ": ")),
+        "vllm_args": f"--hf-overrides '{overrides}' --max-model-len {plan.ctx}",
+        "notes": notes,
+    }
+
+
+def method_notes(plan: Plan, rope0: HFRope, patched: HFRope) -> list[str]:
+    """What the user should know about ``plan``'s method after patching."""
+    L, N = plan.original.n_ctx_train, plan.ctx
+    if plan.method == "dynamic":
+        return [
+            f"dynamic: max_position_embeddings stays at the original {L}; transformers raises the "
+            f"base only for sequences longer than that and does not re-rotate cached keys "
+            f"(transformers #25104); vLLM applies it statically for {int(L * plan.alpha)} tokens"
+        ]
+    if plan.method == "ntk":
+        return [f"ntk: rope_theta {rope0.rope_theta:g} -> {patched.rope_theta:.6g}, "
+                f"max_position_embeddings {L} -> {N}"]
+    if plan.method == "linear":
+        return [f"linear: max_position_embeddings stays at {L}; runtimes scale positions by "
+                f"1/{plan.alpha:g} (vLLM allows {int(L * plan.alpha)} tokens)"]
+    return []

@@ -1,0 +1,107 @@
+"""Writing a patched or reverted HF model in place: shards first, config.json last, and the
+shards already written restored when a later write fails.
+
+    is_in_place(hdr, header, linked) -> bool
+    write_in_place(model, st, new_headers, new_cfg, cfg_changed, final_headers)
+    replace_with_symlink(path, target)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ropepatch.errors import RopepatchError
+from ropepatch.formats.safetensors import SafetensorsHeader, page_local_run, read_header, write_header
+from ropepatch.patch.hf_model import HFModel, is_linked, link_target
+from ropepatch.patch.hf_state import ModelState
+from ropepatch.safeio import files as fileio
+
+
+def is_in_place(hdr: SafetensorsHeader, header: bytes, linked: bool) -> bool:
+    """Whether ``header`` is written over ``hdr`` in place (one pwrite inside one page)
+    rather than as an atomic rewrite."""
+    return not linked and page_local_run(hdr, header) is not None
+
+
+def _space_needed(paths_sizes: list[tuple[str, int, bool]]) -> int:
+    """Bytes the rewrites need at once: linked files keep their old data, others free it."""
+    linked = sum(sz for _, sz, keep in paths_sizes if keep)
+    other = max((sz for _, sz, keep in paths_sizes if not keep), default=0)
+    return linked + other
+
+
+def _check_before_writing(model: HFModel, st: ModelState, todo: list[str],
+                          new_headers: dict[str, bytes | None], new_cfg: bytes,
+                          cfg_changed: bool) -> None:
+    """Refuse before any write: files that cannot be replaced, too little space."""
+    rewrites = []
+    for s in todo:
+        fileio.check_can_replace(s)
+        hdr, h = st.headers[s], new_headers[s]
+        linked = is_linked(s)
+        if not is_in_place(hdr, h, linked):
+            rewrites.append((s, 8 + len(h) + hdr.data_length, linked))
+    if cfg_changed:
+        fileio.check_can_replace(model.config_path)
+    need = _space_needed(rewrites) + len(new_cfg)
+    fileio.check_space(model.root, need, model.config_path if not rewrites else rewrites[0][0])
+
+
+def write_in_place(model: HFModel, st: ModelState, new_headers: dict[str, bytes | None],
+                   new_cfg: bytes, cfg_changed: bool, final_headers: dict[str, bytes]) -> None:
+    """Write the shards whose new header is not None, then config.json, then
+    ``final_headers`` (the shards without the transient previous-config entry)."""
+    todo = [s for s in model.shards if new_headers[s] is not None]
+    _check_before_writing(model, st, todo, new_headers, new_cfg, cfg_changed)
+    done: list[tuple[str, SafetensorsHeader, str | None]] = []
+    try:
+        for s in todo:
+            hdr, h = st.headers[s], new_headers[s]
+            link = link_target(s)
+            write_header(hdr, h, in_place_ok=not is_linked(s))
+            done.append((s, hdr, link))
+        if cfg_changed:
+            fileio.rewrite(model.config_path, model.config_path, new_cfg, 0, 0)
+    except RopepatchError as e:
+        restored = _rollback(done)
+        raise type(e)(f"{e}; {restored}") from None
+    # config.json is final: drop RP_PREVIOUS_CONFIG_SHA256 from the shards (same length, in place)
+    try:
+        for s, h in final_headers.items():
+            write_header(read_header(s), h)
+    except RopepatchError as e:
+        raise type(e)(f"{e}; the model is patched, run the same command again to finish") from None
+
+
+def _rollback(done: list[tuple[str, SafetensorsHeader, str | None]]) -> str:
+    bad = []
+    for s, old, link in reversed(done):
+        try:
+            if link is not None:
+                replace_with_symlink(s, link)
+            else:
+                cur = read_header(s)
+                write_header(cur, old.header_bytes)
+        except (RopepatchError, OSError):
+            bad.append(s)
+    if not done:
+        return "nothing was written"
+    if bad:
+        return f"could not restore {', '.join(bad)}: run ropepatch revert on it"
+    return f"the {len(done)} shard(s) already written were restored"
+
+
+def replace_with_symlink(path: str, target: str) -> None:
+    """Atomically make ``path`` a symlink to ``target`` (a temp link renamed over it)."""
+    d = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(d, f".ropepatch-{os.getpid()}-{os.path.basename(path)}.link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
