@@ -9,7 +9,7 @@ from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.progress import byte_progress, show_progress
 from ropepatch.cli.render import emit, file_lines, g, note_lines, plan_dict, warn
 from ropepatch.errors import UsageError
-from ropepatch.rope.methods import DEFAULT_METHOD
+from ropepatch.rope.methods import DEFAULT_METHOD, method_note
 
 
 def _gguf_target(args) -> tuple[int, str, float | None, list[str]]:
@@ -47,8 +47,8 @@ def cmd_gguf(args) -> int:
         progress=byte_progress(show_progress(args)),
     )
     secs = time.perf_counter() - t0
-    if args.from_hf:  # the patch's own dynamic warning says the same
-        pre = [w for w in pre if not w.startswith("dynamic:")]
+    if args.from_hf and method_note(res.plan, "gguf_note"):  # the patch's own note says the same
+        pre = [w for w in pre if not w.startswith(f"{res.plan.method}:")]
     warn(pre + list(res.warnings))
     data = {
         "path": res.path,

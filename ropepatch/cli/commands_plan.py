@@ -8,7 +8,7 @@ import math
 from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.render import describe_params, emit, g, note_lines, params_dict, plan_dict
 from ropepatch.errors import UsageError
-from ropepatch.rope.methods import METHODS, Plan, make_plan
+from ropepatch.rope.methods import METHODS, Plan, make_plan, method_note
 from ropepatch.rope.params import RopeParams
 
 _BOTH = "plan: give either PATH or --base/--rope-dim/--orig-ctx, not both"
@@ -29,7 +29,7 @@ def cmd_plan(args) -> int:
         *_plan_table(plans),
     ]
     for p in plans:
-        if p.method == "none" and len(plans) > 1:
+        if not METHODS[p.method].takes_alpha and len(plans) > 1:  # the unscaled baseline: table row only
             continue
         lines += _runtime_lines(p, model_path)
     emit(args, data, "\n".join(lines))
@@ -41,7 +41,7 @@ def _plan_table(plans: list[Plan]) -> list[str]:
     for p in plans:
         t = p.target
         rows.append(
-            f"{p.method:8} {g(p.alpha) if p.method != 'none' else '-':>8} {g(t.freq_base):>14} "
+            f"{p.method:8} {g(p.alpha) if METHODS[p.method].takes_alpha else '-':>8} {g(t.freq_base):>14} "
             f"{t.scaling_type.value:>8} {g(t.scaling_factor) if t.scaling_factor else '-':>8} "
             f"{t.orig_ctx or '-':>8}"
         )
@@ -64,9 +64,8 @@ def _runtime_lines(p: Plan, model_path: str) -> list[str]:
         + ")",
         "  Ollama Modelfile:   " + ollama_modelfile(p, model_path).strip().replace("\n", " | "),
     ]
-    if p.method == "dynamic":
-        lines.append("  note: llama.cpp has no dynamic mode; this base applies at every length")
-    return lines
+    note = method_note(p, "gguf_plan_note")
+    return lines + ([f"  note: {note}"] if note else [])
 
 
 def _plan_original(args) -> tuple[RopeParams, str]:
@@ -105,7 +104,7 @@ def _plan_hf(args) -> int:
 
     if args.base is not None or args.rope_dim is not None or args.orig_ctx is not None:
         raise UsageError(_BOTH)
-    methods = [m for m in METHODS if m != "none"] if args.method == "all" else [args.method]
+    methods = [m for m, spec in METHODS.items() if spec.takes_alpha] if args.method == "all" else [args.method]
     plans = {m: plan_hf(args.path, args.ctx, m, args.alpha) for m in methods}
     snippets = {m: plan_hf_snippets(p) for m, p in plans.items()}
     lines = [f"original: {describe_params(next(iter(plans.values())).original)}",

@@ -122,7 +122,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
     _runtime_args(p, text=True)
-    p.add_argument("--method", default="ntk", choices=["ntk", "dynamic", "linear", "yarn"], help="default ntk")
+    tunable = [name for name, m in METHODS.items() if m.takes_alpha]
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=tunable, help=f"default {DEFAULT_METHOD}")
     p.add_argument("--tolerance", type=number, default=0.05,
                    help="allowed ppl_in increase over the unscaled model (default 0.05)")
     p.add_argument("--apply", action="store_true", help="patch the file with the winner (provenance records it)")

@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 
 from ropepatch.rope.methods import Plan
-from ropepatch.rope.params import RopeParams
+from ropepatch.rope.params import RopeParams, ScalingType
 from ropepatch.rope.serialize import jsonable
 
 
@@ -60,7 +60,7 @@ def describe_params(p: RopeParams) -> str:
         f"{p.head_dim}, layout {p.layout.value.upper()}, freq_base {g(p.freq_base)}, scaling "
         f"{p.scaling_type.value}"
     )
-    if p.scaling_type.value != "none":
+    if p.scaling_type != ScalingType.NONE:
         s += f" (factor {g(p.scaling_factor)}, original ctx {p.n_ctx_orig})"
     if p.has_freq_factors:
         s += ", per-pair frequency factors (rope_freqs)"

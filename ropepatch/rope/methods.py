@@ -78,6 +78,7 @@ class Method:
     gguf_note: str = ""  # the GGUF file / llama.cpp
     hf_note: str = ""  # the HF config / transformers / vLLM, after patching
     hf_plan_note: str = ""  # the same, for ``plan`` on an HF model
+    gguf_plan_note: str = ""  # for ``plan`` on a GGUF model (or bare parameters)
 
     def apply(self, orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
         """Parameters to write for target context ``ctx`` given the ORIGINAL params."""
@@ -92,7 +93,8 @@ def note_values(plan: "Plan") -> dict:
 
 
 def method_note(plan: "Plan", which: str) -> str:
-    """The method's ``which`` note (``"gguf_note"``, ``"hf_note"``, ``"hf_plan_note"``) for
+    """The method's ``which`` note (``"gguf_note"``, ``"hf_note"``, ``"hf_plan_note"``,
+    ``"gguf_plan_note"``) for
     ``plan``, filled in; "" when the method has none."""
     template = getattr(get_method(plan.method), which)
     return template.format(**note_values(plan)) if template else ""
@@ -162,6 +164,7 @@ METHODS: dict[str, Method] = {
             hf_plan_note="transformers rescales the base only for sequences longer than "
             "max_position_embeddings ({L}) and does not re-rotate cached keys; vLLM computes it "
             "once, statically, for {runtime_len} tokens",
+            gguf_plan_note="llama.cpp has no dynamic mode; this base applies at every length",
         ),
         Method(
             "linear",
