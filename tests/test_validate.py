@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
-from conftest import GGUF_FIXTURES  # noqa: E402
+from conftest import FIXTURES, GGUF_FIXTURES  # noqa: E402
 from ropepatch.errors import UsageError  # noqa: E402
 from ropepatch.formats.gguf.header import read_header  # noqa: E402
 from ropepatch.patch.gguf import inspect_gguf, patch_gguf  # noqa: E402
@@ -37,6 +37,7 @@ from ropepatch.check.validate import (  # noqa: E402
     parse_positions,
     validate,
 )
+from ropepatch.check.isolated import validate_isolated  # noqa: E402
 
 CTX = 1024  # 8 x the fixtures' training context
 L = 128
@@ -64,6 +65,15 @@ def poke(path: str, key: str, fmt: str, value) -> None:
 
 def statuses(r: ValidationReport) -> dict[str, str]:
     return {c.id: c.status for c in r.checks}
+
+
+def untimed(x):
+    """A report's dict without its timings (which differ from run to run)."""
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k != "seconds"}
+    if isinstance(x, list):
+        return [untimed(v) for v in x]
+    return x
 
 
 # ---- every fixture x every method passes -------------------------------------------------------
@@ -226,3 +236,46 @@ def test_validate_on_gpu(copy_fixture, name):
     path = patched(copy_fixture, name, "yarn")
     r = validate(path, gpu_layers=-1)
     assert r.device.startswith("gpu") and r.passed, format_report(r)
+
+
+# ---- streaming, and validate in a runtime worker ------------------------------------------------
+
+
+def test_steps_and_checks_are_streamed(copy_fixture):
+    """on_step names each check (and its positions) before it runs; on_check gets each result."""
+    path = patched(copy_fixture, "tiny-llama-f32.gguf", "ntk")
+    steps, done = [], []
+    r = validate(path, on_step=steps.append, on_check=done.append)
+    assert [s[:8] for s in steps] == ["check a:", "check b:", "check c:", "check d:"]
+    assert "positions 120..135, 1008..1023" in steps[1] and "positions 704..1023" in steps[3]
+    assert done == list(r.checks) and r.crash is None and r.to_dict()["crash"] is None
+
+
+def test_validate_isolated_gives_validates_report(copy_fixture):
+    path = patched(copy_fixture, "tiny-qwen2-q8_0.gguf", "yarn")
+    streamed = []
+    r_in = validate(path)
+    r_iso = validate_isolated(path, on_check=streamed.append)
+    assert statuses(r_iso) == statuses(r_in) == {c: PASSED for c in "abcd"}, format_report(r_iso)
+    assert untimed(r_iso.to_dict()) == untimed(r_in.to_dict())
+    assert [c.id for c in streamed] == list("abcd")
+    with pytest.raises(UsageError, match="no such file"):
+        validate_isolated(path + ".missing")
+
+
+@pytest.mark.parametrize("after, step", [(2, "check a: loading the model"), (3, "check b: ROPE op parameters")])
+def test_validate_isolated_reports_a_crash(monkeypatch, after, step):
+    """The worker kills itself with SIGSEGV after its Nth event (2: check a's result, 3: check b's
+    step): check a is reported as it finished, the next check fails with the crash line, the
+    rest are skipped, and ``crash`` names the signal and the step."""
+    monkeypatch.setenv("ROPEPATCH_WORKER_CRASH", f"SEGV:{after}")
+    path = str(FIXTURES / "tiny-llama-f32.gguf")
+    r = validate_isolated(path)
+    assert statuses(r) == {"a": PASSED, "b": FAILED, "c": SKIPPED, "d": SKIPPED}, format_report(r)
+    assert r.crash and "\n" not in r.crash
+    assert "crashed with SIGSEGV" in r.crash and f"while {step}" in r.crash and path in r.crash
+    assert r.check("b").reason == r.crash and r.check("c").reason == "not run: the runtime crashed"
+    assert r.check("a").figures["n_ctx_train"]["runtime"] == L
+    assert r.arch == "llama" and r.original_ctx == L and not r.passed
+    d = json.loads(r.to_json())
+    assert d["crash"] == r.crash and d["passed"] is False
