@@ -72,7 +72,8 @@ def _inspect_hf(args) -> int:
     from ropepatch.patch.hf import inspect_hf
 
     info = inspect_hf(args.path)
-    lines = [f"{info.model.root} (Hugging Face, config {info.model.config_path}, {len(info.shards)} safetensors file(s))",
+    lines = [f"{info.model.root} (Hugging Face, config {info.model.config_path}, "
+             f"{len(info.shards)} safetensors file(s))",
              "  now:      " + describe_hf_rope(info.rope)]
     if info.patched and info.record:
         rec = info.record
