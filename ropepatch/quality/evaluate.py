@@ -29,12 +29,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ropepatch.quality.buckets import DEFAULT_N_BUCKETS, bucketize, default_buckets, parse_buckets, rebucket
-from ropepatch.quality.progress import Meter, Progress, ProgressFn, StepFn, progress_bar, step
+from ropepatch.quality.options import RunOptions
+from ropepatch.quality.progress import Meter, Progress, ProgressFn, StepFn, progress_bar
 from ropepatch.quality.results import Bucket, EvalResult, MethodResult, Timing, format_table
 from ropepatch.quality.scoring import (
     extension_original,
     method_cost,
-    open_model,
     runtime_settings_for,
     score_full_logits,
     score_method,
@@ -49,7 +49,6 @@ from ropepatch.quality.specs import (
     resolve_specs,
 )
 from ropepatch.quality.text import load_text, make_windows, text_windows
-from ropepatch.rope.params import RopeParams
 from ropepatch.runtime.binding import default_threads
 from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
 
@@ -59,7 +58,7 @@ __all__ = [
     "default_buckets", "bucketize", "rebucket", "MethodSpec", "WINDOW", "DEFAULT_METHODS",
     "DEFAULT_N_BATCH", "DEFAULT_N_BUCKETS", "Model", "default_threads", "load_text", "make_windows",
     "sliding_windows", "method_cost", "score_method", "score_full_logits", "runtime_settings_for",
-    "extension_original",
+    "extension_original", "RunOptions",
 ]
 
 
@@ -74,14 +73,7 @@ def evaluate(
     buckets: str | int | Sequence[int] | None = None,
     window: bool = True,
     max_windows: int | None = 1,
-    n_batch: int = DEFAULT_N_BATCH,
-    n_threads: int | None = None,
-    n_gpu_layers: int = 0,
-    progress: ProgressFn | None = None,
-    on_step: StepFn | None = None,
-    model: Model | None = None,
-    original: RopeParams | None = None,
-    flash_attn: bool | None = None,
+    **run,
 ) -> EvalResult:
     """Perplexity by position of the model at ``model_path`` over ``ctx``-token windows of
     ``text`` (or of pre-computed ``tokens``: the text's token ids WITHOUT a BOS, from
@@ -89,20 +81,21 @@ def evaluate(
     like ``"ntk@2.5"`` pin an alpha) plus the ``window`` baseline unless ``window=False``.
 
     ``max_windows``: how many non-overlapping windows to average (None = as many as the text
-    holds). ``model``: an already-loaded :class:`Model` to reuse (e.g. by tune).
-    ``on_step(str)``: told when the load and each method's scoring start.
+    holds). ``run``: the :class:`~ropepatch.quality.options.RunOptions` fields (``n_batch``,
+    ``n_threads``, ``n_gpu_layers``, ``flash_attn``, ``progress``, ``on_step``, ``model``: an
+    already-loaded :class:`Model` to reuse, ``original``).
     """
-    original = extension_original(model_path, ctx, original)
+    opts = RunOptions(**run)
+    original = extension_original(model_path, ctx, opts.original)
     L = original.n_ctx_train
     specs = resolve_specs(methods, alphas, window)
     edges = parse_buckets(buckets, ctx, L)
-    with open_model(model_path, model, on_step=on_step, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                    n_batch=n_batch, flash_attn=flash_attn) as m:
+    with opts.open(model_path) as m:
         tokens, windows = text_windows(m, ctx, text, tokens, max_windows, "evaluate")
-        meter = Meter(sum(method_cost(s, ctx, L, len(windows)) for s in specs), progress)
+        meter = Meter(sum(method_cost(s, ctx, L, len(windows)) for s in specs), opts.progress)
         results: dict[str, MethodResult] = {}
         for spec in specs:
-            step(on_step, f"scoring {spec.label} at {ctx} tokens")
+            opts.step(f"scoring {spec.label} at {ctx} tokens")
             results[spec.label] = score_method(m, windows, spec, original, ctx, edges, meter)
     timing = Timing(
         seconds=sum(r.seconds for r in results.values()),

@@ -27,17 +27,18 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ropepatch.errors import UsageError
-from ropepatch.quality.progress import Meter, Progress, ProgressFn, StepFn, step
+from ropepatch.quality.options import RunOptions
+from ropepatch.quality.progress import Meter, Progress
 from ropepatch.quality.results import num
-from ropepatch.quality.scoring import extension_original, open_model, runtime_settings_for
+from ropepatch.quality.scoring import extension_original, runtime_settings_for
 from ropepatch.quality.specs import WINDOW, MethodSpec, resolve_specs
 from ropepatch.rope.params import RopeParams
-from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
+from ropepatch.runtime.session import Model
 
 INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize "
          "it. I will quiz you about the important information there.")
@@ -170,31 +171,24 @@ def passkey(
     trials: int = 5,
     seed: int = 0,
     window: bool = True,
-    n_batch: int = DEFAULT_N_BATCH,
-    n_threads: int | None = None,
-    n_gpu_layers: int = 0,
-    progress: ProgressFn | None = None,
-    on_step: StepFn | None = None,
-    model: Model | None = None,
-    original: RopeParams | None = None,
-    flash_attn: bool | None = None,
+    **run,
 ) -> PasskeyResult:
     """The passkey test for each method (default: none, linear, ntk, dynamic, yarn) plus the
     ``window`` baseline, at each depth (fraction of the filler before the key), ``trials``
-    keys each. ``on_step(str)``: told when the load and each method's run start."""
+    keys each. ``run``: the :class:`~ropepatch.quality.options.RunOptions` fields."""
+    opts = RunOptions(**run)
     if trials < 1:
         raise UsageError(f"--trials: expected a number >= 1, found {trials}")
-    original = extension_original(model_path, ctx, original)
+    original = extension_original(model_path, ctx, opts.original)
     L = original.n_ctx_train
     dl = parse_depths(depths)
     specs = resolve_specs(methods, alphas, window, empty_ok=True)
     keys = make_keys(trials, seed)
-    with open_model(model_path, model, on_step=on_step, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                    n_batch=n_batch, flash_attn=flash_attn) as m:
+    with opts.open(model_path) as m:
         t_start = time.perf_counter()
         prompts = build_prompts(m, ctx, dl, keys)
-        meter = Meter(_passkey_cost(specs, prompts, L), progress)
-        runs = [_run_method(m, spec, prompts, original, ctx, dl, meter, on_step) for spec in specs]
+        meter = Meter(_passkey_cost(specs, prompts, L), opts.progress)
+        runs = [_run_method(m, spec, prompts, original, ctx, dl, meter, opts.step) for spec in specs]
     return PasskeyResult(
         model=os.path.basename(model_path), n_ctx_train=L, ctx=ctx,
         tokens=max(len(p.prefix) + len(p.rest) for ps in prompts.values() for p in ps), trials=trials,
@@ -220,10 +214,10 @@ def _passkey_cost(specs: Sequence[MethodSpec], prompts: dict[float, list[_Prompt
 
 
 def _run_method(model: Model, spec: MethodSpec, prompts: dict[float, list[_Prompt]], original: RopeParams,
-                ctx: int, depths: Sequence[float], meter: Meter, on_step: StepFn | None
+                ctx: int, depths: Sequence[float], meter: Meter, step: Callable[[str], None]
                 ) -> tuple[MethodPasskey, float]:
     """One method at every depth: its result and the seconds spent inside llama_decode."""
-    step(on_step, f"passkey: {spec.label} at {ctx} tokens")
+    step(f"passkey: {spec.label} at {ctx} tokens")
     meter.label = spec.label
     settings, params = runtime_settings_for(original, ctx, spec.method, spec.alpha)
     rows: dict[float, DepthResult] = {}

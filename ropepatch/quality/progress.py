@@ -70,8 +70,3 @@ class Meter:
         eta = (self.total - self.done) / tps if tps > 0 else float("inf")
         self.progress(Progress(self.label, self.done, self.total, tps, eta, el))
 
-
-def step(on_step: StepFn | None, what: str) -> None:
-    """Tell ``on_step`` (when given) that the phase ``what`` starts."""
-    if on_step is not None:
-        on_step(what)

@@ -10,18 +10,17 @@ the rest.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from ropepatch.errors import UsageError
 from ropepatch.patch.gguf import inspect_gguf
 from ropepatch.quality.buckets import bucketize, perplexity
-from ropepatch.quality.progress import Meter, StepFn, step
+from ropepatch.quality.options import RunOptions
+from ropepatch.quality.progress import Meter
 from ropepatch.quality.results import MethodResult, num
 from ropepatch.quality.specs import UNSCALED, WINDOW, MethodSpec
 from ropepatch.rope.methods import get_method, make_plan
@@ -89,19 +88,6 @@ def extension_original(model_path: str, ctx: int, original: RopeParams | None = 
         raise UsageError(f"--ctx must be larger than the model's training context "
                          f"{original.n_ctx_train}, found {ctx}")
     return original
-
-
-@contextlib.contextmanager
-def open_model(model_path: str, model: Model | None = None, *, on_step: StepFn | None = None,
-               **load) -> Iterator[Model]:
-    """``model`` when given (left open), else the file loaded (``load``: :class:`Model`'s
-    keyword arguments) for the block and closed after it."""
-    if model is not None:
-        yield model
-        return
-    step(on_step, f"loading {os.path.basename(model_path)}")
-    with Model(model_path, **load) as m:
-        yield m
 
 
 # ---- the sliding-window baseline --------------------------------------------------------------
@@ -227,7 +213,7 @@ def score_full_logits(model_path: str, seq: Sequence[int], settings: Mapping[str
     the whole sequence); equal splits give bit-identical logits to a streaming run."""
     seq = np.asarray(seq, dtype=np.int32)
     n = len(seq)
-    with open_model(model_path, model, n_threads=n_threads, n_batch=n) as m:
+    with RunOptions(n_threads=n_threads, n_batch=n, model=model).open(model_path) as m:
         st = dict(settings or {})
         st["n_ctx"] = max(int(st.get("n_ctx", n)), n)
         with m.context(st, n_batch=n, n_ubatch=n_ubatch) as c:

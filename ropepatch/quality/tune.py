@@ -38,14 +38,15 @@ import numpy as np
 from ropepatch.errors import UsageError
 from ropepatch.patch.gguf import PatchResult, patch_gguf
 from ropepatch.quality.buckets import default_buckets
-from ropepatch.quality.progress import Meter, ProgressFn, StepFn, step
+from ropepatch.quality.options import RunOptions
+from ropepatch.quality.progress import Meter, ProgressFn
 from ropepatch.quality.results import MethodResult, num
-from ropepatch.quality.scoring import extension_original, open_model, score_method
+from ropepatch.quality.scoring import extension_original, score_method
 from ropepatch.quality.specs import UNSCALED, MethodSpec
 from ropepatch.quality.text import text_windows
 from ropepatch.rope.methods import METHODS
 from ropepatch.rope.params import RopeParams
-from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
+from ropepatch.runtime.session import Model
 
 TUNABLE = tuple(name for name, m in METHODS.items() if m.takes_alpha)  # registry order
 DEFAULT_TOLERANCE = 0.05
@@ -123,14 +124,14 @@ class _Search:
     """The search's state: the scorer, the in-range limit and every trial so far."""
 
     def __init__(self, scorer: Scorer, method: str, L: int, s: float, tolerance: float,
-                 say: Callable[[str], None], on_step: StepFn | None):
+                 say: Callable[[str], None], step: Callable[[str], None]):
         self.scorer, self.method, self.L, self.s, self.tolerance = scorer, method, L, s, tolerance
-        self.say, self.on_step = say, on_step
+        self.say, self.step = say, step
         self.tried: dict[float, Trial] = {}
         self.base_in = self.limit = float("nan")
 
     def measure(self, spec: MethodSpec, stop_in: Callable[[float], bool]) -> tuple[float, float | None]:
-        step(self.on_step, f"tuning {self.method}: scoring {spec.label}")
+        self.step(f"tuning {self.method}: scoring {spec.label}")
         return _measured(self.scorer(spec, stop_in))
 
     def baseline(self) -> None:
@@ -243,33 +244,26 @@ def tune(
     grid: Sequence[float] | None = None,
     refine: int = 2,
     apply: bool = False,
-    n_batch: int = DEFAULT_N_BATCH,
-    n_threads: int | None = None,
-    n_gpu_layers: int = 0,
-    progress: ProgressFn | None = None,
-    on_step: StepFn | None = None,
     log: Callable[[str], None] | None = None,
     scorer: Scorer | None = None,
-    model: Model | None = None,
-    original: RopeParams | None = None,
-    flash_attn: bool | None = None,
+    **run,
 ) -> TuneResult:
     """Search ``method``'s alpha for ``ctx`` on ``text`` (see the module docstring).
 
     ``grid``: explicit alphas for the coarse stage (default: s x (1, 1.5, 2, 3), at least 1).
-    ``apply``: patch the file with the winner (:func:`apply_tune`). ``scorer``: replaces the
-    built-in scoring (used by the bench to cache runs). ``on_step(str)``: told when the load
-    and each candidate's scoring start; ``log(str)``: the search's narration."""
+    ``apply``: patch the file with the winner (:func:`apply_tune`). ``log(str)``: the search's
+    narration. ``scorer``: replaces the built-in scoring (used by the bench to cache runs).
+    ``run``: the :class:`~ropepatch.quality.options.RunOptions` fields (``on_step`` is told when
+    the load and each candidate's scoring start)."""
+    opts = RunOptions(**run)
     _check_tune_args(method, tolerance)
-    original = extension_original(model_path, ctx, original)
+    original = extension_original(model_path, ctx, opts.original)
     L = original.n_ctx_train
     with contextlib.ExitStack() as held:
         if scorer is None:
-            m = held.enter_context(open_model(
-                model_path, model, on_step=on_step, n_gpu_layers=n_gpu_layers, n_threads=n_threads,
-                n_batch=n_batch, flash_attn=flash_attn))
-            scorer = _model_scorer(m, ctx, text, tokens, original, progress)
-        search = _Search(scorer, method, L, ctx / L, tolerance, log or (lambda _m: None), on_step)
+            m = held.enter_context(opts.open(model_path))
+            scorer = _model_scorer(m, ctx, text, tokens, original, opts.progress)
+        search = _Search(scorer, method, L, ctx / L, tolerance, log or (lambda _m: None), opts.step)
         search.baseline()
         search.grid(grid)
         search.extend()
