@@ -8,6 +8,7 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,34 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
         cwd=cwd or ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What one command line produced: its exit status and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``ropepatch ARGS`` in this process (``ropepatch.cli.main``): :func:`run_cli` without a
+    new interpreter, for tests that do not need a real process; argparse's exits (``-h``,
+    usage errors) become the exit status."""
+    from ropepatch.cli import main
+
+    def _run(*args: str) -> CliResult:
+        capsys.readouterr()  # drop what the test printed before
+        try:
+            rc = main(list(args))
+        except SystemExit as e:
+            rc = 0 if e.code is None else e.code
+        out = capsys.readouterr()
+        return CliResult(rc, out.out, out.err)
+
+    return _run
 
 
 # ---- synthetic GGUF files (for header-level tests; not loadable by llama.cpp) ---------------

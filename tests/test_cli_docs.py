@@ -23,17 +23,17 @@ def test_ci_runs_the_readme_test_command():
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_every_command_is_documented_with_an_example(command):
+def test_every_command_is_documented_with_an_example(command, cli):
     assert f"`ropepatch {command} " in README
-    r = run_cli(command, "-h")
+    r = cli(command, "-h")
     assert r.returncode == 0
     assert "example" in r.stdout and f"ropepatch {command}" in r.stdout
     assert "--json" in r.stdout
 
 
-def test_every_method_is_documented():
+def test_every_method_is_documented(cli):
     methods_doc = (ROOT / "docs" / "methods.md").read_text()
-    r = run_cli("gguf", "-h")
+    r = cli("gguf", "-h")
     for name, m in METHODS.items():
         assert f"`{name}`" in methods_doc and f"`{name}`" in README
         assert name in r.stdout
@@ -41,7 +41,7 @@ def test_every_method_is_documented():
         assert author in methods_doc, (name, author)
 
 
-def test_json_output_of_every_command(tmp_path):
+def test_json_output_of_every_command(tmp_path, cli):
     src = FIXTURES / "tiny-qwen2-f32.gguf"
     p = str(tmp_path / "m.gguf")
     shutil.copyfile(src, p)
@@ -53,7 +53,7 @@ def test_json_output_of_every_command(tmp_path):
         ["gguf", p, "--ctx", "1024", "--method", "yarn"],
         ["revert", p],
     ):
-        r = run_cli(*args, "--json")
+        r = cli(*args, "--json")
         assert r.returncode == 0, r.stderr
         out[args[0] + str(len(out))] = json.loads(r.stdout)
     plan = out["plan2"]["plans"]["ntk"]
@@ -63,8 +63,8 @@ def test_json_output_of_every_command(tmp_path):
     assert out["inspect0"]["current"]["layout"] == "neox"
 
 
-def test_plan_prints_runtime_equivalents():
-    r = run_cli("plan", "--base", "100000", "--rope-dim", "64", "--orig-ctx", "8192", "--ctx", "16384")
+def test_plan_prints_runtime_equivalents(cli):
+    r = cli("plan", "--base", "100000", "--rope-dim", "64", "--orig-ctx", "8192", "--ctx", "16384")
     assert r.returncode == 0
     assert "--rope-freq-base 204522.2871" in r.stdout
     assert "--rope-scaling yarn --rope-scale 2.0 --yarn-orig-ctx 8192" in r.stdout
@@ -74,20 +74,21 @@ def test_plan_prints_runtime_equivalents():
 
 
 def test_no_command_prints_help():
+    """Through the real entry point (a new ``python -m ropepatch`` process)."""
     r = run_cli()
     assert r.returncode == 2 and "quick start" in r.stdout
 
 
-def test_eval_tune_passkey_through_the_cli(tmp_path):
+def test_eval_tune_passkey_through_the_cli(tmp_path, cli):
     import _pydecimal
 
     model = str(FIXTURES / "tiny-llama-f32.gguf")
-    r = run_cli("eval", model, "--ctx", "384", "--text", _pydecimal.__file__, "--methods", "none,ntk", "--json")
+    r = cli("eval", model, "--ctx", "384", "--text", _pydecimal.__file__, "--methods", "none,ntk", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out["methods"]) == {"none", "ntk", "window"} and out["ctx"] == 384
     assert {"ppl_in", "ppl_ext", "buckets", "params"} <= set(out["methods"]["ntk"])
-    r = run_cli("passkey", model, "--ctx", "384", "--methods", "ntk", "--depths", "0.5", "--trials", "1", "--json")
+    r = cli("passkey", model, "--ctx", "384", "--methods", "ntk", "--depths", "0.5", "--trials", "1", "--json")
     assert r.returncode == 0, r.stderr
-    r = run_cli("eval", model, "--ctx", "384", "--text", str(tmp_path / "missing.txt"))
+    r = cli("eval", model, "--ctx", "384", "--text", str(tmp_path / "missing.txt"))
     assert r.returncode == 2 and r.stderr.startswith("ropepatch: error: ") and "Traceback" not in r.stderr
