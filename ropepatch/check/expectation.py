@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from ropepatch.check.report import g, jsonable
+from ropepatch.check.report import g
 from ropepatch.check.rope_reference import ggml_rope_args
 from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
 from ropepatch.patch.gguf import ModelInfo, inspect_gguf
 from ropepatch.rope.methods import make_plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
+from ropepatch.rope.serialize import jsonable
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,15 @@
 """What ``ropepatch validate`` reports: one :class:`CheckResult` per check, the
-:class:`ValidationReport` holding them, its JSON form (:func:`jsonable`) and its human form
-(:func:`format_report`)."""
+:class:`ValidationReport` holding them, its JSON form (``to_dict``/``to_json``, through
+:func:`ropepatch.rope.serialize.jsonable`) and its human form (:func:`format_report`)."""
 
 from __future__ import annotations
 
 import json
-import math
-import numbers
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Mapping
+
+from ropepatch.rope.serialize import jsonable
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
@@ -23,30 +23,6 @@ NAMES = {
     "c": "reference rotary = runtime rotary",
     "d": "reference forward = runtime logits",
 }
-
-
-def jsonable(x):
-    """``x`` as plain JSON values: enums by value, dataclasses as dicts, tuples as lists,
-    NumPy scalars and arrays as Python numbers and lists, non-finite floats as strings
-    ("inf", "nan"); dict keys as strings."""
-    if isinstance(x, Enum):
-        return x.value
-    if isinstance(x, dict):
-        return {str(kk): jsonable(v) for kk, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if is_dataclass(x) and not isinstance(x, type):
-        return jsonable(asdict(x))
-    if x is None or isinstance(x, (bool, str)):
-        return x
-    if isinstance(x, numbers.Integral):
-        return int(x)
-    if isinstance(x, numbers.Real):
-        x = float(x)
-        return x if math.isfinite(x) else str(x)
-    if hasattr(x, "tolist"):  # a NumPy array or scalar of another kind
-        return jsonable(x.tolist())
-    return x
 
 
 @dataclass(frozen=True)

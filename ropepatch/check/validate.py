@@ -40,7 +40,6 @@ from ropepatch.check.report import (
     ValidationReport,
     amended,
     format_report,
-    jsonable,
     skipped,
 )
 from ropepatch.check.rotary import ROTARY_TOLERANCE, check_rotary, rotary_errors
@@ -50,7 +49,7 @@ from ropepatch.runtime import binding
 from ropepatch.version import __version__
 
 __all__ = [
-    "FAILED", "PASSED", "SKIPPED", "CheckResult", "ValidationReport", "format_report", "jsonable",
+    "FAILED", "PASSED", "SKIPPED", "CheckResult", "ValidationReport", "format_report",
     "validate", "parse_positions", "default_positions", "make_report", "device_name", "rotary_errors",
     "ROTARY_TOLERANCE", "FORWARD_TOL", "FORWARD_AUTO_BUDGET", "PROBE_TOKENS",
 ]
