@@ -723,6 +723,31 @@ def test_tampered_record(tmp_path):
     raises_one_line(FormatError, r"model\.safetensors: ropepatch\.original is not valid JSON \(.*\); the header was edited by another tool: restore the file from its source", revert_hf, str(d))
 
 
+@pytest.mark.parametrize("field,value,expected", [
+    ("header_length", 10**12, r"an integer from 2 to 100000000, found 1000000000000"),
+    ("header_length", "64", r"an integer from 2 to 100000000, found \"64\""),
+    ("pad", "x", r"a string of spaces, tabs and line breaks, or null, found \"x\""),
+    ("config", None, r"a string, found null"),
+    ("link", 3, r"a string or null, found 3"),
+])
+def test_bad_record_field_refused_before_writing(tmp_path, field, value, expected):
+    d = make_model(tmp_path / "m")
+    patch_hf(str(d), N, "yarn")
+    st = d / "model.safetensors"
+    meta = dict(read_header(str(st)).metadata)
+    rec = json.loads(meta[hk.RP_ORIGINAL])
+    # the record text ropepatch wrote is exactly the compact spelling of its fields
+    assert json.dumps(rec, separators=(",", ":"), ensure_ascii=False) == meta[hk.RP_ORIGINAL]
+    rec[field] = value
+    meta[hk.RP_ORIGINAL] = json.dumps(rec)
+    save_file(load_file(str(st)), str(st), metadata=meta)
+    before = snapshot(d)
+    pattern = rf"model\.safetensors: ropepatch\.original field '{field}': expected {expected}; the header was edited by another tool: restore the file from its source"
+    raises_one_line(FormatError, pattern, revert_hf, str(d))
+    raises_one_line(FormatError, pattern, patch_hf, str(d), N, "ntk")
+    assert snapshot(d) == before
+
+
 # ---- plan and snippets ----------------------------------------------------------------------
 
 

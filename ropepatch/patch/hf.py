@@ -59,7 +59,6 @@ the edit; ``force=True`` discards it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 from ropepatch.formats.hf import keys as hk
@@ -76,7 +75,7 @@ from ropepatch.formats.safetensors import SafetensorsHeader, pad_header, with_me
 from ropepatch.patch.hf_model import HFModel, is_hf_path, link_target, nlink, resolve_model, sha256_hex
 from ropepatch.patch.hf_out import check_out, other_files, write_out
 from ropepatch.patch.hf_plan import method_notes, plan_from_state, plan_hf, plan_hf_snippets
-from ropepatch.patch.hf_record import build_record, layout_metadata, original_metadata
+from ropepatch.patch.hf_record import HfUndoRecord, layout_metadata, record_metadata
 from ropepatch.patch.hf_results import (
     FileAction,
     HFInspectResult,
@@ -115,10 +114,11 @@ def _record_text(st: ModelState, s: str, orig_text: str, rec_cfg_link: str | Non
     """The undo record shard ``s`` carries after this run."""
     rec = st.records.get(s)
     if rec is None:
-        return build_record(st.headers[s], orig_text, None if out_dir else link_target(s), rec_cfg_link)
-    if out_dir and (rec.get("link") or rec.get("config_link")):
-        return json.dumps(dict(rec, link=None, config_link=None), separators=(",", ":"), ensure_ascii=False)
-    return st.raw_records[s]
+        link = None if out_dir else link_target(s)
+        return HfUndoRecord.of_shard(st.headers[s], orig_text, link, rec_cfg_link).to_json()
+    if out_dir and (rec.link or rec.config_link):
+        return rec.without_links().to_json()
+    return st.raw_records[s]  # unchanged: the very text the shard holds
 
 
 def _shard_headers(hdr: SafetensorsHeader, meta: dict, prev_sha: str | None) -> tuple[str, bytes | None]:
@@ -147,7 +147,7 @@ def _new_headers(model: HFModel, st: ModelState, plan: Plan, orig_text: str, new
     final_headers: dict[str, bytes] = {}
     for s in model.shards:
         hdr = st.headers[s]
-        meta = original_metadata(hdr, st.records.get(s))
+        meta = record_metadata(hdr, st.records.get(s))
         meta = {hk.ST_FORMAT: hk.ST_FORMAT_PT} if meta is None else dict(meta)
         meta.update(entries)
         meta[hk.RP_ORIGINAL] = _record_text(st, s, orig_text, rec_cfg_link, out_dir)

@@ -2,19 +2,19 @@
 fixed layout, and the undo record that restores the shard and config.json exactly.
 
     layout_metadata(meta) -> str          # the __metadata__ value text, fixed length per model
-    parse_record(shard, raw) -> dict      # the undo record a shard carries
-    build_record(hdr, config_text, link, config_link) -> str
-    original_metadata(hdr, rec) -> dict | None
-    original_header(hdr, rec) -> bytes
+    HfUndoRecord                          # the undo record: from_json / to_json / of_shard
+    record_metadata(hdr, rec) -> dict | None
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 from ropepatch.errors import FormatError
 from ropepatch.formats.hf import keys as hk
+from ropepatch.formats.hf.keys import ST_MAX_HEADER
 from ropepatch.formats.safetensors import SafetensorsHeader, metadata_json, with_metadata_text
 
 # The __metadata__ entries a re-patch may change, in the order layout_metadata writes them.
@@ -44,70 +44,138 @@ def layout_metadata(meta: Mapping[str, str]) -> str:
     return metadata_json({**base, **changing, hk.RP_RESERVED: " " * max(0, target - bare), **tail})
 
 
-def parse_record(shard: str, raw: str) -> dict:
-    """The undo record ``raw`` (the shard's RP_ORIGINAL value), checked (FormatError)."""
-    try:
-        rec = json.loads(raw)
-    except json.JSONDecodeError as e:
+_FIX = "the header was edited by another tool: restore the file from its source"
+_WHITESPACE = frozenset(" \t\n\r")  # what read_header accepts after the header JSON
+
+
+def _found(v: object) -> str:
+    return "none" if v is _ABSENT else json.dumps(v, ensure_ascii=False)[:40]
+
+
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class HfUndoRecord:
+    """The undo record one shard carries (its RP_ORIGINAL value): what restores the shard's
+    header and config.json byte for byte.
+
+    On disk: compact JSON ``{"v": 1, "header_length": N0, "pad": "<bytes after the JSON>" |
+    null (all spaces), "metadata": "<exact original __metadata__ value text>" | null,
+    "config": "<original config.json text>", "config_link": "<symlink target>" | null,
+    "link": "<symlink target of this shard>" | null}``, keys in that order.
+    """
+
+    header_length: int
+    pad: str | None
+    metadata: str | None
+    config: str
+    config_link: str | None
+    link: str | None
+
+    @classmethod
+    def of_shard(cls, hdr: SafetensorsHeader, config_text: str, link: str | None,
+                 config_link: str | None) -> HfUndoRecord:
+        """The record for the unpatched shard ``hdr`` and the original config.json text."""
+        pad = hdr.padding
+        return cls(hdr.header_length, None if pad == " " * len(pad) else pad, hdr.metadata_text,
+                   config_text, config_link, link)
+
+    @classmethod
+    def from_json(cls, text: str, shard_path: str) -> HfUndoRecord:
+        """Parse and check ``text`` (FormatError naming the shard, the field, what was expected
+        and what was found); nothing is sized from a field before it is checked."""
+        try:
+            rec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise FormatError(
+                f"{shard_path}: {hk.RP_ORIGINAL} is not valid JSON ({e.msg}); {_FIX}"
+            ) from None
+        v = rec.get("v", _ABSENT) if isinstance(rec, dict) else _ABSENT
+        if type(v) is not int or v != hk.RP_RECORD_VERSION:
+            raise FormatError(
+                f"{shard_path}: {hk.RP_ORIGINAL} is not a version-{hk.RP_RECORD_VERSION} ropepatch "
+                f"undo record (expected an object with \"v\": {hk.RP_RECORD_VERSION}, found "
+                f"{_found(v if isinstance(rec, dict) else rec)}); upgrade ropepatch or restore the "
+                f"file from its source"
+            )
+        fields = {k: rec.get(k, _ABSENT) for k in _FIELDS}
+        for key, (ok, expected) in _FIELDS.items():
+            if not ok(fields[key]):
+                raise FormatError(
+                    f"{shard_path}: {hk.RP_ORIGINAL} field {key!r}: expected {expected}, found "
+                    f"{_found(fields[key])}; {_FIX}"
+                )
+        record = cls(**fields)
+        record.original_metadata(shard_path)  # the metadata text must be an object or null
+        return record
+
+    def to_json(self) -> str:
+        """The record as ropepatch writes it (compact, keys in the documented order)."""
+        rec = {"v": hk.RP_RECORD_VERSION, "header_length": self.header_length, "pad": self.pad,
+               "metadata": self.metadata, "config": self.config,
+               "config_link": self.config_link, "link": self.link}
+        return json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
+
+    def without_links(self) -> HfUndoRecord:
+        """The record for a copy of the shard (``-o``): no symlink to put back."""
+        return replace(self, link=None, config_link=None)
+
+    def original_metadata(self, shard_path: str) -> dict | None:
+        """The shard's ``__metadata__`` before ropepatch (None: it had none, or null)."""
+        if self.metadata is None:
+            return None
+        try:
+            meta = json.loads(self.metadata)
+        except json.JSONDecodeError:
+            meta = _ABSENT
+        if meta is None or (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+            return meta
         raise FormatError(
-            f"{shard}: {hk.RP_ORIGINAL} is not valid JSON ({e.msg}); the header was edited by "
-            f"another tool: restore the file from its source"
-        ) from None
-    ok = (
-        isinstance(rec, dict)
-        and rec.get("v") == hk.RP_RECORD_VERSION
-        and isinstance(rec.get("header_length"), int)
-        and isinstance(rec.get("config"), str)
-        and (rec.get("metadata") is None or isinstance(rec.get("metadata"), str))
-        and (rec.get("pad") is None or isinstance(rec.get("pad"), str))
-    )
-    if not ok:
-        raise FormatError(
-            f"{shard}: {hk.RP_ORIGINAL} is not a version-{hk.RP_RECORD_VERSION} ropepatch undo "
-            f"record; upgrade ropepatch or restore the file from its source"
+            f"{shard_path}: {hk.RP_ORIGINAL} holds malformed original metadata (expected a JSON "
+            f"object of strings or null, found {self.metadata[:40]!r}); {_FIX}"
         )
-    return rec
+
+    def original_header(self, hdr: SafetensorsHeader) -> bytes:
+        """The shard's original N header bytes (``hdr``: the shard's current header)."""
+        json0 = with_metadata_text(hdr, self.metadata).encode("utf-8")
+        n0 = self.header_length
+        pad = self.pad.encode("utf-8") if self.pad is not None else b" " * max(0, n0 - len(json0))
+        header = json0 + pad
+        if len(header) != n0:
+            raise FormatError(
+                f"{hdr.path}: cannot rebuild the original {n0}-byte header exactly (got "
+                f"{len(header)} bytes); {_FIX}"
+            )
+        return header
 
 
-def build_record(hdr: SafetensorsHeader, config_text: str, link: str | None,
-                 config_link: str | None) -> str:
-    """The undo record text for an unpatched shard ``hdr``."""
-    pad = hdr.padding
-    rec = {
-        "v": hk.RP_RECORD_VERSION,
-        "header_length": hdr.header_length,
-        "pad": None if pad == " " * len(pad) else pad,
-        "metadata": hdr.metadata_text,
-        "config": config_text,
-        "config_link": config_link,
-        "link": link,
-    }
-    return json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
+def _opt_str(v: object) -> bool:
+    return v is None or isinstance(v, str)
 
 
-def original_metadata(hdr: SafetensorsHeader, rec: dict | None) -> dict | None:
-    """The shard's metadata before ropepatch (``rec`` None: the shard is not patched)."""
+def _length(v: object) -> bool:
+    return type(v) is int and 2 <= v <= ST_MAX_HEADER
+
+
+def _pad(v: object) -> bool:
+    return v is None or (isinstance(v, str) and len(v) <= ST_MAX_HEADER and set(v) <= _WHITESPACE)
+
+
+# field -> (check, what it expects); every field is required
+_FIELDS = {
+    "header_length": (_length, f"an integer from 2 to {ST_MAX_HEADER}"),
+    "pad": (_pad, "a string of spaces, tabs and line breaks, or null"),
+    "metadata": (_opt_str, "a string or null"),
+    "config": (lambda v: isinstance(v, str), "a string"),
+    "config_link": (_opt_str, "a string or null"),
+    "link": (_opt_str, "a string or null"),
+}
+
+
+def record_metadata(hdr: SafetensorsHeader, rec: HfUndoRecord | None) -> dict | None:
+    """The shard's metadata before ropepatch: from ``rec``, or the header's own when the shard
+    is not patched (``rec`` None)."""
     if rec is None:
         return dict(hdr.metadata) if hdr.metadata is not None else None
-    text = rec["metadata"]
-    if text is None:
-        return None
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError:
-        raise FormatError(f"{hdr.path}: {hk.RP_ORIGINAL} holds malformed original metadata") from None
-    return meta if isinstance(meta, dict) else None
-
-
-def original_header(hdr: SafetensorsHeader, rec: dict) -> bytes:
-    """The shard's original N header bytes, rebuilt from ``rec``."""
-    json0 = with_metadata_text(hdr, rec["metadata"]).encode("utf-8")
-    n0 = rec["header_length"]
-    pad = rec["pad"].encode("utf-8") if rec["pad"] is not None else b" " * (n0 - len(json0))
-    header = json0 + pad
-    if len(header) != n0:
-        raise FormatError(
-            f"{hdr.path}: cannot rebuild the original {n0}-byte header exactly (got {len(header)} "
-            f"bytes); the header was edited by another tool: restore the file from its source"
-        )
-    return header
+    return rec.original_metadata(hdr.path)

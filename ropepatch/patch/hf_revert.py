@@ -15,7 +15,6 @@ from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.config import parse_config, read_rope
 from ropepatch.formats.safetensors import write_header
 from ropepatch.patch.hf_model import HFModel, is_linked, link_target, nlink, resolve_model
-from ropepatch.patch.hf_record import original_header
 from ropepatch.patch.hf_results import FileAction, HFInspectResult, HFRevertResult, ShardInfo
 from ropepatch.patch.hf_state import ModelState, lock_all, read_state
 from ropepatch.patch.hf_write import is_in_place, replace_with_symlink
@@ -60,8 +59,8 @@ def _shard_ops(st: ModelState, s: str, files: list[FileAction], messages: list[s
     if rec is None:
         files.append(FileAction(s, "unchanged", "not patched"))
         return []
-    h0 = original_header(hdr, rec)
-    link = rec.get("link")
+    h0 = rec.original_header(hdr)
+    link = rec.link
     prefix = len(h0).to_bytes(8, "little") + h0
     if link and link_target(s) != link and _blob_matches(s, link, prefix, 8 + len(h0) + hdr.data_length):
         files.append(FileAction(s, "restored-symlink", f"-> {link}"))

@@ -15,7 +15,7 @@ from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.config import ConfigDoc, parse_config
 from ropepatch.formats.safetensors import SafetensorsHeader, read_header
 from ropepatch.patch.hf_model import HFModel, sha256_hex
-from ropepatch.patch.hf_record import parse_record
+from ropepatch.patch.hf_record import HfUndoRecord
 from ropepatch.safeio import files as fileio
 
 
@@ -27,7 +27,7 @@ class ModelState:
     config_bytes: bytes
     config_doc: ConfigDoc
     headers: dict[str, SafetensorsHeader]
-    records: dict[str, dict]  # shard -> parsed undo record (patched shards only)
+    records: dict[str, HfUndoRecord]  # shard -> its undo record (patched shards only)
     raw_records: dict[str, str]
 
     @property
@@ -36,7 +36,7 @@ class ModelState:
 
     def original_config_text(self) -> str:
         """The config.json text before ropepatch (the current text when not patched)."""
-        texts = {r["config"] for r in self.records.values()}
+        texts = {r.config for r in self.records.values()}
         if len(texts) > 1:
             raise FormatError(
                 f"{self.model.root}: the shards record different original config.json texts; "
@@ -46,7 +46,7 @@ class ModelState:
 
     def recorded_config_link(self) -> str | None:
         """The symlink target config.json had before ropepatch, when every record agrees."""
-        links = {r.get("config_link") for r in self.records.values()}
+        links = {r.config_link for r in self.records.values()}
         return links.pop() if len(links) == 1 else None
 
     def check_config_unchanged(self, force: bool, what: str) -> None:
@@ -83,7 +83,7 @@ def read_state(model: HFModel) -> ModelState:
         headers[s] = h
         if h.metadata and hk.RP_ORIGINAL in h.metadata:
             raws[s] = h.metadata[hk.RP_ORIGINAL]
-            records[s] = parse_record(s, raws[s])
+            records[s] = HfUndoRecord.from_json(raws[s], s)
     return ModelState(model, cbytes, doc, headers, records, raws)
 
 
