@@ -22,11 +22,13 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ropepatch.errors import FormatError, UnsupportedModelError, UsageError
-from ropepatch.rope.params import RopeLayout, ScalingType
-from ropepatch.rope.arch import rope_layout
-from ropepatch.rope.params import RopeParams
 from ropepatch.check.rope_reference import apply_rope_op, ggml_rope_args
+from ropepatch.errors import FormatError, UnsupportedModelError, UsageError
+from ropepatch.formats.gguf import keys as K
+from ropepatch.formats.gguf.header import read_header
+from ropepatch.formats.gguf.keys import k
+from ropepatch.formats.gguf.params import params_from_kvs
+from ropepatch.rope.params import RopeLayout, RopeParams
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
@@ -83,68 +85,52 @@ def _tensor_f64(t) -> np.ndarray:
     return np.asarray(arr, dtype=np.float64).reshape(shape)
 
 
-def load_model(path: str | os.PathLike) -> ReferenceModel:
-    """Read a llama / qwen2 GGUF: hyperparameters, RoPE settings and all weights as float64."""
+def _reader(p: Path):
+    """A ``gguf.GGUFReader`` over the file (FormatError when it is not a GGUF)."""
     try:
         import gguf  # noqa: PLC0415
-        from gguf import GGMLQuantizationType  # noqa: PLC0415
     except ImportError as exc:  # pragma: no cover - gguf is a dependency
         raise UnsupportedModelError(f"gguf-py is required for the reference forward: {exc}") from None
-    p = Path(path)
     try:
-        reader = gguf.GGUFReader(str(p))
+        return gguf.GGUFReader(str(p))
     except (OSError, ValueError) as exc:
         raise FormatError(f"{p}: not a readable GGUF file ({exc})") from None
-    arch = _field(reader, "general.architecture")
+
+
+def load_model(path: str | os.PathLike) -> ReferenceModel:
+    """Read a llama / qwen2 GGUF: hyperparameters, RoPE settings (as ropepatch reads them:
+    :func:`params_from_kvs`) and all weights as float64."""
+    from gguf import GGMLQuantizationType  # noqa: PLC0415
+
+    p = Path(path)
+    reader = _reader(p)
+    arch = _field(reader, K.GENERAL_ARCHITECTURE)
     if arch not in SUPPORTED_ARCHS:
         raise UnsupportedModelError(f"{p}: reference forward supports {', '.join(SUPPORTED_ARCHS)}, not {arch!r}")
 
-    def need(key):
-        v = _field(reader, key.format(arch=arch))
+    def need(template):
+        v = _field(reader, k(template, arch))
         if v is None:
-            raise FormatError(f"{p}: missing key {key.format(arch=arch)}")
+            raise FormatError(f"{p}: missing key {k(template, arch)}")
         return v
 
-    n_embd = int(need("{arch}.embedding_length"))
-    n_head = int(need("{arch}.attention.head_count"))
-    n_head_kv = int(_field(reader, f"{arch}.attention.head_count_kv", n_head))
-    head_dim = int(_field(reader, f"{arch}.attention.key_length", n_embd // n_head))
-    scaling = _field(reader, f"{arch}.rope.scaling.type", "linear")
-    try:
-        scaling_type = ScalingType(scaling)
-    except ValueError:
-        raise FormatError(f"{p}: unknown {arch}.rope.scaling.type {scaling!r}") from None
-    factor = _field(reader, f"{arch}.rope.scaling.factor")
-    if factor is None:
-        factor = _field(reader, f"{arch}.rope.scale_linear", 0.0)
+    header = read_header(str(p))
+    rope = params_from_kvs({kv.key: kv for kv in header.kvs}, [t.name for t in header.tensors], str(p))
+    n_head = int(need(K.HEAD_COUNT))
     weights = {t.name: _tensor_f64(t) for t in reader.tensors}
-    weight_types = {t.name: GGMLQuantizationType(int(t.tensor_type)).name for t in reader.tensors}
-    rope = RopeParams(
-        arch=arch,
-        n_ctx_train=int(need("{arch}.context_length")),
-        rope_dim=int(_field(reader, f"{arch}.rope.dimension_count", head_dim)),
-        head_dim=head_dim,
-        freq_base=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        scaling_type=scaling_type,
-        scaling_factor=float(factor),
-        orig_ctx=int(_field(reader, f"{arch}.rope.scaling.original_context_length", 0)),
-        attn_factor=float(_field(reader, f"{arch}.rope.scaling.attn_factor", 1.0)),
-        layout=rope_layout(arch),
-        has_freq_factors="rope_freqs.weight" in weights,
-    )
     ff = weights.get("rope_freqs.weight")
     return ReferenceModel(
         path=str(p),
         arch=arch,
-        n_layer=int(need("{arch}.block_count")),
-        n_embd=n_embd,
+        n_layer=int(need(K.BLOCK_COUNT)),
+        n_embd=int(need(K.EMBEDDING_LENGTH)),
         n_head=n_head,
-        n_head_kv=n_head_kv,
-        head_dim=head_dim,
+        n_head_kv=int(_field(reader, k(K.HEAD_COUNT_KV, arch), n_head)),
+        head_dim=rope.head_dim,
         rms_eps=float(need("{arch}.attention.layer_norm_rms_epsilon")),
         rope=rope,
         weights=weights,
-        weight_types=weight_types,
+        weight_types={t.name: GGMLQuantizationType(int(t.tensor_type)).name for t in reader.tensors},
         freq_factors=None if ff is None else ff.reshape(-1),
     )
 
