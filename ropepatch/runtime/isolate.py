@@ -74,9 +74,10 @@ def crash_line(rc: int, file: str, device: str, step: str) -> str:
             how += " (killed: out of memory?)"
     else:
         how = f"exited with status {rc} without an answer"
+    retry = "try --gpu-layers 0, or run" if device != "cpu" else "run"
     return (f"{file}: the llama.cpp runtime {how} while {step} on {device}; the parent process is "
-            f"intact and wrote nothing; try --gpu-layers 0, or run the same command with "
-            f"ROPEPATCH_WORKER_LOG=1 to see llama.cpp's log")
+            f"intact and wrote nothing; {retry} the same command with ROPEPATCH_WORKER_LOG=1 to "
+            f"see llama.cpp's log")
 
 
 def _rebuild_error(payload) -> RopepatchError:
