@@ -1,4 +1,4 @@
-"""Pure-Python safetensors header reader and writer (no torch, no safetensors import).
+"""Pure-Python safetensors header codec (no torch, no safetensors import; no file writes).
 
 File layout: ``u64 LE N`` | ``N`` bytes of UTF-8 JSON (starts with ``{``, may end with padding
 spaces) | tensor data. The JSON object maps tensor names to ``{"dtype", "shape",
@@ -11,17 +11,16 @@ Public API::
     with_metadata_text(hdr, value_text: str | None) -> str  # header JSON with __metadata__ replaced
     metadata_json(meta: Mapping[str, str]) -> str           # compact JSON for a metadata map
     pad_header(json_text, current_length, slack=...) -> bytes  # the N' header bytes to write
-    page_local_run(hdr, header: bytes) -> (offset, bytes) | None  # the in-place write, if one page
-    write_header(hdr, header: bytes, dst=None, in_place_ok=True) -> str  # "in-place" | "rewrite"
+    framed(header: bytes) -> bytes                         # u64 length prefix + header
 
 Editing is surgical: only the text of the ``__metadata__`` value changes (or the member is
 inserted right after the opening ``{`` when the file had none); every tensor entry, the entry
 order, the spacing and "format" are kept byte for byte, so an exact undo record is just the old
 metadata text and the old header length. A new header that fits in the old length is padded with
-spaces and, when every changed byte lies inside one 4 KiB page of the file, written in place
-(one pwrite of the changed run, :func:`page_local_run`); otherwise the file is rewritten through
-:func:`ropepatch.fileio.rewrite` (tensor bytes copied by the kernel, temp file, fsync, rename),
-leaving :data:`~ropepatch.hf_keys.ST_HEADER_SLACK` spare bytes so later edits fit in place.
+spaces to that length; one that does not grows by whole pages, leaving
+:data:`~ropepatch.formats.hf.keys.ST_HEADER_SLACK` spare bytes so later edits fit in place.
+Writing is :func:`ropepatch.safeio.commit.commit_header`'s job (called from
+:mod:`ropepatch.patch.hf_write`).
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from ropepatch.safeio import files as fileio
 from ropepatch.errors import FormatError
-from ropepatch.formats.hf.keys import ST_HEADER_ALIGN, ST_HEADER_SLACK, ST_MAX_HEADER, ST_METADATA
+from ropepatch.formats.hf.keys import ST_HEADER_SLACK, ST_MAX_HEADER, ST_METADATA
 
 # element size in bits for every dtype the safetensors format defines
 DTYPE_BITS: Mapping[str, int] = MappingProxyType(
@@ -330,10 +328,6 @@ def with_metadata_text(hdr: SafetensorsHeader, value_text: str | None) -> str:
     return text[:1] + member + ("" if empty else ",") + text[1:]
 
 
-def _round_up(n: int, align: int) -> int:
-    return (n + align - 1) // align * align
-
-
 _PAGE = 4096
 
 
@@ -349,75 +343,7 @@ def pad_header(json_text: str, current_length: int, slack: int = ST_HEADER_SLACK
     return data + b" " * (length - len(data))
 
 
-def changed_run(old: bytes, new: bytes, block: int = _PAGE) -> tuple[int, int] | None:
-    """``(first, end)``: the first index where two equal-length buffers differ and one past the
-    last; None when they are equal. Compared block by block, so a 100 MB header costs
-    milliseconds."""
-    assert len(old) == len(new)
-    n = len(old)
-    first = None
-    for b0 in range(0, n, block):
-        b1 = min(b0 + block, n)
-        if old[b0:b1] != new[b0:b1]:
-            first = b0
-            while old[first] == new[first]:
-                first += 1
-            break
-    if first is None:
-        return None
-    end = n
-    while True:
-        b0 = max(first, end - block)
-        if old[b0:end] != new[b0:end]:
-            while old[end - 1] == new[end - 1]:
-                end -= 1
-            return first, end
-        end = b0
-
-
-def page_local_run(hdr: SafetensorsHeader, header: bytes) -> tuple[int, bytes] | None:
-    """The one in-place write that turns ``hdr``'s header bytes into ``header`` (same length):
-    ``(file offset, bytes)`` from the first changed byte to the last, when that run lies inside
-    one 4 KiB page of the file (``(8, b"")`` when nothing changes); None when the lengths differ
-    or the run spans pages. Linux checks for a fatal signal only between the page-sized chunks
-    of a write, so a kill -9 leaves such a run all old or all new; anything else is written
-    as an atomic rewrite (:func:`write_header`)."""
-    if len(header) != hdr.header_length:
-        return None
-    run = changed_run(hdr.header_bytes, header)
-    if run is None:
-        return 8, b""
-    first, end = 8 + run[0], 8 + run[1]
-    if first // _PAGE != (end - 1) // _PAGE:
-        return None
-    return first, header[run[0] : run[1]]
-
-
-def write_header(
-    hdr: SafetensorsHeader, header: bytes, dst: str | None = None, in_place_ok: bool = True
-) -> str:
-    """Write ``header`` (the complete new N' header bytes) in front of ``hdr``'s tensor data.
-
-    In place when ``dst`` is None or ``hdr.path``, ``in_place_ok``, the length is unchanged and
-    the changed bytes lie inside one 4 KiB page of the file (:func:`page_local_run`): one
-    pwrite of just that run, then fsync (nothing when no byte changes). Otherwise through
-    :func:`fileio.rewrite` into ``dst`` (default ``hdr.path``; replacing a symlink or hard link
-    with a new regular file): never a multi-page pwrite that a kill could tear. Returns
-    ``"in-place"`` or ``"rewrite"``.
-    """
-    if len(header) > ST_MAX_HEADER:
-        raise FormatError(
-            f"{hdr.path}: new safetensors header would be {len(header)} bytes, over the "
-            f"{ST_MAX_HEADER}-byte limit; nothing written"
-        )
-    target = dst or hdr.path
-    same = dst is None or os.path.abspath(dst) == os.path.abspath(hdr.path)
-    run = page_local_run(hdr, header) if same and in_place_ok else None
-    if run is not None:
-        off, data = run
-        if data:
-            fileio.write_in_place(hdr.path, off, data, hdr.file_size)
-        return "in-place"
-    prefix = struct.pack("<Q", len(header))
-    fileio.rewrite(hdr.path, target, prefix + header, hdr.data_offset, hdr.data_length)
-    return "rewrite"
+def framed(header: bytes) -> bytes:
+    """The file's bytes before the tensor data for the N header bytes ``header``: the u64 LE
+    length prefix followed by ``header``."""
+    return struct.pack("<Q", len(header)) + header

@@ -20,9 +20,9 @@ import shutil
 
 from ropepatch.errors import RopepatchError, UsageError, WriteError
 from ropepatch.formats.hf import keys as hk
-from ropepatch.formats.safetensors import write_header
 from ropepatch.patch.hf_model import HFModel
 from ropepatch.patch.hf_state import ModelState
+from ropepatch.patch.hf_write import write_shard_header
 from ropepatch.safeio import files as fileio
 
 # weight files skipped when copying a model directory to ``out``
@@ -131,7 +131,7 @@ def _open_stage(out_dir: str, names: list[str]) -> tuple[str, int]:
 def _fill_stage(model: HFModel, st: ModelState, stage: str, new_headers: dict[str, bytes | None],
                 new_cfg: bytes, copies: list[str]) -> None:
     for s in model.shards:
-        write_header(st.headers[s], new_headers[s], dst=os.path.join(stage, os.path.basename(s)))
+        write_shard_header(st.headers[s], new_headers[s], dst=os.path.join(stage, os.path.basename(s)))
     for n in copies:
         src = os.path.join(model.root, n)
         fileio.rewrite(src, os.path.join(stage, n), b"", 0, os.path.getsize(src))

@@ -13,11 +13,10 @@ from typing import Any
 from ropepatch.errors import NotPatchedError, UsageError, WriteError
 from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.config import parse_config, read_rope
-from ropepatch.formats.safetensors import write_header
 from ropepatch.patch.hf_model import HFModel, is_linked, link_target, nlink, resolve_model
 from ropepatch.patch.hf_results import FileAction, HFInspectResult, HFRevertResult, ShardInfo
 from ropepatch.patch.hf_state import ModelState, lock_all, read_state
-from ropepatch.patch.hf_write import is_in_place, replace_with_symlink
+from ropepatch.patch.hf_write import is_in_place, replace_with_symlink, write_shard_header
 from ropepatch.safeio import files as fileio
 
 # (kind, argument): ("config", None), ("link", (path, target)), ("shard", (path, hdr, header, in_place_ok))
@@ -86,7 +85,7 @@ def _carry_out(model: HFModel, ops: list[_Op], orig_cfg: bytes) -> None:
                 raise WriteError(f"{arg[0]}: cannot restore the symlink: {e.strerror or e}") from None
         else:
             s, hdr, h0, ok = arg
-            write_header(hdr, h0, in_place_ok=ok)
+            write_shard_header(hdr, h0, in_place_ok=ok)
 
 
 def revert_hf(path: str, dry_run: bool = False, force: bool = False) -> HFRevertResult:

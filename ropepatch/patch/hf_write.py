@@ -2,6 +2,7 @@
 shards already written restored when a later write fails.
 
     is_in_place(hdr, header, linked) -> bool
+    write_shard_header(hdr, header, dst=None, in_place_ok=True) -> str   # "in-place" | "rewrite"
     write_in_place(model, st, new_headers, new_cfg, cfg_changed, final_headers)
     replace_with_symlink(path, target)
 """
@@ -11,17 +12,36 @@ from __future__ import annotations
 import contextlib
 import os
 
-from ropepatch.errors import RopepatchError
-from ropepatch.formats.safetensors import SafetensorsHeader, page_local_run, read_header, write_header
+from ropepatch.errors import FormatError, RopepatchError
+from ropepatch.formats.hf.keys import ST_MAX_HEADER
+from ropepatch.formats.safetensors import SafetensorsHeader, framed, read_header
 from ropepatch.patch.hf_model import HFModel, is_linked, link_target
 from ropepatch.patch.hf_state import ModelState
 from ropepatch.safeio import files as fileio
+from ropepatch.safeio.commit import commit_header, page_local_run
 
 
 def is_in_place(hdr: SafetensorsHeader, header: bytes, linked: bool) -> bool:
-    """Whether ``header`` is written over ``hdr`` in place (one pwrite inside one page)
-    rather than as an atomic rewrite."""
-    return not linked and page_local_run(hdr, header) is not None
+    """Whether :func:`write_shard_header` writes ``header`` over ``hdr`` in place (one pwrite
+    inside one page) rather than as an atomic rewrite."""
+    return not linked and page_local_run(framed(hdr.header_bytes), framed(header)) is not None
+
+
+def write_shard_header(hdr: SafetensorsHeader, header: bytes, dst: str | None = None,
+                       in_place_ok: bool = True) -> str:
+    """Put ``header`` (the complete new N' header bytes) in front of ``hdr``'s tensor data, by
+    the one commit rule (:func:`ropepatch.safeio.commit.commit_header`): in place when the
+    length is unchanged, ``dst`` is None or ``hdr.path``, ``in_place_ok`` and the changed bytes
+    lie inside one 4 KiB page; otherwise an atomic rewrite into ``dst`` (default ``hdr.path``;
+    a symlink or hard link there becomes a new regular file). Returns the mode used."""
+    if len(header) > ST_MAX_HEADER:
+        raise FormatError(
+            f"{hdr.path}: new safetensors header would be {len(header)} bytes, over the "
+            f"{ST_MAX_HEADER}-byte limit; nothing written"
+        )
+    done = commit_header(hdr.path, framed(hdr.header_bytes), framed(header), hdr.data_offset,
+                         hdr.data_length, hdr.file_size, dst=dst, allow_in_place=in_place_ok)
+    return done.mode
 
 
 def _space_needed(paths_sizes: list[tuple[str, int, bool]]) -> int:
@@ -59,7 +79,7 @@ def write_in_place(model: HFModel, st: ModelState, new_headers: dict[str, bytes 
         for s in todo:
             hdr, h = st.headers[s], new_headers[s]
             link = link_target(s)
-            write_header(hdr, h, in_place_ok=not is_linked(s))
+            write_shard_header(hdr, h, in_place_ok=not is_linked(s))
             done.append((s, hdr, link))
         if cfg_changed:
             fileio.rewrite(model.config_path, model.config_path, new_cfg, 0, 0)
@@ -69,7 +89,7 @@ def write_in_place(model: HFModel, st: ModelState, new_headers: dict[str, bytes 
     # config.json is final: drop RP_PREVIOUS_CONFIG_SHA256 from the shards (same length, in place)
     try:
         for s, h in final_headers.items():
-            write_header(read_header(s), h)
+            write_shard_header(read_header(s), h)
     except RopepatchError as e:
         raise type(e)(f"{e}; the model is patched, run the same command again to finish") from None
 
@@ -82,7 +102,7 @@ def _rollback(done: list[tuple[str, SafetensorsHeader, str | None]]) -> str:
                 replace_with_symlink(s, link)
             else:
                 cur = read_header(s)
-                write_header(cur, old.header_bytes)
+                write_shard_header(cur, old.header_bytes)
         except (RopepatchError, OSError):
             bad.append(s)
     if not done:

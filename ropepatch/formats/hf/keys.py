@@ -128,7 +128,6 @@ ST_MAX_HEADER = 100_000_000  # safetensors' MAX_HEADER_SIZE
 # Spare bytes (spaces) ropepatch leaves after the header JSON when it has to rewrite a file, so
 # that every later re-patch or revert of the metadata fits in place.
 ST_HEADER_SLACK = 1024
-ST_HEADER_ALIGN = 8  # keep the data section 8-byte aligned, as the safetensors writer does
 
 # ---- ropepatch provenance in every shard's __metadata__ (values are strings) ---------------
 # RP_PREFIX, RP_VERSION, RP_METHOD, RP_CTX (decimal), RP_ALPHA (repr() of the float),
