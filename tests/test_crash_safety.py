@@ -76,10 +76,10 @@ def test_file_patched_in_the_old_layout_is_migrated_by_one_rewrite(tmp_path):
     with open(path, "wb") as f:
         f.write(fuzz_headers.legacy_patched(src, 1024, "yarn"))
     ino = os.stat(path).st_ino
-    assert gp.inspect_gguf(path).provenance.record.get("at") is None
+    assert gp.inspect_gguf(path).provenance.record.at is None
     assert gp.patch_gguf(path, 2048, "ntk").mode == "rewrite"
     assert os.stat(path).st_ino != ino
-    assert "at" in gp.inspect_gguf(path).provenance.record
+    assert gp.inspect_gguf(path).provenance.record.at is not None
     assert gp.patch_gguf(path, 4096, "yarn").mode == "in-place"
     gp.revert_gguf(path)
     assert sha256(path) == sha256(FIXTURES / FIXTURE)

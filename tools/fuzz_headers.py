@@ -62,6 +62,8 @@ from ropepatch.patch import gguf as gp  # noqa: E402
 from ropepatch.errors import RopepatchError  # noqa: E402
 from ropepatch.formats.gguf.header import GGUFHeader, make_kv, parse_header, read_header, serialize_header  # noqa: E402
 from ropepatch.formats.gguf.params import params_from_kvs, params_to_kvs  # noqa: E402
+from ropepatch.patch.gguf_layout import apply_params, layout_header  # noqa: E402
+from ropepatch.patch.gguf_record import new_record  # noqa: E402
 from ropepatch.formats.gguf.keys import ValueType as T  # noqa: E402
 from ropepatch.rope.methods import METHODS, make_plan  # noqa: E402
 
@@ -808,12 +810,12 @@ def legacy_patched(data: bytes, ctx=512, method="yarn") -> bytes:
     arch = h.get("general.architecture")
     info_orig = params_from_kvs({kv.key: kv for kv in h.kvs}, [t.name for t in h.tensors], "legacy")
     plan = make_plan(info_orig, ctx, method)
-    new_kvs = gp._apply_desired(list(h.kvs), params_to_kvs(plan))
-    record = json.dumps(gp._make_record(h, arch), sort_keys=True, separators=(",", ":"))
+    new_kvs = apply_params(list(h.kvs), params_to_kvs(plan))
+    record = new_record(h, arch).to_json()
     rp = [make_kv(K.RP_VERSION, T.STRING, ropepatch.__version__), make_kv(K.RP_METHOD, T.STRING, method),
           make_kv(K.RP_CTX, T.UINT32, ctx), make_kv(K.RP_ALPHA, T.FLOAT64, float(plan.alpha)),
           make_kv(K.RP_ORIGINAL, T.STRING, record)]
-    header, _ = gp._layout(h, new_kvs + rp, rewrite_layout=True)
+    header, _ = layout_header(h, new_kvs + rp, rewrite_layout=True)
     return header + data[h.data_offset:]
 
 

@@ -73,6 +73,9 @@ TOUCHED_KEYS = (
 # RP_VERSION (STRING), RP_METHOD (STRING), RP_CTX (UINT32), RP_ALPHA (FLOAT64), RP_ORIGINAL
 # (STRING: JSON undo record), RP_RESERVED (ARRAY[UINT8] of zeros: header slack), RP_PREFIX:
 # imported above from formats/provenance.py.
+# Placeholder slot of a touched key the file lacks (+ a TOUCHED_KEYS template minus "{arch}."):
+# keeps the entry count fixed across re-patches (patch/gguf_layout.py).
+RP_UNSET = "ropepatch.unset."
 
 
 def k(template: str, arch: str) -> str:
