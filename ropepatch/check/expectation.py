@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 from typing import Mapping
 
 from ropepatch.check.report import g
-from ropepatch.check.rope_reference import ggml_rope_args
+from ropepatch.check.ggml_args import ggml_rope_args
 from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
 from ropepatch.patch.gguf import ModelInfo, inspect_gguf
-from ropepatch.rope.methods import make_plan
+from ropepatch.rope.methods import Plan, make_plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
 from ropepatch.rope.serialize import jsonable
 
@@ -29,7 +29,7 @@ class Expectation:
     original_ctx: int  # L: the training context before any extension
     target_ctx: int  # the probes reach position target_ctx - 1
     provenance: Mapping[str, object] | None  # {method, ctx, alpha, version} or None
-    plan_target: RopeParams | None  # the recorded plan's target, when it could be rebuilt
+    plan: Plan | None  # the recorded plan, when it could be rebuilt
     plan_problem: str  # why the recorded plan could not be rebuilt ("" if it could)
     params: RopeParams  # the expected parameters
     source: str  # "plan", "file" or "expected"
@@ -41,6 +41,11 @@ class Expectation:
     @property
     def arch(self) -> str:
         return self.current.arch
+
+    @property
+    def plan_target(self) -> RopeParams | None:
+        """The recorded plan's target (what the user asked for), None without one."""
+        return None if self.plan is None else self.plan.target
 
     @property
     def params_dict(self) -> dict:
@@ -56,26 +61,25 @@ def read_model(path: str) -> ModelInfo:
 
 
 def _recorded_plan(info: ModelInfo, ctx: int | None, notes: list[str]):
-    """(provenance dict, plan target, problem) for a file ropepatch patched; (None, None, "")
-    for one it did not."""
+    """(provenance dict, plan, problem) for a file ropepatch patched; (None, None, "") for one
+    it did not."""
     prov = info.provenance
     if prov is None:
         return None, None, ""
     prov_d = {"method": prov.method, "ctx": prov.ctx, "alpha": prov.alpha, "version": prov.version}
-    target, problem = None, ""
+    plan, problem = None, ""
     try:
         try:
             plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha)
         except UnsupportedModelError:
             plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha, replace_scaling=True)
             notes.append("the recorded plan replaces the model's own scaling (--replace-scaling)")
-        target = plan.target
     except RopepatchError as exc:
         problem = (f"the recorded plan (method {prov.method!r}, ctx {prov.ctx}, alpha {g(prov.alpha)}) "
                    f"cannot be rebuilt: {exc}")
     if ctx is not None and prov.ctx and int(ctx) != prov.ctx:
         notes.append(f"--ctx {ctx} differs from the ctx ropepatch patched the file for ({prov.ctx})")
-    return prov_d, target, problem
+    return prov_d, plan, problem
 
 
 def with_overrides(params: RopeParams, expect: Mapping[str, object]) -> RopeParams:
@@ -105,15 +109,15 @@ def expectation(info: ModelInfo, ctx: int | None, expect: Mapping[str, object] |
     (default: the file's context length) with the caller's overrides ``expect``."""
     cur = info.current
     notes: list[str] = []
-    prov_d, plan_target, plan_problem = _recorded_plan(info, ctx, notes)
-    params = plan_target if plan_target is not None else cur
-    source = "plan" if plan_target is not None else "file"
+    prov_d, plan, plan_problem = _recorded_plan(info, ctx, notes)
+    params = plan.target if plan is not None else cur
+    source = "plan" if plan is not None else "file"
     if expect:
         params, source = with_overrides(params, expect), "expected"
     op, op_problem = rope_op(params)
     return Expectation(
         current=cur, original_ctx=info.original.n_ctx_train,
         target_ctx=int(ctx) if ctx is not None else cur.n_ctx_train, provenance=prov_d,
-        plan_target=plan_target, plan_problem=plan_problem, params=params, source=source, op=op,
+        plan=plan, plan_problem=plan_problem, params=params, source=source, op=op,
         op_problem=op_problem, file_op=rope_op(cur)[0], notes=tuple(notes),
     )

@@ -5,7 +5,8 @@ The runtime's training context (``llama_model_n_ctx_train``), rotary type
 (``llama_model_rope_type``), ``llama_model_rope_freq_scale_train`` and the metadata strings it
 read (``llama_model_meta_val_str``) for every RoPE key and every ``ropepatch.*`` scalar equal the
 file's; when the file carries ropepatch provenance, the file's RoPE settings equal the recorded
-plan, i.e. nobody changed them behind ropepatch's back.
+plan, i.e. nobody changed them behind ropepatch's back: the entries the patch wrote
+(:func:`params_to_kvs`) and those it kept (the undo record) are still there.
 """
 
 from __future__ import annotations
@@ -21,24 +22,14 @@ from ropepatch.check.report import FAILED, LABEL, NAMES, PASSED, CheckResult, fm
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import GGUFHeader
 from ropepatch.formats.gguf.keys import ValueType, k
+from ropepatch.formats.gguf.params import params_to_kvs
+from ropepatch.patch.gguf_record import original_kvs, read_provenance
+from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
 from ropepatch.runtime import binding
 
 # llama_rope_type (llama.h) -> layout
 RUNTIME_ROPE_TYPES = {-1: "none", 0: "norm", 2: "neox", 8: "mrope", 40: "imrope", 24: "vision"}
-
-_FIELD_KEYS = {
-    "n_ctx_train": K.CONTEXT_LENGTH,
-    "rope_dim": K.ROPE_DIMENSION_COUNT,
-    "freq_base": K.ROPE_FREQ_BASE,
-    "scaling_type": K.ROPE_SCALING_TYPE,
-    "scaling_factor": K.ROPE_SCALING_FACTOR,
-    "orig_ctx": K.ROPE_SCALING_ORIG_CTX,
-    "attn_factor": K.ROPE_SCALING_ATTN_FACTOR,
-    "layout": K.GENERAL_ARCHITECTURE,
-    "has_freq_factors": "rope_freqs tensor",
-}
-
 
 @dataclass(frozen=True)
 class RuntimeInfo:
@@ -162,22 +153,48 @@ def _runtime_problems(exp: Expectation, rt: RuntimeInfo, problems: list[str]) ->
     }
 
 
-def _key_of(field_name: str, arch: str) -> str:
-    key = _FIELD_KEYS[field_name]
-    return k(key, arch) if "{arch}" in key else key
+def _same(t: ValueType | None, a, b) -> bool:
+    """Two metadata values (None: absent) equal as the file stores them (floats as float32)."""
+    if a is None or b is None:
+        return a is None and b is None
+    if t in (ValueType.FLOAT32, ValueType.FLOAT64):
+        return np.float32(a) == np.float32(b)
+    return a == b
 
 
-def _plan_problems(exp: Expectation, problems: list[str]) -> bool | None:
+def plan_drift(header: GGUFHeader, plan: Plan) -> list[tuple[str, object, object]]:
+    """The RoPE entries the recorded patch left that the file no longer holds: [(key, file
+    value, plan value)], None for an absent entry. The patch wrote :func:`params_to_kvs` of
+    the plan over the original entries (:func:`original_kvs`, from the undo record); the
+    touched keys (:data:`keys.TOUCHED_KEYS`) it did not write kept their original state."""
+    left = {kv.key: (kv.type, kv.value) for kv in original_kvs(header, read_provenance(header))}
+    left.update(params_to_kvs(plan))
+    drift = []
+    for template in K.TOUCHED_KEYS:
+        key = k(template, plan.target.arch)
+        t, v = left.get(key, (None, None))
+        kv = header.entry(key)
+        got = None if kv is None else kv.value
+        if not _same(t, got, v):
+            drift.append((key, got, v))
+    return drift
+
+
+def _shown_value(v) -> str:
+    return "absent" if v is None else fmt_val(v)
+
+
+def _plan_problems(exp: Expectation, header: GGUFHeader, problems: list[str]) -> bool | None:
     """Compare the file with the recorded plan (and the caller's expectation); return whether
     the file matches the plan (None without one)."""
     consistent = None
     if exp.plan_problem:
         problems.append(exp.plan_problem)
-    elif exp.plan_target is not None:
-        diffs = params_diff(exp.current, exp.plan_target)
+    elif exp.plan is not None:
+        diffs = plan_drift(header, exp.plan)
         if diffs:
-            parts = [f"{_key_of(f, exp.arch)} is {fmt_val(a)} in the file, the recorded plan gives {fmt_val(b)}"
-                     for f, a, b in diffs]
+            parts = [f"{key} is {_shown_value(a)} in the file, the recorded plan gives {_shown_value(b)}"
+                     for key, a, b in diffs]
             p = exp.provenance
             problems.append("changed behind ropepatch's back: " + "; ".join(parts)
                             + f" (plan: {p['method']} to {p['ctx']}, alpha {g(p['alpha'])})")
@@ -195,7 +212,7 @@ def check_metadata(exp: Expectation, header: GGUFHeader, rt: RuntimeInfo, keys: 
     problems: list[str] = []
     meta_fig = _metadata_problems(header, rt, keys, problems)
     figs = _runtime_problems(exp, rt, problems)
-    consistent = _plan_problems(exp, problems)
+    consistent = _plan_problems(exp, header, problems)
     figs.update({"metadata": meta_fig, "plan_consistent": consistent, "n_params": rt.n_params})
     return CheckResult("a", NAMES["a"], FAILED if problems else PASSED, "; ".join(problems), figs,
                        time.perf_counter() - t0)
