@@ -38,9 +38,9 @@ from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingTy
 from ropepatch.rope.arch import rope_layout
 from ropepatch.rope.params import RopeParams  # noqa: E402
 from ropepatch.runtime.probe import ProbeResult, RopeOpParams, gpu_available, probe  # noqa: E402
+from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
 from ropepatch.check.rope_reference import (
     apply_rope_op,
-    ggml_rope_args,
     pair_indices,
     rope_angles,
     yarn_mscale,

@@ -10,10 +10,10 @@ import pytest
 from ropepatch.errors import RopepatchError, UsageError
 from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType
 from ropepatch.rope.params import RopeParams
+from ropepatch.check.ggml_args import ggml_rope_args
 from ropepatch.check.rope_reference import (
     apply_rope,
     apply_rope_op,
-    ggml_rope_args,
     pair_indices,
     rope_angles,
     rope_cache,

@@ -26,7 +26,7 @@ from ropepatch.formats.gguf.header import read_header  # noqa: E402
 from ropepatch.patch.gguf import inspect_gguf, patch_gguf  # noqa: E402
 from ropepatch.rope.methods import METHODS, make_plan  # noqa: E402
 from ropepatch.runtime.probe import gpu_available  # noqa: E402
-from ropepatch.check.rope_reference import ggml_rope_args  # noqa: E402
+from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
 from ropepatch.check.validate import (  # noqa: E402
     FAILED,
     PASSED,

@@ -3,8 +3,8 @@
 In the style of llama2.c's model.py: the whole transformer as a few plain functions, a
 comment per step, float64 throughout. Weights are read with ``gguf.GGUFReader`` and
 dequantized with ``gguf.quants.dequantize``; the rotary embedding is
-:func:`ropepatch.rope_reference.apply_rope` driven by the same op parameters llama.cpp
-would use (:func:`ropepatch.rope_reference.ggml_rope_args`, optionally with runtime
+:func:`ropepatch.check.rope_reference.apply_rope` driven by the same op parameters llama.cpp
+would use (:func:`ropepatch.check.ggml_args.ggml_rope_args`, optionally with runtime
 overrides), so its logits can be compared with a runtime probe's -- including at
 positions and distances beyond the training context.
 
@@ -22,7 +22,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from ropepatch.check.rope_reference import apply_rope_op, ggml_rope_args
+from ropepatch.check.ggml_args import ggml_rope_args
+from ropepatch.check.rope_reference import apply_rope_op
 from ropepatch.errors import FormatError, UnsupportedModelError, UsageError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import read_header
@@ -225,6 +226,23 @@ def forward(
     ``ggml_q8_0_activations``: mimic ggml's CPU matmul with Q8_0 weights, which quantizes the
     activations to Q8_0 first (:func:`quantize_q8_0_activations`). Off, the reference is the
     exact product with the dequantized weights."""
+    toks, pos = _tokens_and_positions(model, tokens, positions)
+    op = dict(rope_op) if rope_op is not None else ggml_rope_args(model.rope, **overrides)
+    if rope_op is not None and overrides:
+        raise UsageError("reference forward: give rope_op or overrides, not both")
+    if op["mode"] != (2 if model.rope.layout == RopeLayout.NEOX else 0) and rope_op is None:
+        raise UsageError("reference forward: layout mismatch")  # pragma: no cover - defensive
+    lin = _matmul(model, ggml_q8_0_activations)
+    # token embeddings: rows of token_embd
+    x = model.w("token_embd.weight")[toks]
+    for il in range(model.n_layer):
+        x = _block(model, x, f"blk.{il}.", pos, op, lin, rope_dtype)
+    # output norm and head (tied to the embeddings when output.weight is absent)
+    x = rms_norm(x, model.w("output_norm.weight"), model.rms_eps)
+    return lin(x, "output.weight" if model.w("output.weight") is not None else "token_embd.weight")
+
+
+def _tokens_and_positions(model: ReferenceModel, tokens, positions) -> tuple[np.ndarray, np.ndarray]:
     toks = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
     if toks.size == 0:
         raise UsageError("reference forward: no tokens")
@@ -236,47 +254,39 @@ def forward(
         pos = np.asarray(list(positions), dtype=np.int64).reshape(-1)
     if pos.size != toks.size:
         raise UsageError(f"reference forward: {pos.size} positions for {toks.size} tokens")
-    op = dict(rope_op) if rope_op is not None else ggml_rope_args(model.rope, **overrides)
-    if rope_op is not None and overrides:
-        raise UsageError("reference forward: give rope_op or overrides, not both")
-    if op["mode"] != (2 if model.rope.layout == RopeLayout.NEOX else 0) and rope_op is None:
-        raise UsageError("reference forward: layout mismatch")  # pragma: no cover - defensive
-    def w(name):
-        return model.w(name)
+    return toks, pos
+
+
+def _matmul(model: ReferenceModel, ggml_q8_0_activations: bool):
+    """``lin(x, weight name, bias name=None)``: a weight matmul as the runtime does it (Q8_0
+    activations if asked)."""
 
     def lin(x, name, bias=None):
-        """A weight matmul as the runtime does it (Q8_0 activations if asked)."""
         if ggml_q8_0_activations and model.weight_types.get(name) == "Q8_0":
             x = quantize_q8_0_activations(x)
-        return linear(x, w(name), None if bias is None else w(bias))
+        return linear(x, model.w(name), None if bias is None else model.w(bias))
 
-    scale = 1.0 / np.sqrt(model.head_dim)
+    return lin
 
-    # token embeddings: rows of token_embd
-    x = w("token_embd.weight")[toks]
-    for il in range(model.n_layer):
-        b = f"blk.{il}."
-        # --- attention ---
-        h = rms_norm(x, w(b + "attn_norm.weight"), model.rms_eps)
-        q = lin(h, b + "attn_q.weight", b + "attn_q.bias")
-        k = lin(h, b + "attn_k.weight", b + "attn_k.bias")
-        v = lin(h, b + "attn_v.weight", b + "attn_v.bias")
-        q = q.reshape(toks.size, model.n_head, model.head_dim)
-        k = k.reshape(toks.size, model.n_head_kv, model.head_dim)
-        v = v.reshape(toks.size, model.n_head_kv, model.head_dim)
-        # rotary position embedding on q and k, exactly as the ROPE op
-        q = apply_rope_op(q, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
-        k = apply_rope_op(k, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
-        att = attention(q, k, v, pos, scale)
-        x = x + lin(att, b + "attn_output.weight", b + "attn_output.bias")
-        # --- SwiGLU MLP ---
-        h = rms_norm(x, w(b + "ffn_norm.weight"), model.rms_eps)
-        gate = silu(lin(h, b + "ffn_gate.weight"))
-        up = lin(h, b + "ffn_up.weight")
-        x = x + lin(gate * up, b + "ffn_down.weight")
-    # output norm and head (tied to the embeddings when output.weight is absent)
-    x = rms_norm(x, w("output_norm.weight"), model.rms_eps)
-    return lin(x, "output.weight" if w("output.weight") is not None else "token_embd.weight")
+
+def _block(model: ReferenceModel, x: np.ndarray, b: str, pos: np.ndarray, op: Mapping, lin, rope_dtype) -> np.ndarray:
+    """One transformer block (tensor names prefixed ``b``): attention, then the SwiGLU MLP."""
+    n_tok, w = x.shape[0], model.w
+    # --- attention ---
+    h = rms_norm(x, w(b + "attn_norm.weight"), model.rms_eps)
+    q = lin(h, b + "attn_q.weight", b + "attn_q.bias").reshape(n_tok, model.n_head, model.head_dim)
+    k = lin(h, b + "attn_k.weight", b + "attn_k.bias").reshape(n_tok, model.n_head_kv, model.head_dim)
+    v = lin(h, b + "attn_v.weight", b + "attn_v.bias").reshape(n_tok, model.n_head_kv, model.head_dim)
+    # rotary position embedding on q and k, exactly as the ROPE op
+    q = apply_rope_op(q, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
+    k = apply_rope_op(k, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
+    att = attention(q, k, v, pos, 1.0 / np.sqrt(model.head_dim))
+    x = x + lin(att, b + "attn_output.weight", b + "attn_output.bias")
+    # --- SwiGLU MLP ---
+    h = rms_norm(x, w(b + "ffn_norm.weight"), model.rms_eps)
+    gate = silu(lin(h, b + "ffn_gate.weight"))
+    up = lin(h, b + "ffn_up.weight")
+    return x + lin(gate * up, b + "ffn_down.weight")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Pure functions, no I/O. The reference for what llama.cpp's ROPE op computes
 (ggml/src/ggml-cpu/ops.cpp: ``rope_yarn``, ``ggml_rope_cache_init``, ``rotate_pairs``;
-ggml/src/ggml.c: ``ggml_rope_yarn_corr_dims``) and for how llama.cpp turns a model's
-RoPE settings into the op's parameters (src/llama-context.cpp, llama_context ctor).
+ggml/src/ggml.c: ``ggml_rope_yarn_corr_dims``). How llama.cpp turns a model's RoPE settings
+into the op's parameters: :mod:`ropepatch.check.ggml_args`.
 
 Two precisions:
 
@@ -25,8 +25,7 @@ from typing import Mapping
 import numpy as np
 
 from ropepatch.errors import UsageError
-from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType
-from ropepatch.rope.params import RopeParams
+from ropepatch.rope.params import RopeLayout
 
 # ggml's ROPE op "mode" values (ggml.h GGML_ROPE_TYPE_*): only these two are plain text RoPE.
 GGML_ROPE_TYPE_NORMAL = 0
@@ -39,12 +38,12 @@ DEFAULT_BETA_SLOW = 1.0
 _F32 = np.float32
 
 
-def _f32(x) -> np.float32:
+def f32(x) -> np.float32:
     """Round a value to float32 (a C ``float``)."""
     return _F32(x)
 
 
-def _f32_fn(fn, x):
+def f32_fn(fn, x):
     """A libm float function (logf, powf, cosf, ...) as glibc computes it: the exact
     result rounded to float32 (glibc's float functions are within 1 ulp, nearly always
     correctly rounded). Evaluated in float64 on the float32 inputs, then rounded."""
@@ -75,10 +74,10 @@ def yarn_corr_dim(n_dims: int, n_ctx_orig: int, n_rot: float, base: float, dtype
     ``n_ctx_orig`` tokens: ``d * ln(L / (n_rot * 2 pi)) / (2 ln b)`` (ggml_rope_yarn_corr_dim)."""
     if _check_dtype(dtype) == np.float32:
         # float32 exactly as in ggml.c: n_ctx_orig / (n_rot * 2 * (float)M_PI), logf, ...
-        denom = _f32(_f32(_f32(n_rot) * _f32(2)) * _f32(math.pi))
-        ratio = _f32(_f32(n_ctx_orig) / denom)
-        num = _f32(_f32(n_dims) * _f32_fn(np.log, ratio))
-        return float(_f32(num / _f32(_f32(2) * _f32_fn(np.log, _f32(base)))))
+        denom = f32(f32(f32(n_rot) * f32(2)) * f32(math.pi))
+        ratio = f32(f32(n_ctx_orig) / denom)
+        num = f32(f32(n_dims) * f32_fn(np.log, ratio))
+        return float(f32(num / f32(f32(2) * f32_fn(np.log, f32(base)))))
     return n_dims * math.log(n_ctx_orig / (n_rot * 2 * math.pi)) / (2 * math.log(base))
 
 
@@ -114,9 +113,9 @@ def yarn_mscale(freq_scale: float, ext_factor: float, attn_factor: float = 1.0, 
     """The magnitude the kernel puts on cos and sin: ``attn_factor``, times
     ``1 + 0.1 ln(1/freq_scale)`` when YaRN extrapolation is on (ext_factor != 0)."""
     if _check_dtype(dtype) == np.float32:
-        m = _f32(attn_factor)
+        m = f32(attn_factor)
         if ext_factor != 0:
-            m = _f32(m * _f32(_f32(1) + _f32(_f32(0.1) * _f32_fn(np.log, _f32(_f32(1) / _f32(freq_scale))))))
+            m = f32(m * f32(f32(1) + f32(f32(0.1) * f32_fn(np.log, f32(f32(1) / f32(freq_scale))))))
         return float(m)
     m = float(attn_factor)
     if ext_factor != 0:
@@ -127,6 +126,34 @@ def yarn_mscale(freq_scale: float, ext_factor: float, attn_factor: float = 1.0, 
 # ---------------------------------------------------------------------------------------------
 # 2. Angles and the cos/sin cache
 # ---------------------------------------------------------------------------------------------
+
+
+def _angles_f32(pos, rope_dim, freq_base, freq_scale, ext_factor, beta_fast, beta_slow, n_ctx_orig, ff):
+    """:func:`rope_angles` in ggml's float32 arithmetic, step by step."""
+    n_pairs = rope_dim // 2
+    # theta_scale = powf(freq_base, -2.0f/n_dims)
+    theta_scale = f32_fn(lambda v: np.power(v, float(f32(-2.0) / f32(rope_dim))), f32(freq_base))
+    # theta starts at (float)p and is multiplied by theta_scale once per pair (float32 running product)
+    theta = np.empty((pos.size, n_pairs), dtype=_F32)
+    theta[:, 0] = pos.astype(_F32)
+    for i in range(1, n_pairs):
+        theta[:, i] = theta[:, i - 1] * theta_scale
+    # per-pair divisors (llama3 rope_freqs / longrope factors): theta/ff in float32
+    theta_extrap = theta / ff[:n_pairs].astype(_F32) if ff is not None else theta
+    fs = f32(freq_scale)
+    theta_interp = fs * theta_extrap
+    if ext_factor == 0:
+        return theta_interp
+    low, high = yarn_corr_dims(rope_dim, n_ctx_orig, freq_base, beta_fast, beta_slow, dtype=_F32)
+    ramp_mix = yarn_ramp(n_pairs, low, high, dtype=_F32) * f32(ext_factor)
+    # theta = theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix. GCC with
+    # -march=native (llama-cpp-python's default CPU build) contracts this into
+    # fma(theta_interp, 1 - ramp_mix, theta_extrap * ramp_mix); measured: the plain
+    # float32 form is 1 ulp of theta off on some pairs, the fma form matches. Emulated
+    # here: the f32 x f32 product is exact in float64, then one rounding to float32.
+    extrap_part = (theta_extrap * ramp_mix).astype(np.float64)
+    fused = theta_interp.astype(np.float64) * (f32(1) - ramp_mix).astype(np.float64) + extrap_part
+    return fused.astype(_F32)
 
 
 def rope_angles(
@@ -157,30 +184,7 @@ def rope_angles(
         raise UsageError("rope reference: YaRN (ext_factor != 0) needs n_ctx_orig > 0")
 
     if dt == np.float32:
-        # theta_scale = powf(freq_base, -2.0f/n_dims)
-        theta_scale = _f32_fn(lambda v: np.power(v, float(_f32(-2.0) / _f32(rope_dim))), _f32(freq_base))
-        # theta starts at (float)p and is multiplied by theta_scale once per pair (float32 running product)
-        theta = np.empty((pos.size, n_pairs), dtype=_F32)
-        theta[:, 0] = pos.astype(_F32)
-        for i in range(1, n_pairs):
-            theta[:, i] = theta[:, i - 1] * theta_scale
-        # per-pair divisors (llama3 rope_freqs / longrope factors): theta/ff in float32
-        theta_extrap = theta / ff[:n_pairs].astype(_F32) if ff is not None else theta
-        fs = _f32(freq_scale)
-        theta_interp = fs * theta_extrap
-        if ext_factor == 0:
-            return theta_interp
-        low, high = yarn_corr_dims(rope_dim, n_ctx_orig, freq_base, beta_fast, beta_slow, dtype=_F32)
-        ramp_mix = yarn_ramp(n_pairs, low, high, dtype=_F32) * _f32(ext_factor)
-        # theta = theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix. GCC with
-        # -march=native (llama-cpp-python's default CPU build) contracts this into
-        # fma(theta_interp, 1 - ramp_mix, theta_extrap * ramp_mix); measured: the plain
-        # float32 form is 1 ulp of theta off on some pairs, the fma form matches. Emulated
-        # here: the f32 x f32 product is exact in float64, then one rounding to float32.
-        extrap_part = (theta_extrap * ramp_mix).astype(np.float64)
-        fused = theta_interp.astype(np.float64) * (_f32(1) - ramp_mix).astype(np.float64) + extrap_part
-        return fused.astype(_F32)
-
+        return _angles_f32(pos, rope_dim, freq_base, freq_scale, ext_factor, beta_fast, beta_slow, n_ctx_orig, ff)
     # float64: the intended values, each pair's frequency computed directly
     inv_freq = float(freq_base) ** (-2.0 * np.arange(n_pairs, dtype=np.float64) / rope_dim)
     if ff is not None:
@@ -194,29 +198,17 @@ def rope_angles(
     return theta_interp * (1 - ramp_mix) + theta_extrap * ramp_mix
 
 
-def rope_cache(
-    positions,
-    rope_dim: int,
-    freq_base: float,
-    freq_scale: float = 1.0,
-    ext_factor: float = 0.0,
-    attn_factor: float = 1.0,
-    beta_fast: float = DEFAULT_BETA_FAST,
-    beta_slow: float = DEFAULT_BETA_SLOW,
-    n_ctx_orig: int = 0,
-    freq_factors=None,
-    dtype=np.float64,
-) -> tuple[np.ndarray, np.ndarray]:
+def rope_cache(positions, rope_dim: int, freq_base: float, freq_scale: float = 1.0, ext_factor: float = 0.0,
+               attn_factor: float = 1.0, *, dtype=np.float64, **angles) -> tuple[np.ndarray, np.ndarray]:
     """(cos, sin), each (n_tokens, rope_dim // 2), already multiplied by the mscale
-    (ggml_rope_cache_init). ``n_ctx_orig`` only matters for YaRN (ext_factor != 0)."""
+    (ggml_rope_cache_init). ``angles``: the other keywords of :func:`rope_angles` (beta_fast,
+    beta_slow, n_ctx_orig -- which only matters for YaRN, ext_factor != 0 -- freq_factors)."""
     dt = _check_dtype(dtype)
-    theta = rope_angles(
-        positions, rope_dim, freq_base, freq_scale, ext_factor, beta_fast, beta_slow, n_ctx_orig, freq_factors, dt
-    )
+    theta = rope_angles(positions, rope_dim, freq_base, freq_scale, ext_factor, dtype=dt, **angles)
     mscale = yarn_mscale(freq_scale, ext_factor, attn_factor, dt)
     if dt == np.float32:
         # cosf(theta) * mscale, sinf(theta) * mscale, all float32
-        return _f32_fn(np.cos, theta) * _f32(mscale), _f32_fn(np.sin, theta) * _f32(mscale)
+        return f32_fn(np.cos, theta) * f32(mscale), f32_fn(np.sin, theta) * f32(mscale)
     return np.cos(theta) * mscale, np.sin(theta) * mscale
 
 
@@ -225,7 +217,8 @@ def rope_cache(
 # ---------------------------------------------------------------------------------------------
 
 
-def _layout(layout) -> RopeLayout:
+def as_layout(layout) -> RopeLayout:
+    """NORM or NEOX from a layout, a ggml mode (0, 2) or its name; UsageError otherwise."""
     if isinstance(layout, RopeLayout) and layout != RopeLayout.UNKNOWN:
         return layout
     if layout in (GGML_ROPE_TYPE_NORMAL, "norm"):
@@ -239,7 +232,7 @@ def pair_indices(rope_dim: int, layout) -> tuple[np.ndarray, np.ndarray]:
     """Which dims form each rotary pair: NORM pairs (2i, 2i+1), NEOX pairs (i, i + d/2)."""
     _check_dims(rope_dim)
     i = np.arange(rope_dim // 2)
-    if _layout(layout) == RopeLayout.NORM:
+    if as_layout(layout) == RopeLayout.NORM:
         return 2 * i, 2 * i + 1
     return i, i + rope_dim // 2
 
@@ -287,10 +280,8 @@ def apply_rope(
     pos = np.asarray(positions).reshape(-1)
     if x.ndim != 3 or x.shape[0] != pos.size:
         raise UsageError(f"rope reference: x shape {x.shape} does not match {pos.size} positions")
-    cos, sin = rope_cache(
-        pos, rope_dim, freq_base, freq_scale, ext_factor, attn_factor, beta_fast, beta_slow, n_ctx_orig,
-        freq_factors, dt,
-    )
+    cos, sin = rope_cache(pos, rope_dim, freq_base, freq_scale, ext_factor, attn_factor, beta_fast=beta_fast,
+                          beta_slow=beta_slow, n_ctx_orig=n_ctx_orig, freq_factors=freq_factors, dtype=dt)
     return rotate(x, cos, sin, layout, rope_dim)
 
 
@@ -309,110 +300,9 @@ def apply_rope_op(x, positions, op: Mapping, freq_factors=None, dtype=np.float64
         beta_slow=float(op["beta_slow"]),
         n_ctx_orig=int(op["n_ctx_orig"]),
         freq_factors=freq_factors,
-        layout=_layout(int(op["mode"])),
+        layout=as_layout(int(op["mode"])),
         dtype=dtype,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. What llama.cpp passes to the ROPE op
-# ---------------------------------------------------------------------------------------------
-
-_SCALING_BY_ID = {v: ScalingType(k) for k, v in LLAMA_ROPE_SCALING_TYPE.items()}
-
-
-def ggml_rope_args(
-    params: RopeParams,
-    *,
-    rope_freq_base: float = 0.0,
-    rope_freq_scale: float = 0.0,
-    rope_scaling_type: int = -1,
-    yarn_ext_factor: float = -1.0,
-    yarn_attn_factor: float = -1.0,
-    yarn_beta_fast: float = -1.0,
-    yarn_beta_slow: float = -1.0,
-    yarn_orig_ctx: int = 0,
-) -> dict:
-    """The ROPE op parameters llama.cpp (as vendored by llama-cpp-python 0.3.36) uses for a
-    model with these file settings, optionally under runtime overrides. The keyword arguments
-    are ``llama_context_params`` fields with their "take it from the file" defaults
-    (``llama_context_default_params``). Floats are returned as float32-representable values,
-    so they compare exactly with a decoded op.
-
-    Mirrors the llama_context constructor (src/llama-context.cpp) and the model loader
-    (llama_model::load_hparams in src/llama-model.cpp) for architectures that read no
-    ``yarn_*`` GGUF keys (llama, qwen2, ...):
-
-    * freq_base  = runtime if != 0 else the file's (default 10000).
-    * freq_scale = runtime if != 0 else the file's ``1.0f / scaling.factor`` (1 when the factor
-      is absent or 0); forced to 1 when the effective scaling type is ``none``.
-    * scaling type = runtime if given (>= 0) else the file's.
-    * ext_factor = runtime if >= 0, else 1 for yarn and 0 otherwise.
-    * n_ctx_orig = runtime yarn_orig_ctx if != 0, else the file's original_context_length,
-      else n_ctx_train.
-    * beta_fast/beta_slow = runtime if >= 0, else 32 / 1.
-    * attn_factor -- in this version:
-        attn = runtime yarn_attn_factor if >= 0 else 1.0;
-        if ext_factor != 0 (YaRN on):                        # the runtime value is OVERWRITTEN
-            factor = 1.0f / freq_scale
-            attn   = (factor <= 1 ? 1 : 1 + 0.1f*logf(factor))   # HF get_mscale(factor, 1)
-            attn  *= 1.0f / (1.0f + 0.1f*logf(factor))           # cancel the kernel's own factor
-        attn *= file attn_factor ({arch}.rope.scaling.attn_factor, default 1)
-      The kernel (rope_yarn) multiplies cos/sin by attn * (1 + 0.1 logf(1/freq_scale)) when
-      ext_factor != 0, so for factor > 1 the net magnitude is still 1 + 0.1 ln s (times the
-      file's attn_factor), while the op's attn_factor itself is 1 (x * (1/x) in float32;
-      exactly 1.0f for the factors 2, 3, 4, 8, 16, 32 checked, computed here the same way
-      anyway). For factor < 1 the op carries 1/(1 + 0.1 ln f) > 1 and the net magnitude is 1.
-      The file's attn_factor multiplies cos/sin for EVERY scaling type, not only yarn.
-      (Architectures with ``rope.scaling.yarn_log_multiplier`` -- deepseek2, mistral3 -- use
-      get_mscale(f, m)/get_mscale(f, m_all) instead; RopeParams does not carry that key.)
-    """
-    # scaling type: runtime (llama_rope_scaling_type) if given, else the file's
-    if rope_scaling_type is None or rope_scaling_type < 0:
-        stype = ScalingType(params.scaling_type)
-    else:
-        if rope_scaling_type not in _SCALING_BY_ID:
-            raise UsageError(f"ggml_rope_args: unknown rope_scaling_type {rope_scaling_type}")
-        stype = _SCALING_BY_ID[rope_scaling_type]
-
-    # freq_base: runtime unless 0
-    freq_base = _f32(rope_freq_base) if rope_freq_base != 0 else _f32(params.freq_base)
-
-    # freq_scale: runtime unless 0, else file's 1.0f/factor (factor 0 or absent -> 1)
-    if rope_freq_scale != 0:
-        freq_scale = _f32(rope_freq_scale)
-    else:
-        factor_file = _f32(params.scaling_factor or 0.0)
-        freq_scale = _f32(1) if factor_file == 0 else _f32(_f32(1) / factor_file)
-    # "never scale if scaling type is none"
-    if stype == ScalingType.NONE:
-        freq_scale = _f32(1)
-
-    # ext_factor: negative means unset -> 1 for yarn, else 0
-    ext_factor = _f32(yarn_ext_factor) if yarn_ext_factor >= 0 else _f32(1.0 if stype == ScalingType.YARN else 0.0)
-
-    # attn_factor (see docstring)
-    attn = _f32(yarn_attn_factor) if yarn_attn_factor >= 0 else _f32(1.0)
-    if ext_factor != 0:
-        factor = _f32(_f32(1) / freq_scale)
-        log_f = _f32_fn(np.log, factor)
-        attn = _f32(1) if factor <= 1 else _f32(_f32(_f32(0.1) * log_f) + _f32(1))
-        attn = _f32(attn * _f32(_f32(1) / _f32(_f32(1) + _f32(_f32(0.1) * log_f))))
-    attn = _f32(attn * _f32(params.attn_factor))
-
-    n_ctx_orig = int(yarn_orig_ctx) if yarn_orig_ctx else int(params.orig_ctx or params.n_ctx_train)
-    layout = _layout(params.layout)
-    return {
-        "n_dims": int(params.rope_dim),
-        "mode": GGML_ROPE_TYPE_NEOX if layout == RopeLayout.NEOX else GGML_ROPE_TYPE_NORMAL,
-        "n_ctx_orig": n_ctx_orig,
-        "freq_base": float(freq_base),
-        "freq_scale": float(freq_scale),
-        "ext_factor": float(ext_factor),
-        "attn_factor": float(attn),
-        "beta_fast": float(_f32(yarn_beta_fast if yarn_beta_fast >= 0 else DEFAULT_BETA_FAST)),
-        "beta_slow": float(_f32(yarn_beta_slow if yarn_beta_slow >= 0 else DEFAULT_BETA_SLOW)),
-    }
 
 
 def pair_magnitude_and_index(x: np.ndarray, n_dims: int, layout) -> tuple[np.ndarray, np.ndarray]:
