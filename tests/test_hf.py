@@ -742,7 +742,8 @@ def test_bad_record_field_refused_before_writing(tmp_path, field, value, expecte
     meta[hk.RP_ORIGINAL] = json.dumps(rec)
     save_file(load_file(str(st)), str(st), metadata=meta)
     before = snapshot(d)
-    pattern = rf"model\.safetensors: ropepatch\.original field '{field}': expected {expected}; the header was edited by another tool: restore the file from its source"
+    pattern = (rf"model\.safetensors: ropepatch\.original field '{field}': expected {expected}; "
+               r"the header was edited by another tool: restore the file from its source")
     raises_one_line(FormatError, pattern, revert_hf, str(d))
     raises_one_line(FormatError, pattern, patch_hf, str(d), N, "ntk")
     assert snapshot(d) == before

@@ -62,15 +62,9 @@ import contextlib
 import os
 
 from ropepatch.formats.hf import keys as hk
-from ropepatch.formats.hf.config import (
-    ConfigDoc,
-    HFRope,
-    apply_plan,
-    diff_configs,
-    dump_config,
-    parse_config,
-    read_rope,
-)
+from ropepatch.formats.hf.apply import apply_plan, diff_configs
+from ropepatch.formats.hf.config import HFRope, read_rope
+from ropepatch.formats.hf.json_doc import ConfigDoc, dump_config, parse_config
 from ropepatch.formats.safetensors import SafetensorsHeader, pad_header, with_metadata_text
 from ropepatch.patch.hf_model import HFModel, is_hf_path, link_target, nlink, resolve_model, sha256_hex
 from ropepatch.patch.hf_out import check_out, other_files, write_out

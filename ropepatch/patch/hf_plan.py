@@ -9,15 +9,9 @@ from __future__ import annotations
 import json
 
 from ropepatch.formats.hf import keys as hk
-from ropepatch.formats.hf.config import (
-    ConfigDoc,
-    HFRope,
-    check_composable_hf,
-    parse_config,
-    read_rope,
-    rope_block,
-    unscaled_params,
-)
+from ropepatch.formats.hf.apply import rope_block
+from ropepatch.formats.hf.config import HFRope, check_composable_hf, read_rope, unscaled_params
+from ropepatch.formats.hf.json_doc import ConfigDoc, parse_config
 from ropepatch.patch.hf_model import resolve_model
 from ropepatch.patch.hf_state import ModelState, read_state
 from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan

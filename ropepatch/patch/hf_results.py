@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ropepatch.formats.hf.config import ConfigChange, HFRope
+from ropepatch.formats.hf.apply import ConfigChange
+from ropepatch.formats.hf.config import HFRope
 from ropepatch.patch.hf_model import HFModel
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeParams

@@ -12,7 +12,8 @@ from typing import Any
 
 from ropepatch.errors import NotPatchedError, UsageError, WriteError
 from ropepatch.formats.hf import keys as hk
-from ropepatch.formats.hf.config import parse_config, read_rope
+from ropepatch.formats.hf.config import read_rope
+from ropepatch.formats.hf.json_doc import parse_config
 from ropepatch.patch.hf_model import HFModel, is_linked, link_target, nlink, resolve_model
 from ropepatch.patch.hf_results import FileAction, HFInspectResult, HFRevertResult, ShardInfo
 from ropepatch.patch.hf_state import ModelState, lock_all, read_state
@@ -73,8 +74,9 @@ def _shard_ops(st: ModelState, s: str, files: list[FileAction], messages: list[s
 
 
 def _carry_out(model: HFModel, ops: list[_Op], orig_cfg: bytes) -> None:
-    for s, hdr, h0, ok in (a for k, a in ops if k == "shard"):
-        fileio.check_can_replace(s)
+    for kind, arg in ops:
+        if kind == "shard":
+            fileio.check_can_replace(arg[0])
     for kind, arg in ops:  # config (first), then shards
         if kind == "config":
             fileio.rewrite(model.config_path, model.config_path, orig_cfg, 0, 0)

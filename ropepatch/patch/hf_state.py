@@ -12,7 +12,7 @@ from typing import Iterator
 
 from ropepatch.errors import FormatError, UsageError
 from ropepatch.formats.hf import keys as hk
-from ropepatch.formats.hf.config import ConfigDoc, parse_config
+from ropepatch.formats.hf.json_doc import ConfigDoc, read_config
 from ropepatch.formats.safetensors import SafetensorsHeader, read_header
 from ropepatch.patch.hf_model import HFModel, sha256_hex
 from ropepatch.patch.hf_record import HfUndoRecord
@@ -67,16 +67,7 @@ class ModelState:
 
 def read_state(model: HFModel) -> ModelState:
     """Read config.json and every shard header of ``model`` (FormatError when malformed)."""
-    try:
-        with open(model.config_path, "rb") as f:
-            cbytes = f.read()
-    except OSError as e:
-        raise FormatError(f"{model.config_path}: cannot read: {e.strerror or e}") from None
-    try:
-        ctext = cbytes.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{model.config_path}: not UTF-8 text (byte {e.start}); expected a JSON config") from None
-    doc = parse_config(ctext, model.config_path)
+    cbytes, doc = read_config(model.config_path)
     headers, records, raws = {}, {}, {}
     for s in model.shards:
         h = read_header(s)

@@ -1,15 +1,13 @@
-"""Read a Hugging Face ``config.json``'s rope settings and write a method's settings back.
+"""Read a Hugging Face ``config.json``'s rope settings.
 
-Public API (no file writes here; :mod:`ropepatch.hf_patch` does the I/O)::
+Public API (no file writes here; :mod:`ropepatch.patch.hf` does the I/O)::
 
-    parse_config(text: str, path: str) -> ConfigDoc         # FormatError on malformed JSON
-    load_config(path: str) -> ConfigDoc
     read_rope(doc: ConfigDoc) -> HFRope                     # FormatError on missing rope fields
     check_composable_hf(rope: HFRope, method: str, replace_scaling: bool = False) -> None
     unscaled_params(rope: HFRope) -> RopeParams             # the model before any scaling (L, b, d)
-    apply_plan(doc: ConfigDoc, rope: HFRope, plan: Plan) -> tuple[dict, list[ConfigChange]]
-    dump_config(data: dict, style: JsonStyle) -> str        # in the file's own JSON style
-    rope_block(plan: Plan) -> RopeBlock                     # what each method writes, spelled neutrally
+    parse_config / load_config / dump_config / ConfigDoc    # re-exported from json_doc
+
+What a method writes back is :mod:`ropepatch.formats.hf.apply`.
 
 Where the settings live (the same precedence transformers v5 uses):
 
@@ -22,161 +20,36 @@ Where the settings live (the same precedence transformers v5 uses):
 * rotated dims d = int(head_dim * partial_rotary_factor), head_dim = ``head_dim`` or
   ``hidden_size // num_attention_heads``; partial_rotary_factor from the block, else the section.
 
-What each method writes (L = the model's original context, N = target, a = alpha, default N/L):
-
-* ``ntk``: ``rope_theta`` = b * a^(d/(d-2)) (every place the config holds rope_theta), no
-  scaling block, ``max_position_embeddings`` = N (so servers do not cap at L; the default rope
-  never reads it);
-* ``dynamic``: block ``{"rope_type": "dynamic", "factor": a}`` (a float),
-  ``max_position_embeddings`` = L (dynamic NTK scales relative to it);
-* ``linear``: block ``{"rope_type": "linear", "factor": a}``, ``max_position_embeddings`` = L
-  (vLLM derives the usable length as max_position_embeddings * factor);
-* ``yarn``: block ``{"rope_type": "yarn", "factor": a, "original_max_position_embeddings": L}``,
-  ``max_position_embeddings`` = N (a top-level ``original_max_position_embeddings``, which
-  transformers prefers, is set to L too);
-* ``none``: no scaling block, ``max_position_embeddings`` = N.
-
-v4-style configs get ``rope_scaling`` (replacing the value in place when the key exists, ``null``
-for ntk/none); v5-style configs (``rope_parameters``, no ``rope_scaling``) get the scaling keys in
-``rope_parameters`` next to its ``rope_theta`` and other non-scaling keys, which are kept. Key
-order is kept; a new key goes in sorted position when its object's keys are sorted (files written
-by transformers), else at the end. Output uses the file's own indent (spaces or tab), separators,
-ASCII escaping and line endings.
-
 Layout: ``HFRope.layout`` is given in GGUF terms from ``model_type`` (llama -> NORM, qwen2 ->
-NEOX, see :func:`ropepatch.keys.rope_layout`). In transformers every model rotates with
+NEOX, see :func:`ropepatch.rope.arch.rope_layout`). In transformers every model rotates with
 ``rotate_half`` (pairs i, i + d/2); llama.cpp's converter permutes llama Q/K weights so NORM on
 the GGUF equals rotate_half on the HF weights. The inverse frequencies are the same either way.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ropepatch.formats.hf import keys as hk
 from ropepatch.errors import FormatError, UnsupportedModelError
+from ropepatch.formats.hf import keys as hk
+from ropepatch.formats.hf.json_doc import ConfigDoc, dump_config, load_config, parse_config
 from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
-from ropepatch.rope.params import RopeLayout, ScalingType
-from ropepatch.rope.methods import Plan
-from ropepatch.rope.params import RopeParams
+from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
 
-
-# ---- JSON documents -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JsonStyle:
-    """How a JSON file is spelled, so a rewrite looks like the original."""
-
-    indent: int | str | None = 2
-    item_sep: str = ","
-    key_sep: str = ": "
-    ensure_ascii: bool = True
-    newline: str = "\n"
-    final_newline: bool = True
-
-
-@dataclass(frozen=True)
-class ConfigDoc:
-    """A parsed config.json: its exact text, the data and its spelling."""
-
-    path: str
-    text: str
-    data: dict = field(hash=False, compare=False)
-    style: JsonStyle
-
-    @property
-    def round_trips(self) -> bool:
-        """True when re-serialising the unchanged data reproduces the file exactly."""
-        return dump_config(self.data, self.style) == self.text
-
-
-def _no_dupes(path: str):
-    def hook(pairs):
-        d: dict = {}
-        for k, v in pairs:
-            if k in d:
-                raise FormatError(
-                    f"{path}: duplicate key {k!r} in the JSON; keep one of them and run again"
-                )
-            d[k] = v
-        return d
-
-    return hook
-
-
-def detect_style(text: str) -> JsonStyle:
-    """The indent, separators, escaping and line ending ``text`` uses."""
-    newline = "\r\n" if "\r\n" in text else "\n"
-    final = text.endswith("\n")
-    ensure_ascii = not any(ord(ch) > 127 for ch in text)
-    m = re.search(r"[\[{][ \t]*\r?\n([ \t]+)\S", text)
-    if m:
-        ws = m.group(1)
-        indent: int | str | None = ws if "\t" in ws else len(ws)
-        key_sep = ": " if re.search(r'"\s*:[ \t]', text) else ":"
-        return JsonStyle(indent, ",", key_sep, ensure_ascii, newline, final)
-    if "\n" in text.strip():  # newlines but no indentation: indent=0
-        key_sep = ": " if re.search(r'"\s*:[ \t]', text) else ":"
-        return JsonStyle(0, ",", key_sep, ensure_ascii, newline, final)
-    item_sep = ", " if re.search(r",[ \t]", text) else ","
-    key_sep = ": " if re.search(r":[ \t]", text) else ":"
-    return JsonStyle(None, item_sep, key_sep, ensure_ascii, newline, final)
-
-
-def dump_config(data: dict, style: JsonStyle) -> str:
-    """``data`` serialised in ``style``."""
-    s = json.dumps(
-        data,
-        indent=style.indent,
-        separators=(style.item_sep, style.key_sep),
-        ensure_ascii=style.ensure_ascii,
-    )
-    if style.newline != "\n":
-        s = s.replace("\n", style.newline)  # JSON strings never hold a raw newline
-    if style.final_newline:
-        s += style.newline
-    return s
-
-
-def parse_config(text: str, path: str) -> ConfigDoc:
-    """Parse config.json text (FormatError naming the line and column when malformed)."""
-    try:
-        data = json.loads(text, object_pairs_hook=_no_dupes(path))
-    except json.JSONDecodeError as e:
-        raise FormatError(
-            f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}); fix or "
-            f"re-download config.json"
-        ) from None
-    if not isinstance(data, dict):
-        raise FormatError(
-            f"{path}: expected a JSON object at the top level, found {type(data).__name__}"
-        )
-    return ConfigDoc(path, text, data, detect_style(text))
-
-
-def load_config(path: str) -> ConfigDoc:
-    """Read and parse config.json at ``path``."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise FormatError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{path}: not UTF-8 text (byte {e.start}); expected a JSON config") from None
-    return parse_config(text, path)
+__all__ = [
+    "ConfigDoc", "HFRope", "check_composable_hf", "dump_config", "hf_layout", "load_config",
+    "parse_config", "read_rope", "unscaled_params",
+]
 
 
 # ---- reading the rope settings -----------------------------------------------------------
 
 _ROPE_KEYS = (hk.ROPE_THETA, hk.ROPE_SCALING, hk.ROPE_PARAMETERS, hk.MAX_POSITION_EMBEDDINGS)
+# rope types whose context before scaling is original_max_position_embeddings
+_ORIG_CTX_TYPES = (hk.RT_YARN, hk.RT_LLAMA3, hk.RT_LONGROPE, hk.RT_SU)
 
 
 @dataclass(frozen=True)
@@ -208,7 +81,7 @@ class HFRope:
     @property
     def orig_ctx(self) -> int:
         """L: the context the model was trained at before any scaling in this config."""
-        if self.rope_type in (hk.RT_YARN, hk.RT_LLAMA3, hk.RT_LONGROPE, hk.RT_SU):
+        if self.rope_type in _ORIG_CTX_TYPES:
             return self.original_max_position_embeddings or self.max_position_embeddings
         return self.max_position_embeddings
 
@@ -327,11 +200,7 @@ def _block(path: str, where: str, c: dict) -> tuple[str, dict, bool]:
     return hk.ROPE_SCALING, {}, False
 
 
-def read_rope(doc: ConfigDoc) -> HFRope:
-    """The rope settings ``doc`` states (FormatError naming the missing or odd field)."""
-    path, data = doc.path, doc.data
-    section, c = _section(data)
-    where = "".join(s + "." for s in section)
+def _model_type(path: str, where: str, c: dict, data: dict) -> str:
     model_type = c.get(hk.MODEL_TYPE) or data.get(hk.MODEL_TYPE) or "unknown"
     if not isinstance(model_type, str):
         raise FormatError(f"{path}: {where}model_type must be a string, found {model_type!r}")
@@ -340,9 +209,10 @@ def read_rope(doc: ConfigDoc) -> HFRope:
             f"{path}: model_type {model_type!r} does not use rotary position embeddings; "
             f"there is nothing for ropepatch to extend"
         )
-    block_key, block, present = _block(path, where, c)
-    bw = f"{where}{block_key}."
+    return model_type
 
+
+def _check_single_block(path: str, where: str, block_key: str, block: dict) -> None:
     nested = [k for k, v in block.items() if isinstance(v, dict) or (v is None and k.endswith("attention"))]
     if nested and not any(
         k in block for k in (hk.RS_ROPE_TYPE, hk.RS_TYPE_LEGACY, hk.ROPE_THETA, hk.RS_FACTOR)
@@ -352,6 +222,8 @@ def read_rope(doc: ConfigDoc) -> HFRope:
             f"ropepatch only patches a single rope block: edit config.json by hand"
         )
 
+
+def _theta(path: str, where: str, bw: str, c: dict, block: dict) -> float:
     if hk.ROPE_THETA in block:
         theta, theta_at = block[hk.ROPE_THETA], f"{bw}{hk.ROPE_THETA}"
     elif hk.ROPE_THETA not in c and hk.ROTARY_EMB_BASE in c:
@@ -365,7 +237,10 @@ def read_rope(doc: ConfigDoc) -> HFRope:
         )
     if not _is_num(theta) or theta <= 1:
         raise FormatError(f"{path}: {theta_at} must be a number > 1, found {json.dumps(theta)[:40]}")
+    return float(theta)
 
+
+def _max_pos(path: str, where: str, c: dict) -> int:
     mpe = c.get(hk.MAX_POSITION_EMBEDDINGS)
     if not _is_int(mpe) or mpe <= 0:
         what = "none" if mpe is None else json.dumps(mpe)[:40]
@@ -373,7 +248,10 @@ def read_rope(doc: ConfigDoc) -> HFRope:
             f"{path}: {where}max_position_embeddings must be a positive integer, found {what}; "
             f"add the model's training context to config.json"
         )
+    return mpe
 
+
+def _head_dim(path: str, where: str, c: dict) -> int:
     head_dim = c.get(hk.HEAD_DIM)
     if head_dim is None:
         hs, nh = c.get(hk.HIDDEN_SIZE), c.get(hk.NUM_ATTENTION_HEADS)
@@ -383,10 +261,13 @@ def read_rope(doc: ConfigDoc) -> HFRope:
                 f"{where}hidden_size and {where}num_attention_heads as positive integers, found "
                 f"head_dim=None, hidden_size={hs!r}, num_attention_heads={nh!r}"
             )
-        head_dim = hs // nh
-    elif not _is_int(head_dim) or head_dim <= 0:
+        return hs // nh
+    if not _is_int(head_dim) or head_dim <= 0:
         raise FormatError(f"{path}: {where}head_dim must be a positive integer, found {head_dim!r}")
+    return head_dim
 
+
+def _partial_rotary(path: str, c: dict, block: dict, model_type: str) -> float:
     prf = block.get(hk.PARTIAL_ROTARY_FACTOR, c.get(hk.PARTIAL_ROTARY_FACTOR, c.get(hk.ROTARY_PCT)))
     if prf is None:
         prf = hk.MODEL_PARTIAL_ROTARY_DEFAULT.get(model_type, 1.0)
@@ -394,8 +275,12 @@ def read_rope(doc: ConfigDoc) -> HFRope:
         raise FormatError(
             f"{path}: partial_rotary_factor must be a number in (0, 1], found {json.dumps(prf)[:40]}"
         )
-    rope_dim = int(head_dim * prf)
+    return float(prf)
 
+
+def _scaling(path: str, bw: str, c: dict, block: dict) -> dict:
+    """The scaling fields of HFRope: rope_type, factor, original_max_position_embeddings,
+    attention_factor."""
     rope_type = block.get(hk.RS_ROPE_TYPE, block.get(hk.RS_TYPE_LEGACY, hk.RT_DEFAULT))
     if not isinstance(rope_type, str):
         raise FormatError(f"{path}: {bw}rope_type must be a string, found {json.dumps(rope_type)[:40]}")
@@ -403,9 +288,7 @@ def read_rope(doc: ConfigDoc) -> HFRope:
     if factor is not None and (not _is_num(factor) or factor <= 0):
         raise FormatError(f"{path}: {bw}factor must be a positive number, found {json.dumps(factor)[:40]}")
     omp = block.get(hk.RS_ORIG_MAX_POS)
-    if rope_type in (hk.RT_YARN, hk.RT_LLAMA3, hk.RT_LONGROPE, hk.RT_SU) and _is_int(
-        c.get(hk.RS_ORIG_MAX_POS)
-    ):
+    if rope_type in _ORIG_CTX_TYPES and _is_int(c.get(hk.RS_ORIG_MAX_POS)):
         omp = c[hk.RS_ORIG_MAX_POS]  # transformers prefers the top-level value (Phi-3)
     if omp is not None and (not _is_int(omp) or omp <= 0):
         raise FormatError(
@@ -413,21 +296,36 @@ def read_rope(doc: ConfigDoc) -> HFRope:
             f"{json.dumps(omp)[:40]}"
         )
     att = block.get(hk.RS_ATTENTION_FACTOR)
+    return {"rope_type": rope_type, "factor": float(factor) if factor is not None else None,
+            "original_max_position_embeddings": omp,
+            "attention_factor": float(att) if _is_num(att) else None}
+
+
+def read_rope(doc: ConfigDoc) -> HFRope:
+    """The rope settings ``doc`` states (FormatError naming the missing or odd field)."""
+    path, data = doc.path, doc.data
+    section, c = _section(data)
+    where = "".join(s + "." for s in section)
+    model_type = _model_type(path, where, c, data)
+    block_key, block, present = _block(path, where, c)
+    bw = f"{where}{block_key}."
+    _check_single_block(path, where, block_key, block)
+    theta = _theta(path, where, bw, c, block)
+    mpe = _max_pos(path, where, c)
+    head_dim = _head_dim(path, where, c)
+    prf = _partial_rotary(path, c, block, model_type)
     return HFRope(
         config_path=path,
         model_type=model_type,
         section=section,
         block_key=block_key,
         block_present=present,
-        rope_theta=float(theta),
+        rope_theta=theta,
         max_position_embeddings=mpe,
         head_dim=head_dim,
-        partial_rotary_factor=float(prf),
-        rope_dim=rope_dim,
-        rope_type=rope_type,
-        factor=float(factor) if factor is not None else None,
-        original_max_position_embeddings=omp,
-        attention_factor=float(att) if _is_num(att) else None,
+        partial_rotary_factor=prf,
+        rope_dim=int(head_dim * prf),
+        **_scaling(path, bw, c, block),
         block=dict(block),
         layout=hf_layout(model_type),
     )
@@ -483,140 +381,3 @@ def unscaled_params(rope: HFRope) -> RopeParams:
         freq_base=rope.rope_theta,
         layout=rope.layout,
     )
-
-
-# ---- what each method writes --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RopeBlock:
-    """A method's HF settings, spelled neutrally (see :func:`rope_block`)."""
-
-    rope_theta: float
-    scaling: dict | None  # {"rope_type": ..., "factor": ..., ...} or None (plain default rope)
-    max_position_embeddings: int
-
-
-def rope_block(plan: Plan) -> RopeBlock:
-    """What ``plan`` writes into an HF config. ``plan.original`` must be the UNSCALED model
-    (n_ctx_train = L, freq_base = b), as :func:`unscaled_params` builds it."""
-    L, N, a = plan.original.n_ctx_train, plan.ctx, float(plan.alpha)
-    b = plan.original.freq_base
-    m = plan.method
-    if m == "ntk":
-        return RopeBlock(float(plan.target.freq_base), None, N)
-    if m == "none":
-        return RopeBlock(b, None, N)
-    if m == "dynamic":
-        return RopeBlock(b, {hk.RS_ROPE_TYPE: hk.RT_DYNAMIC, hk.RS_FACTOR: a}, L)
-    if m == "linear":
-        return RopeBlock(b, {hk.RS_ROPE_TYPE: hk.RT_LINEAR, hk.RS_FACTOR: a}, L)
-    if m == "yarn":
-        return RopeBlock(
-            b, {hk.RS_ROPE_TYPE: hk.RT_YARN, hk.RS_FACTOR: a, hk.RS_ORIG_MAX_POS: L}, N
-        )
-    raise UnsupportedModelError(f"method {m!r} has no Hugging Face config spelling")
-
-
-@dataclass(frozen=True)
-class ConfigChange:
-    """One key whose value differs between two configs."""
-
-    key: str  # dotted path, e.g. "rope_scaling" or "text_config.rope_theta"
-    before: Any
-    after: Any
-
-    def to_dict(self) -> dict:
-        return {"key": self.key, "before": self.before, "after": self.after}
-
-
-def _sorted_keys(d: dict) -> bool:
-    keys = list(d)
-    return len(keys) > 1 and keys == sorted(keys)
-
-
-def _set(d: dict, key: str, value: Any, sort: bool | None = None) -> dict:
-    """Set ``d[key]`` keeping key order; a new key goes in sorted position when ``d`` is sorted."""
-    if key in d:
-        d[key] = value
-        return d
-    if sort is None:
-        sort = _sorted_keys(d)
-    if not sort:
-        d[key] = value
-        return d
-    items = list(d.items()) + [(key, value)]
-    items.sort(key=lambda kv: kv[0])
-    d.clear()
-    d.update(items)
-    return d
-
-
-def _ordered(block: dict, sort: bool) -> dict:
-    return dict(sorted(block.items())) if sort else block
-
-
-def apply_plan(doc: ConfigDoc, rope: HFRope, plan: Plan) -> tuple[dict, list[ConfigChange]]:
-    """A copy of ``doc.data`` (the ORIGINAL config) with ``plan``'s settings written, plus the
-    list of changed keys. ``rope`` must be :func:`read_rope` of ``doc``."""
-    new = copy.deepcopy(doc.data)
-    c = new
-    for s in rope.section:
-        c = c[s]
-    rb = rope_block(plan)
-    sort = _sorted_keys(c)
-    ntk = plan.method == "ntk"
-
-    if rope.block_key == hk.ROPE_PARAMETERS:
-        old = c.get(hk.ROPE_PARAMETERS) or {}
-        blk = {k: v for k, v in old.items() if k not in hk.SCALING_BLOCK_KEYS}
-        bsort = _sorted_keys(old) or (not old and sort)
-        if hk.RS_ROPE_TYPE in old:  # keep rope_type's position
-            blk = {}
-            for k, v in old.items():
-                if k == hk.RS_ROPE_TYPE:
-                    blk[k] = None
-                elif k not in hk.SCALING_BLOCK_KEYS:
-                    blk[k] = v
-        scaling = rb.scaling or {hk.RS_ROPE_TYPE: hk.RT_DEFAULT}
-        for k, v in scaling.items():
-            _set(blk, k, v, bsort)
-        if hk.ROPE_THETA in blk or hk.ROPE_THETA not in c:
-            _set(blk, hk.ROPE_THETA, rb.rope_theta if ntk else blk.get(hk.ROPE_THETA, rb.rope_theta), bsort)
-        _set(c, hk.ROPE_PARAMETERS, blk, sort)
-    else:
-        if rb.scaling is not None:
-            _set(c, hk.ROPE_SCALING, _ordered(dict(rb.scaling), sort), sort)
-        elif hk.ROPE_SCALING in c:
-            c[hk.ROPE_SCALING] = None
-        if ntk and hk.ROPE_THETA not in c and hk.ROTARY_EMB_BASE not in c:
-            _set(c, hk.ROPE_THETA, rb.rope_theta, sort)
-    if ntk:  # every place the section states the base
-        for k in (hk.ROPE_THETA, hk.ROTARY_EMB_BASE):
-            if k in c:
-                c[k] = rb.rope_theta
-    c[hk.MAX_POSITION_EMBEDDINGS] = rb.max_position_embeddings
-    if plan.method == "yarn" and hk.RS_ORIG_MAX_POS in c:
-        c[hk.RS_ORIG_MAX_POS] = plan.original.n_ctx_train
-
-    return new, diff_configs(doc.data, new)
-
-
-def diff_configs(before: dict, after: dict, prefix: str = "") -> list[ConfigChange]:
-    """Keys whose values differ (recursing into text_config only)."""
-    out: list[ConfigChange] = []
-    for k in list(before) + [k for k in after if k not in before]:
-        b, a = before.get(k, _MISSING), after.get(k, _MISSING)
-        if k == hk.TEXT_CONFIG and isinstance(b, dict) and isinstance(a, dict):
-            out.extend(diff_configs(b, a, f"{prefix}{k}."))
-        elif b != a or type(b) is not type(a):
-            out.append(ConfigChange(prefix + k, None if b is _MISSING else b, None if a is _MISSING else a))
-    return out
-
-
-class _Missing:
-    def __repr__(self) -> str:  # pragma: no cover
-        return "<missing>"
-
-
-_MISSING = _Missing()
