@@ -11,6 +11,7 @@ Two ways to change a model file's header:
   a temp file orphaned by a kill -9 is removed by the next rewrite into that directory
   (:func:`remove_stale_temps`).
 
+Which of the two a header change gets is decided in one place, :mod:`ropepatch.safeio.commit`.
 Callers hold :func:`locked` on the target so two ropepatch processes never interleave.
 """
 
@@ -96,11 +97,6 @@ def check_space(directory: str, needed: int, what: str) -> None:
         )
 
 
-def write_in_place(path: str, offset: int, data: bytes, expect_size: int) -> None:
-    """Overwrite ``len(data)`` bytes at ``offset`` of ``path`` (one pwrite, then fsync)."""
-    write_spans_in_place(path, [(offset, data)], expect_size)
-
-
 def write_spans_in_place(path: str, spans, expect_size: int) -> None:
     """Overwrite ``spans`` = [(offset, bytes)] of ``path`` (a pwrite each, then one fsync)."""
     if not os.access(path, os.W_OK):
@@ -152,6 +148,21 @@ def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: i
             progress(done, length)
 
 
+def _fill_temp(fd: int, src_fd: int, header: bytes, data_offset: int, data_length: int,
+               trailing: bytes, progress) -> None:
+    """Write ``header`` + the kernel-copied data (+ ``trailing``) into the temp file ``fd``."""
+    written = os.pwrite(fd, header, 0)
+    if written != len(header):  # pragma: no cover
+        raise OSError(errno.EIO, "short header write")
+    crash_point()
+    _kernel_copy(src_fd, fd, data_offset, len(header), data_length, progress)
+    if trailing:
+        os.pwrite(fd, trailing, len(header) + data_length)
+        crash_point()
+    os.ftruncate(fd, len(header) + data_length + len(trailing))
+    crash_point()
+
+
 def rewrite(
     src: str,
     dst: str,
@@ -182,16 +193,7 @@ def rewrite(
             # held until the rename: tells remove_stale_temps this temp file is alive
             fcntl.flock(fd, fcntl.LOCK_EX)
             crash_point()
-            written = os.pwrite(fd, header, 0)
-            if written != len(header):  # pragma: no cover
-                raise OSError(errno.EIO, "short header write")
-            crash_point()
-            _kernel_copy(src_fd, fd, data_offset, len(header), data_length, progress)
-            if trailing:
-                os.pwrite(fd, trailing, len(header) + data_length)
-                crash_point()
-            os.ftruncate(fd, len(header) + data_length + len(trailing))
-            crash_point()
+            _fill_temp(fd, src_fd, header, data_offset, data_length, trailing, progress)
             # keep the original's permission bits
             if os.path.exists(dst):
                 os.fchmod(fd, stat.S_IMODE(os.stat(dst).st_mode))

@@ -26,17 +26,9 @@ GGML_MAX_DIMS = 4
 
 # struct format and size of each scalar value type
 _SCALAR = {
-    ValueType.UINT8: "<B",
-    ValueType.INT8: "<b",
-    ValueType.UINT16: "<H",
-    ValueType.INT16: "<h",
-    ValueType.UINT32: "<I",
-    ValueType.INT32: "<i",
-    ValueType.FLOAT32: "<f",
-    ValueType.BOOL: "<?",
-    ValueType.UINT64: "<Q",
-    ValueType.INT64: "<q",
-    ValueType.FLOAT64: "<d",
+    ValueType.UINT8: "<B", ValueType.INT8: "<b", ValueType.UINT16: "<H", ValueType.INT16: "<h",
+    ValueType.UINT32: "<I", ValueType.INT32: "<i", ValueType.FLOAT32: "<f", ValueType.BOOL: "<?",
+    ValueType.UINT64: "<Q", ValueType.INT64: "<q", ValueType.FLOAT64: "<d",
 }
 _SCALAR_SIZE = {t: struct.calcsize(f) for t, f in _SCALAR.items()}
 _U64 = struct.Struct("<Q")
@@ -214,9 +206,7 @@ def _ggml_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int | None:
     return n // block * type_size
 
 
-def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
-    """Parse a GGUF header from ``buf`` (the file's bytes, e.g. an mmap)."""
-    c = _Cursor(buf, path)
+def _read_version(c: _Cursor, buf, path: str, file_size: int) -> int:
     if file_size < 4 or bytes(buf[:4]) != MAGIC:
         found = bytes(buf[:4])
         raise FormatError(
@@ -234,9 +224,11 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
             f"{path}: unsupported GGUF version {version}: expected 2 or 3; re-convert the model "
             f"with a current llama.cpp"
         )
-    n_tensors = c.u64("tensor count")
-    n_kv = c.u64("metadata count")
-    # every KV needs >= 8 (key len) + 4 (type) + 1 bytes; every tensor info >= 8+4+8+4+8
+    return version
+
+
+def _read_kvs(c: _Cursor, buf, path: str, n_kv: int) -> list[KV]:
+    # every KV needs >= 8 (key len) + 4 (type) + 1 bytes
     c.need(n_kv * 13, f"{n_kv} metadata entries")
     kvs: list[KV] = []
     seen: dict[str, int] = {}
@@ -252,7 +244,11 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
         t = _value_type(c, c.u32(f"type of {key!r}"), key)
         value = _read_value(c, t, key)
         kvs.append(KV(key, t, value, bytes(buf[start : c.pos])))
-    tstart = c.pos
+    return kvs
+
+
+def _read_tensor_infos(c: _Cursor, path: str, n_tensors: int) -> list[TensorInfo]:
+    # every tensor info needs >= 8+4+8+4+8 bytes
     c.need(n_tensors * 32, f"{n_tensors} tensor infos")
     tensors: list[TensorInfo] = []
     for i in range(n_tensors):
@@ -267,9 +263,10 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
         gt = c.u32(f"type of tensor {name!r}")
         off = c.u64(f"offset of tensor {name!r}")
         tensors.append(TensorInfo(name, shape, gt, off))
-    header_end = c.pos
-    tensor_info_raw = bytes(buf[tstart:header_end])
+    return tensors
 
+
+def _alignment(kvs: list[KV], path: str) -> int:
     alignment = DEFAULT_ALIGNMENT
     for kv in kvs:
         if kv.key == GENERAL_ALIGNMENT:
@@ -279,6 +276,12 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
                     f"{kv.type.name} {kv.value!r}"
                 )
             alignment = kv.value
+    return alignment
+
+
+def _check_data(tensors: list[TensorInfo], path: str, header_end: int, alignment: int,
+                file_size: int) -> int:
+    """The data offset, once the data section holds every tensor; FormatError otherwise."""
     data_offset = -(-header_end // alignment) * alignment
     if data_offset > file_size:
         raise FormatError(
@@ -293,12 +296,27 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
                 f"{path}: tensor {t.name!r} (offset {t.offset}, {nbytes} bytes) lies outside the "
                 f"{data_length} data bytes or is misaligned; the file is truncated or corrupt"
             )
+    return data_offset
+
+
+def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
+    """Parse a GGUF header from ``buf`` (the file's bytes, e.g. an mmap)."""
+    c = _Cursor(buf, path)
+    version = _read_version(c, buf, path, file_size)
+    n_tensors = c.u64("tensor count")
+    n_kv = c.u64("metadata count")
+    kvs = _read_kvs(c, buf, path, n_kv)
+    tstart = c.pos
+    tensors = _read_tensor_infos(c, path, n_tensors)
+    header_end = c.pos
+    alignment = _alignment(kvs, path)
+    data_offset = _check_data(tensors, path, header_end, alignment, file_size)
     return GGUFHeader(
         path=path,
         version=version,
         kvs=tuple(kvs),
         tensors=tuple(tensors),
-        tensor_info_raw=tensor_info_raw,
+        tensor_info_raw=bytes(buf[tstart:header_end]),
         header_end=header_end,
         alignment=alignment,
         data_offset=data_offset,
