@@ -723,6 +723,13 @@ def test_tampered_record(tmp_path):
     raises_one_line(FormatError, r"model\.safetensors: ropepatch\.original is not valid JSON \(.*\); the header was edited by another tool: restore the file from its source", revert_hf, str(d))
 
 
+def test_registry_rope_types_are_the_hf_spellings():
+    """Each method's HF rope_type (registry data) is one of the rope_type values read back."""
+    known = {v for k, v in vars(hk).items() if k.startswith("RT_")}
+    assert set(hk.METHOD_ROPE_TYPE.values()) <= known
+    assert {hk.METHOD_ROPE_TYPE[m] for m in hk.ROPE_TYPE_METHOD.values()} == set(hk.ROPE_TYPE_METHOD)
+
+
 @pytest.mark.parametrize("field,value,expected", [
     ("header_length", 10**12, r"an integer from 2 to 100000000, found 1000000000000"),
     ("header_length", "64", r"an integer from 2 to 100000000, found \"64\""),

@@ -63,7 +63,7 @@ import os
 
 from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.apply import apply_plan, diff_configs
-from ropepatch.formats.hf.config import HFRope, read_rope
+from ropepatch.formats.hf.config import read_rope
 from ropepatch.formats.hf.json_doc import ConfigDoc, dump_config, parse_config
 from ropepatch.formats.safetensors import SafetensorsHeader, pad_header, with_metadata_text
 from ropepatch.patch.hf_model import HFModel, is_hf_path, link_target, nlink, resolve_model, sha256_hex
@@ -180,8 +180,7 @@ def _config_action(model: HFModel, cfg_dst: str, cfg_changed: bool, out_dir: str
     return FileAction(cfg_dst, "rewrite")
 
 
-def _messages(files: list[FileAction], plan: Plan, rope0: HFRope, patched: HFRope,
-              orig_doc: ConfigDoc, changed: bool) -> list[str]:
+def _messages(files: list[FileAction], plan: Plan, orig_doc: ConfigDoc, changed: bool) -> list[str]:
     messages: list[str] = []
     for fa in files:
         if fa.action == "replaced-symlink":
@@ -193,7 +192,7 @@ def _messages(files: list[FileAction], plan: Plan, rope0: HFRope, patched: HFRop
             messages.append(
                 f"{fa.path}: {fa.detail}; wrote a new file so the other links keep the original"
             )
-    messages.extend(method_notes(plan, rope0, patched))
+    messages.extend(method_notes(plan))
     if not orig_doc.round_trips:
         messages.append(
             f"{orig_doc.path}: re-serialised with the file's indent; values outside the "
@@ -242,7 +241,7 @@ def patch_hf(
             shards=tuple(dst(s) for s in model.shards), plan=plan, original=rope0, patched=patched,
             changes=tuple(diff_configs(st.config_doc.data, new_data)), files=tuple(files),
             changed=changed, dry_run=dry_run,
-            messages=tuple(_messages(files, plan, rope0, patched, orig_doc, changed)),
+            messages=tuple(_messages(files, plan, orig_doc, changed)),
             snippets=plan_hf_snippets(plan),
         )
         if dry_run or not changed:

@@ -14,7 +14,7 @@ from ropepatch.formats.hf.config import HFRope, check_composable_hf, read_rope, 
 from ropepatch.formats.hf.json_doc import ConfigDoc, parse_config
 from ropepatch.patch.hf_model import resolve_model
 from ropepatch.patch.hf_state import ModelState, read_state
-from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan
+from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan, method_note
 
 
 def plan_from_state(st: ModelState, ctx: int, method: str, alpha: float | None,
@@ -50,16 +50,7 @@ def plan_hf_snippets(plan: Plan) -> dict:
     params[hk.ROPE_THETA] = rb.rope_theta
     v5 = {hk.ROPE_PARAMETERS: params, hk.MAX_POSITION_EMBEDDINGS: rb.max_position_embeddings}
     overrides = json.dumps(v4, separators=(", ", ": "))
-    notes = []
-    if plan.method == "dynamic":
-        notes.append(
-            f"transformers rescales the base only for sequences longer than "
-            f"max_position_embeddings ({rb.max_position_embeddings}) and does not re-rotate "
-            f"cached keys; vLLM computes it once, statically, for "
-            f"{int(rb.max_position_embeddings * plan.alpha)} tokens"
-        )
-    if plan.method == "yarn":
-        notes.append("attention factor defaults to 0.1*ln(factor)+1 (not written)")
+    note = method_note(plan, "hf_plan_note")
     return {
         "method": plan.method,
         "ctx": plan.ctx,
@@ -71,23 +62,11 @@ def plan_hf_snippets(plan: Plan) -> dict:
         "vllm_hf_overrides": overrides,
         "vllm_hf_overrides_v5": json.dumps(v5, separators=(", ", ": ")),
         "vllm_args": f"--hf-overrides '{overrides}' --max-model-len {plan.ctx}",
-        "notes": notes,
+        "notes": [note] if note else [],
     }
 
 
-def method_notes(plan: Plan, rope0: HFRope, patched: HFRope) -> list[str]:
-    """What the user should know about ``plan``'s method after patching."""
-    L, N = plan.original.n_ctx_train, plan.ctx
-    if plan.method == "dynamic":
-        return [
-            f"dynamic: max_position_embeddings stays at the original {L}; transformers raises the "
-            f"base only for sequences longer than that and does not re-rotate cached keys "
-            f"(transformers #25104); vLLM applies it statically for {int(L * plan.alpha)} tokens"
-        ]
-    if plan.method == "ntk":
-        return [f"ntk: rope_theta {rope0.rope_theta:g} -> {patched.rope_theta:.6g}, "
-                f"max_position_embeddings {L} -> {N}"]
-    if plan.method == "linear":
-        return [f"linear: max_position_embeddings stays at {L}; runtimes scale positions by "
-                f"1/{plan.alpha:g} (vLLM allows {int(L * plan.alpha)} tokens)"]
-    return []
+def method_notes(plan: Plan) -> list[str]:
+    """What the user should know about ``plan``'s method after patching (registry text)."""
+    note = method_note(plan, "hf_note")
+    return [note] if note else []

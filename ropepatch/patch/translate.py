@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ropepatch.formats.hf import keys as hk
 from ropepatch.errors import UnsupportedModelError, UsageError
+from ropepatch.formats.hf import keys as hk
 from ropepatch.patch.gguf import ModelInfo
-from ropepatch.rope.params import ScalingType
 from ropepatch.rope.methods import make_plan
-from ropepatch.rope.params import RopeParams
+from ropepatch.rope.params import RopeParams, ScalingType
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None)
             )
         method, alpha = "ntk", (rope.rope_theta / b) ** ((d - 2) / d)
         target = ctx or (rope.max_position_embeddings if rope.max_position_embeddings > L else round(L * alpha))
-    elif t in (hk.RT_DYNAMIC, hk.RT_LINEAR, hk.RT_YARN):
-        method, alpha = {hk.RT_DYNAMIC: "dynamic", hk.RT_LINEAR: "linear", hk.RT_YARN: "yarn"}[t], float(rope.factor or 1.0)
+    elif t in hk.ROPE_TYPE_METHOD:  # the rope types a method writes
+        method, alpha = hk.ROPE_TYPE_METHOD[t], float(rope.factor or 1.0)
         target = ctx or round(L * alpha)
         if t == hk.RT_DYNAMIC:
             warnings.append(

@@ -33,11 +33,10 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ropepatch.errors import UnsupportedModelError
 from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.config import HFRope
 from ropepatch.formats.hf.json_doc import ConfigDoc
-from ropepatch.rope.methods import Plan
+from ropepatch.rope.methods import Plan, get_method
 
 
 @dataclass(frozen=True)
@@ -50,24 +49,19 @@ class RopeBlock:
 
 
 def rope_block(plan: Plan) -> RopeBlock:
-    """What ``plan`` writes into an HF config. ``plan.original`` must be the UNSCALED model
-    (n_ctx_train = L, freq_base = b), as :func:`ropepatch.formats.hf.config.unscaled_params` builds it."""
+    """What ``plan`` writes into an HF config, from the method's registry spelling
+    (:class:`ropepatch.rope.methods.HFSpelling`). ``plan.original`` must be the UNSCALED model
+    (n_ctx_train = L, freq_base = b), as :func:`ropepatch.formats.hf.config.unscaled_params`
+    builds it."""
     L, N, a = plan.original.n_ctx_train, plan.ctx, float(plan.alpha)
-    b = plan.original.freq_base
-    m = plan.method
-    if m == "ntk":
-        return RopeBlock(float(plan.target.freq_base), None, N)
-    if m == "none":
-        return RopeBlock(b, None, N)
-    if m == "dynamic":
-        return RopeBlock(b, {hk.RS_ROPE_TYPE: hk.RT_DYNAMIC, hk.RS_FACTOR: a}, L)
-    if m == "linear":
-        return RopeBlock(b, {hk.RS_ROPE_TYPE: hk.RT_LINEAR, hk.RS_FACTOR: a}, L)
-    if m == "yarn":
-        return RopeBlock(
-            b, {hk.RS_ROPE_TYPE: hk.RT_YARN, hk.RS_FACTOR: a, hk.RS_ORIG_MAX_POS: L}, N
-        )
-    raise UnsupportedModelError(f"method {m!r} has no Hugging Face config spelling")
+    hf = get_method(plan.method).hf
+    theta = float(plan.target.freq_base) if hf.theta_from_target else plan.original.freq_base
+    scaling = None
+    if hf.rope_type is not None:
+        scaling = {hk.RS_ROPE_TYPE: hf.rope_type, hk.RS_FACTOR: a}
+        if hf.writes_orig_max_pos:
+            scaling[hk.RS_ORIG_MAX_POS] = L
+    return RopeBlock(theta, scaling, N if hf.max_pos_is_target else L)
 
 
 @dataclass(frozen=True)
@@ -108,49 +102,56 @@ def _ordered(block: dict, sort: bool) -> dict:
     return dict(sorted(block.items())) if sort else block
 
 
+def _write_v5(c: dict, rb: RopeBlock, sort: bool, new_theta: bool) -> None:
+    """Write ``rb`` into the section ``c`` as transformers v5 does: in ``rope_parameters``."""
+    old = c.get(hk.ROPE_PARAMETERS) or {}
+    blk = {k: v for k, v in old.items() if k not in hk.SCALING_BLOCK_KEYS}
+    bsort = _sorted_keys(old) or (not old and sort)
+    if hk.RS_ROPE_TYPE in old:  # keep rope_type's position
+        blk = {}
+        for k, v in old.items():
+            if k == hk.RS_ROPE_TYPE:
+                blk[k] = None
+            elif k not in hk.SCALING_BLOCK_KEYS:
+                blk[k] = v
+    scaling = rb.scaling or {hk.RS_ROPE_TYPE: hk.RT_DEFAULT}
+    for k, v in scaling.items():
+        _set(blk, k, v, bsort)
+    if hk.ROPE_THETA in blk or hk.ROPE_THETA not in c:
+        _set(blk, hk.ROPE_THETA, rb.rope_theta if new_theta else blk.get(hk.ROPE_THETA, rb.rope_theta), bsort)
+    _set(c, hk.ROPE_PARAMETERS, blk, sort)
+
+
+def _write_v4(c: dict, rb: RopeBlock, sort: bool, new_theta: bool) -> None:
+    """Write ``rb`` into the section ``c`` as transformers v4 does: ``rope_scaling``."""
+    if rb.scaling is not None:
+        _set(c, hk.ROPE_SCALING, _ordered(dict(rb.scaling), sort), sort)
+    elif hk.ROPE_SCALING in c:
+        c[hk.ROPE_SCALING] = None
+    if new_theta and hk.ROPE_THETA not in c and hk.ROTARY_EMB_BASE not in c:
+        _set(c, hk.ROPE_THETA, rb.rope_theta, sort)
+
+
 def apply_plan(doc: ConfigDoc, rope: HFRope, plan: Plan) -> tuple[dict, list[ConfigChange]]:
     """A copy of ``doc.data`` (the ORIGINAL config) with ``plan``'s settings written, plus the
-    list of changed keys. ``rope`` must be :func:`read_rope` of ``doc``."""
+    list of changed keys. ``rope`` must be
+    :func:`~ropepatch.formats.hf.config.read_rope` of ``doc``."""
     new = copy.deepcopy(doc.data)
     c = new
     for s in rope.section:
         c = c[s]
     rb = rope_block(plan)
     sort = _sorted_keys(c)
-    ntk = plan.method == "ntk"
-
-    if rope.block_key == hk.ROPE_PARAMETERS:
-        old = c.get(hk.ROPE_PARAMETERS) or {}
-        blk = {k: v for k, v in old.items() if k not in hk.SCALING_BLOCK_KEYS}
-        bsort = _sorted_keys(old) or (not old and sort)
-        if hk.RS_ROPE_TYPE in old:  # keep rope_type's position
-            blk = {}
-            for k, v in old.items():
-                if k == hk.RS_ROPE_TYPE:
-                    blk[k] = None
-                elif k not in hk.SCALING_BLOCK_KEYS:
-                    blk[k] = v
-        scaling = rb.scaling or {hk.RS_ROPE_TYPE: hk.RT_DEFAULT}
-        for k, v in scaling.items():
-            _set(blk, k, v, bsort)
-        if hk.ROPE_THETA in blk or hk.ROPE_THETA not in c:
-            _set(blk, hk.ROPE_THETA, rb.rope_theta if ntk else blk.get(hk.ROPE_THETA, rb.rope_theta), bsort)
-        _set(c, hk.ROPE_PARAMETERS, blk, sort)
-    else:
-        if rb.scaling is not None:
-            _set(c, hk.ROPE_SCALING, _ordered(dict(rb.scaling), sort), sort)
-        elif hk.ROPE_SCALING in c:
-            c[hk.ROPE_SCALING] = None
-        if ntk and hk.ROPE_THETA not in c and hk.ROTARY_EMB_BASE not in c:
-            _set(c, hk.ROPE_THETA, rb.rope_theta, sort)
-    if ntk:  # every place the section states the base
+    hf = get_method(plan.method).hf
+    write = _write_v5 if rope.block_key == hk.ROPE_PARAMETERS else _write_v4
+    write(c, rb, sort, hf.theta_from_target)
+    if hf.theta_from_target:  # every place the section states the base
         for k in (hk.ROPE_THETA, hk.ROTARY_EMB_BASE):
             if k in c:
                 c[k] = rb.rope_theta
     c[hk.MAX_POSITION_EMBEDDINGS] = rb.max_position_embeddings
-    if plan.method == "yarn" and hk.RS_ORIG_MAX_POS in c:
+    if hf.writes_orig_max_pos and hk.RS_ORIG_MAX_POS in c:
         c[hk.RS_ORIG_MAX_POS] = plan.original.n_ctx_train
-
     return new, diff_configs(doc.data, new)
 
 

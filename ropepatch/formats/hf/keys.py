@@ -19,6 +19,7 @@ from ropepatch.formats.provenance import (  # noqa: F401 - re-exported: the keys
     RP_RESERVED,
     RP_VERSION,
 )
+from ropepatch.rope.methods import METHODS
 
 # ---- files in a model directory -----------------------------------------------------------
 CONFIG_NAME = "config.json"
@@ -93,9 +94,10 @@ RT_MROPE = "mrope"  # Qwen2-VL multimodal rotary (v4 spelling; later "default" +
 # (mrope, proportional, axial, 2d, unknown) are refused outright: dropping them breaks the model.
 REPLACEABLE_ROPE_TYPES = frozenset({RT_LINEAR, RT_DYNAMIC, RT_YARN, RT_LLAMA3, RT_LONGROPE, RT_SU})
 
-# The rope_type each ropepatch method writes into an HF config.
-METHOD_ROPE_TYPE = {"ntk": RT_DEFAULT, "none": RT_DEFAULT, "dynamic": RT_DYNAMIC, "linear": RT_LINEAR,
-                    "yarn": RT_YARN}
+# The rope_type each ropepatch method writes into an HF config, and the method a written
+# rope_type stands for: registry data (Method.hf.rope_type; None there means "default").
+METHOD_ROPE_TYPE = {name: m.hf.rope_type or RT_DEFAULT for name, m in METHODS.items()}
+ROPE_TYPE_METHOD = {m.hf.rope_type: name for name, m in METHODS.items() if m.hf.rope_type}
 
 # Model types whose transformers config class accepts only some rope types (it raises on the
 # others, or silently turns "yarn" into "longrope"): from transformers 5.23 configuration_*.py.
