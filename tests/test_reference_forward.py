@@ -43,10 +43,10 @@ import pytest
 pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
+from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
+from ropepatch.check.reference_forward import compare_logits, forward, load_model  # noqa: E402
 from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout  # noqa: E402
 from ropepatch.runtime.probe import probe  # noqa: E402
-from ropepatch.check.reference_forward import compare_logits, forward, load_model  # noqa: E402
-from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 N_TOKENS = 320  # distances up to 319 > n_ctx_train = 128

@@ -7,9 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from ropepatch.errors import RopepatchError, UsageError
-from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType
-from ropepatch.rope.params import RopeParams
 from ropepatch.check.ggml_args import ggml_rope_args
 from ropepatch.check.rope_reference import (
     apply_rope,
@@ -21,6 +18,8 @@ from ropepatch.check.rope_reference import (
     yarn_mscale,
     yarn_ramp,
 )
+from ropepatch.errors import RopepatchError, UsageError
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, RopeParams, ScalingType
 
 LAYOUTS = [RopeLayout.NORM, RopeLayout.NEOX]
 

@@ -21,12 +21,9 @@ pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")
 
 from conftest import FIXTURES, GGUF_FIXTURES  # noqa: E402
-from ropepatch.errors import UsageError  # noqa: E402
-from ropepatch.formats.gguf.header import read_header  # noqa: E402
-from ropepatch.patch.gguf import inspect_gguf, patch_gguf  # noqa: E402
-from ropepatch.rope.methods import METHODS, make_plan  # noqa: E402
-from ropepatch.runtime.probe import gpu_available  # noqa: E402
+
 from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
+from ropepatch.check.isolated import validate_isolated  # noqa: E402
 from ropepatch.check.validate import (  # noqa: E402
     FAILED,
     PASSED,
@@ -37,7 +34,11 @@ from ropepatch.check.validate import (  # noqa: E402
     parse_positions,
     validate,
 )
-from ropepatch.check.isolated import validate_isolated  # noqa: E402
+from ropepatch.errors import UsageError  # noqa: E402
+from ropepatch.formats.gguf.header import read_header  # noqa: E402
+from ropepatch.patch.gguf import inspect_gguf, patch_gguf  # noqa: E402
+from ropepatch.rope.methods import METHODS, make_plan  # noqa: E402
+from ropepatch.runtime.probe import gpu_available  # noqa: E402
 
 CTX = 1024  # 8 x the fixtures' training context
 L = 128

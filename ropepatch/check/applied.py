@@ -132,6 +132,6 @@ def check_applied(captures, expected_op: Mapping, file_op: Mapping | None, src: 
     name, d = next(iter(diffs.items()))
     reason = f"{name}: " + "; ".join(x.format(src=src) for x in d)
     if src != "file":
-        reason += (f" (the runtime follows the file; the file differs from {LABEL[src]})"
-                   if follows_file else " (the runtime does not apply the file's settings as ropepatch reads them either)")
+        reason += (f" (the runtime follows the file; the file differs from {LABEL[src]})" if follows_file
+                   else " (the runtime does not apply the file's settings as ropepatch reads them either)")
     return CheckResult("b", NAMES["b"], FAILED, reason, figs, seconds)

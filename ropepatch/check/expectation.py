@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from ropepatch.check.report import g
 from ropepatch.check.ggml_args import ggml_rope_args
+from ropepatch.check.report import g
 from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
 from ropepatch.patch.gguf import ModelInfo, inspect_gguf
 from ropepatch.rope.methods import Plan, make_plan

@@ -22,7 +22,6 @@ from ropepatch.check.rope_reference import (
 from ropepatch.errors import UsageError
 from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, RopeParams, ScalingType
 
-
 _SCALING_BY_ID = {v: ScalingType(k) for k, v in LLAMA_ROPE_SCALING_TYPE.items()}
 
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ropepatch.formats.hf import keys as hk
 from ropepatch.errors import UnsupportedModelError
+from ropepatch.formats.hf import keys as hk
 
 
 def _exponents(dim: int) -> np.ndarray:
@@ -49,10 +49,10 @@ def dynamic_inv_freq(
     base: float, dim: int, factor: float, max_position_embeddings: int, seq_len: int | None = None
 ) -> tuple[np.ndarray, float]:
     """Dynamic NTK at sequence length ``seq_len`` (max_position_embeddings when None or shorter):
-    base' = base * ((factor * l / mpe) - (factor - 1))^(d/(d-2))."""
+    base' = base * ((factor * n / mpe) - (factor - 1))^(d/(d-2)), n the sequence length."""
     mpe = max_position_embeddings
-    l = mpe if seq_len is None else max(int(seq_len), mpe)
-    b = float(base) * ((factor * l / mpe) - (factor - 1)) ** (dim / (dim - 2))
+    n = mpe if seq_len is None else max(int(seq_len), mpe)
+    b = float(base) * ((factor * n / mpe) - (factor - 1)) ** (dim / (dim - 2))
     return default_inv_freq(b, dim)[0], 1.0
 
 

@@ -68,7 +68,8 @@ def _tolerance_class(types: set[int], n_weights: int, L: int, ctx: int) -> tuple
     names = sorted(GGMLQuantizationType(t).name for t in types - _Q8_0_TYPES)
     why = f"logit tolerances are established for F32 and Q8_0 weights only; this model has {', '.join(names)}"
     if n_weights * float(min(ctx, 2 * L + 64)) > FORWARD_AUTO_BUDGET:
-        why += f" (and at {n_weights / 1e6:.0f}M weights it is too large for a NumPy reference forward over > {L} tokens)"
+        why += (f" (and at {n_weights / 1e6:.0f}M weights it is too large for a NumPy reference forward "
+                f"over > {L} tokens)")
     return "", why
 
 
