@@ -184,8 +184,8 @@ def _scan_object(path: str, text: str) -> tuple[list[tuple[str, int, int, int, A
         raise _bad(path, "header JSON is nested too deeply; the file is corrupt or not safetensors") from None
 
 
-def read_header(path: str) -> SafetensorsHeader:
-    """Read and validate the header of the safetensors file at ``path``."""
+def _read_raw(path: str) -> tuple[int, int, bytes]:
+    """``(file size, N, the N header bytes)``, checked against the size limits."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -210,6 +210,43 @@ def read_header(path: str) -> SafetensorsHeader:
         raise FormatError(f"{path}: cannot read: {e.strerror or e}") from None
     if len(raw) != n:
         raise _bad(path, "file shrank while being read")
+    return size, n, raw
+
+
+def _metadata_value(path: str, value: Any) -> Mapping[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad(path, f"__metadata__ must be an object of strings, found {type(value).__name__}")
+    for mk, mv in value.items():
+        if not isinstance(mv, str):
+            raise _bad(
+                path,
+                f"__metadata__ value for {mk!r} must be a string, found "
+                f"{json.dumps(mv)[:40]}; re-save the file with string metadata",
+            )
+    return MappingProxyType(dict(value))
+
+
+def _check_coverage(path: str, tensors: list[TensorEntry], data_length: int) -> None:
+    """Contiguous, no holes, exactly covering the data section (what safetensors checks)."""
+    pos = 0
+    for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
+        if t.begin != pos:
+            what = "overlaps the previous tensor" if t.begin < pos else f"leaves a hole at {pos}"
+            raise _bad(path, f"tensor {t.name!r} starts at data offset {t.begin} and {what}")
+        pos = t.end
+    if pos != data_length:
+        raise _bad(
+            path,
+            f"tensors cover {pos} data bytes but the file holds {data_length}; the file is "
+            f"truncated or has trailing bytes",
+        )
+
+
+def read_header(path: str) -> SafetensorsHeader:
+    """Read and validate the header of the safetensors file at ``path``."""
+    size, n, raw = _read_raw(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -225,38 +262,13 @@ def read_header(path: str) -> SafetensorsHeader:
     span: tuple[int, int] | None = None
     member_start: int | None = None
     tensors: list[TensorEntry] = []
-    data_length = size - 8 - n
     for key, k0, v0, v1, value in members:
         if key == ST_METADATA:
             span, member_start = (v0, v1), k0
-            if value is None:
-                continue
-            if not isinstance(value, dict):
-                raise _bad(path, f"__metadata__ must be an object of strings, found {type(value).__name__}")
-            for mk, mv in value.items():
-                if not isinstance(mv, str):
-                    raise _bad(
-                        path,
-                        f"__metadata__ value for {mk!r} must be a string, found "
-                        f"{json.dumps(mv)[:40]}; re-save the file with string metadata",
-                    )
-            metadata = MappingProxyType(dict(value))
-            continue
-        tensors.append(_tensor_entry(path, key, value))
-
-    # contiguous, no holes, exactly covering the data section (what safetensors itself checks)
-    pos = 0
-    for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
-        if t.begin != pos:
-            what = "overlaps the previous tensor" if t.begin < pos else f"leaves a hole at {pos}"
-            raise _bad(path, f"tensor {t.name!r} starts at data offset {t.begin} and {what}")
-        pos = t.end
-    if pos != data_length:
-        raise _bad(
-            path,
-            f"tensors cover {pos} data bytes but the file holds {data_length}; the file is "
-            f"truncated or has trailing bytes",
-        )
+            metadata = _metadata_value(path, value)
+        else:
+            tensors.append(_tensor_entry(path, key, value))
+    _check_coverage(path, tensors, size - 8 - n)
     return SafetensorsHeader(
         path, size, n, text, json_end, metadata, span, member_start, tuple(tensors)
     )

@@ -98,6 +98,12 @@ def other_files(model: HFModel) -> list[str]:
     return names
 
 
+def _unlink_all(d: str, names: list[str], ignore: type[OSError]) -> None:
+    for n in names:
+        with contextlib.suppress(ignore):
+            os.unlink(os.path.join(d, n))
+
+
 def _open_stage(out_dir: str, names: list[str]) -> tuple[str, int]:
     """Clear what a killed run left in ``out_dir``, then create and lock a staging directory."""
     try:
@@ -106,9 +112,7 @@ def _open_stage(out_dir: str, names: list[str]) -> tuple[str, int]:
         for n in stale:  # an interrupted -o run into this directory (checked by check_out)
             shutil.rmtree(os.path.join(out_dir, n))
         if stale:
-            for n in names:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(out_dir, n))
+            _unlink_all(out_dir, names, FileNotFoundError)
         while True:
             stage = os.path.join(out_dir, f"{_STAGE_PREFIX}{secrets.token_hex(4)}{_STAGE_SUFFIX}")
             try:
@@ -169,9 +173,7 @@ def write_out(model: HFModel, st: ModelState, out_dir: str, new_headers: dict[st
         _move_into_place(stage, out_dir, names, moved)
     except RopepatchError as e:
         shutil.rmtree(stage, ignore_errors=True)
-        for n in moved:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(out_dir, n))
+        _unlink_all(out_dir, moved, OSError)
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(out_dir)
