@@ -31,7 +31,7 @@ from ropepatch.patch.gguf_layout import (  # noqa: F401 - MIN_SLACK, Change: par
     MIN_SLACK,
     Change,
     apply_params,
-    changes as diff_changes,
+    changed_entries,
     layout_header,
     recorded_layout,
 )
@@ -186,7 +186,7 @@ def patch_gguf(
             f"is damaged, so ropepatch cannot tell the original values"
         )
     layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs)
-    changes = diff_changes(list(h.kvs), layout_kvs)
+    changes = changed_entries(list(h.kvs), layout_kvs)
     header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None)
     if header == h.raw and out is None:
         return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
@@ -198,7 +198,7 @@ def patch_gguf(
 
 def _patch_no_record(h: GGUFHeader, new_kvs, plan: Plan, target: str, dry_run: bool,
                      warnings: tuple[str, ...], progress) -> PatchResult:
-    changes = diff_changes(list(h.kvs), new_kvs)
+    changes = changed_entries(list(h.kvs), new_kvs)
     body = no_record_header(h, new_kvs, changes, target)
     if not changes:
         return PatchResult(h.path, target, plan, "no-op", (), warnings)
@@ -258,7 +258,7 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
             f"not patched by ropepatch, or was patched with --no-record; nothing to revert"
         )
     header, sha = _original_header(h, prov)
-    changes = diff_changes(list(h.kvs), original_kvs(h, prov))
+    changes = changed_entries(list(h.kvs), original_kvs(h, prov))
     if dry_run:
         return RevertResult(path, target, "dry-run", sha, changes)
     check_can_replace(target)

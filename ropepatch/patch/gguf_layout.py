@@ -57,7 +57,7 @@ def apply_params(kvs: list[KV], want: dict[str, tuple[ValueType, object]]) -> li
     return out
 
 
-def changes(before: list[KV], after: list[KV]) -> tuple[Change, ...]:
+def changed_entries(before: list[KV], after: list[KV]) -> tuple[Change, ...]:
     """The entries that differ, in ``before``'s order then ``after``'s new ones; the record,
     the filler and the placeholders of absent keys are not shown."""
     b = {kv.key: kv for kv in before}

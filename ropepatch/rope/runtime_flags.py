@@ -4,8 +4,8 @@ mapping, are in :mod:`ropepatch.formats.gguf.params`, next to the GGUF key mappi
 
 from __future__ import annotations
 
-from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, ScalingType
 from ropepatch.rope.methods import Plan
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, ScalingType
 
 
 def _f(x: float) -> str:

@@ -23,7 +23,6 @@ import fcntl
 import os
 import signal
 import stat
-
 from typing import Iterator
 
 from ropepatch.errors import WriteError

@@ -80,7 +80,9 @@ def _train_ctx(kvs: dict[str, KV], arch: str, path: str) -> int:
         raise FormatError(f"{path}: missing key {k(K.CONTEXT_LENGTH, arch)!r} (the training context)")
     n_ctx = _int_value(ctx_kv, path)
     if n_ctx <= 0:
-        raise FormatError(f"{path}: key {k(K.CONTEXT_LENGTH, arch)!r}: expected a positive training context, found {n_ctx}")
+        raise FormatError(
+            f"{path}: key {k(K.CONTEXT_LENGTH, arch)!r}: expected a positive training context, found {n_ctx}"
+        )
     return n_ctx
 
 
