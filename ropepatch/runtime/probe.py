@@ -31,6 +31,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ropepatch.errors import UsageError
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE
 from ropepatch.runtime import binding
 from ropepatch.runtime.capture import (  # noqa: F401 - ProbeError, RopeCapture, RopeOpParams: public here too
     GGML_TYPE_F16,
@@ -42,7 +43,7 @@ from ropepatch.runtime.capture import (  # noqa: F401 - ProbeError, RopeCapture,
     frozen,
     ggml_lib,
 )
-from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE
+
 
 @dataclass(frozen=True)
 class ProbeResult:
@@ -65,6 +66,27 @@ class ProbeResult:
 
 
 # ---- the probe -------------------------------------------------------------------------------
+
+
+def _batch_inputs(tokens, positions, n_batch: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens as int64, positions as int32, n_batch) for one batch, checked."""
+    toks = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
+    if toks.size == 0:
+        raise UsageError("probe: no tokens to decode")
+    pos = _positions(positions, toks.size)
+    n_batch = int(n_batch) if n_batch else max(int(toks.size), 1)
+    if toks.size > n_batch:
+        raise UsageError(f"probe: {toks.size} tokens do not fit one batch of n_batch={n_batch}")
+    return toks, pos, n_batch
+
+
+def _scaling_type(value: int | str) -> int:
+    """``rope_scaling_type`` as llama.h's enum value (a name is looked up)."""
+    if not isinstance(value, str):
+        return int(value)
+    if value not in LLAMA_ROPE_SCALING_TYPE:
+        raise UsageError(f"probe: unknown rope_scaling_type {value!r}")
+    return LLAMA_ROPE_SCALING_TYPE[value]
 
 
 def _positions(positions, n_tokens: int) -> np.ndarray:
@@ -117,17 +139,8 @@ def probe(
     attention on or off (None: the runtime's auto). ``quiet`` silences llama.cpp's
     info log for the call (llama-cpp-python's "llama-cpp-python" logger, restored after).
     """
-    toks = np.asarray(list(tokens), dtype=np.int64).reshape(-1)
-    if toks.size == 0:
-        raise UsageError("probe: no tokens to decode")
-    pos = _positions(positions, toks.size)
-    n_batch = int(n_batch) if n_batch else max(int(toks.size), 1)
-    if toks.size > n_batch:
-        raise UsageError(f"probe: {toks.size} tokens do not fit one batch of n_batch={n_batch}")
-    if isinstance(rope_scaling_type, str):
-        if rope_scaling_type not in LLAMA_ROPE_SCALING_TYPE:
-            raise UsageError(f"probe: unknown rope_scaling_type {rope_scaling_type!r}")
-        rope_scaling_type = LLAMA_ROPE_SCALING_TYPE[rope_scaling_type]
+    toks, pos, n_batch = _batch_inputs(tokens, positions, n_batch)
+    rope_scaling_type = _scaling_type(rope_scaling_type)
     path = Path(model_path)
     if not path.is_file():
         raise UsageError(f"probe: no such model file: {path}")
@@ -192,7 +205,8 @@ def _decode(model, cparams, toks: np.ndarray, pos: np.ndarray, logits: bool, rec
         if recorder.error is not None:
             raise ProbeError(f"{path}: eval callback failed: {recorder.error}") from recorder.error
         if rc != 0:
-            raise ProbeError(f"{path}: llama_decode returned {rc} (positions {pos[0]}..{pos[-1]}, n_ctx {cparams.n_ctx})")
+            raise ProbeError(f"{path}: llama_decode returned {rc} (positions {pos[0]}..{pos[-1]}, "
+                             f"n_ctx {cparams.n_ctx})")
         out_logits = None
         if logits:
             ptr = ll.llama_get_logits(ctx)
