@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ropepatch.errors import UnsupportedModelError, UsageError
-from ropepatch.rope.params import ScalingType
-from ropepatch.rope.params import RopeParams
-
+from ropepatch.rope.params import RopeParams, ScalingType
 
 # ---- formulas -----------------------------------------------------------------------------
 
