@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 from ropepatch.errors import UnsupportedModelError, UsageError
 from ropepatch.formats.hf import keys as hk
+from ropepatch.formats.hf.config import load_config, read_rope
 from ropepatch.patch.gguf import ModelInfo
+from ropepatch.patch.hf_plan import plan_hf_snippets
 from ropepatch.rope.methods import make_plan
 from ropepatch.rope.params import RopeParams, ScalingType
 
@@ -27,8 +29,6 @@ class HFTranslation:
 def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None) -> HFTranslation:
     """The GGUF patch that applies ``config_path``'s rope settings to a model whose ORIGINAL
     GGUF settings are ``original``. ``ctx`` overrides the target context the config implies."""
-    from ropepatch.formats.hf.config import load_config, read_rope
-
     rope = read_rope(load_config(config_path))
     L, d, b = original.n_ctx_train, original.rope_dim, original.freq_base
     warnings: list[str] = []
@@ -74,8 +74,6 @@ def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None)
 
 def gguf_as_hf(info: ModelInfo) -> dict:
     """The Hugging Face config keys equivalent to a GGUF's current rope settings."""
-    from ropepatch.patch.hf import plan_hf_snippets
-
     prov, cur = info.provenance, info.current
     if prov is not None:
         plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha)

@@ -141,14 +141,15 @@ RP_CONFIG_SHA256 = "ropepatch.config_sha256"  # sha256 of the config.json bytes 
 #    "config_link": "<symlink target>" | null, "link": "<symlink target of this shard>" | null}
 # is the value of RP_ORIGINAL.
 # sha256 of the config.json a re-patch replaces (one ropepatch wrote). Present in the shards
-# only while that re-patch runs (hf_patch's docstring): the shards are written before
+# only while that re-patch runs (ropepatch.patch.hf docstring): the shards are written before
 # config.json, so a re-patch killed in between leaves shards that name the new config next to
 # the old config.json, and this key lets the re-run (or a revert) accept that config.json.
 RP_PREVIOUS_CONFIG_SHA256 = "ropepatch.previous_config_sha256"
 # RP_RESERVED holds filler (a string of spaces) between the entries a re-patch changes and
 # RP_ORIGINAL, sized so the __metadata__ value text has the same length for every
 # method/ctx/alpha: a re-patch then changes one short run of bytes near the start of the
-# metadata, written in place when it lies inside one 4 KiB page (see hf_patch.layout_metadata).
+# metadata, written in place when it lies inside one 4 KiB page (see
+# ropepatch.patch.hf_record.layout_metadata).
 # Bytes of __metadata__ text reserved for the values a re-patch changes (version, method, ctx,
 # alpha, config_sha256 and the transient previous_config_sha256 entry, about 230 bytes at most);
 # the rest of it is the RP_RESERVED filler.
