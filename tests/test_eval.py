@@ -344,18 +344,19 @@ def test_tune_search_finds_constrained_optimum_in_few_evaluations(opt, slope):
 @pytest.mark.parametrize("flag, expected", [(None, None), ("auto", None), ("on", True), ("off", False)])
 @pytest.mark.parametrize("command", ["eval", "tune", "passkey"])
 def test_cli_flash_attn_reaches_the_runtime(monkeypatch, tmp_path, capsys, command, flag, expected):
-    """``--flash-attn`` of eval / tune / passkey is the ``flash_attn`` the llama.cpp context is
-    created with (auto = leave llama.cpp's default)."""
+    """``--flash-attn`` of eval / tune / passkey is the ``flash_attn`` of the job the runtime
+    worker runs (auto = leave llama.cpp's default); the worker then runs the real command."""
     from ropepatch import cli
+    from ropepatch.quality import isolated
 
     seen = []
-    real_init = E.Model.__init__
+    real_run = isolated.run_isolated
 
-    def spy(self, *a, **kw):
-        real_init(self, *a, **kw)
-        seen.append(self.flash_attn)
+    def spy(job, **kw):
+        seen.append(job.kwargs["flash_attn"])
+        return real_run(job, **kw)
 
-    monkeypatch.setattr(E.Model, "__init__", spy)
+    monkeypatch.setattr(isolated, "run_isolated", spy)
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     argv = [command, MODEL, "--ctx", "512" if command == "passkey" else "256", "--threads", "2", "-q", "--json"]

@@ -17,17 +17,11 @@ from ropepatch.check.expectation import expectation, read_model
 from ropepatch.check.report import FAILED, NAMES, CheckResult, ValidationReport, skipped
 from ropepatch.check.validate import make_report
 from ropepatch.errors import RopepatchError
-from ropepatch.runtime.isolate import Job, RuntimeCrash, run_isolated
+from ropepatch.runtime.isolate import Job, RuntimeCrash, device_label, run_isolated
 from ropepatch.version import __version__
 
 TARGET = "ropepatch.check.validate:validate"
 NOT_RUN = "not run: the runtime crashed"
-
-
-def crash_device(gpu_layers: int) -> str:
-    """The device a crash message names (the parent does not load llama.cpp, so it cannot
-    know whether the build offloads: it names what was asked for)."""
-    return "cpu" if int(gpu_layers) == 0 else f"gpu (n_gpu_layers={gpu_layers})"
 
 
 def crash_report(path: str, crash: str, finished: Mapping[str, CheckResult], *, ctx: int | None = None,
@@ -50,7 +44,7 @@ def crash_report(path: str, crash: str, finished: Mapping[str, CheckResult], *, 
         else:
             checks.append(skipped(cid, NOT_RUN))
     versions = {"ropepatch": __version__, "llama_cpp_python": "unknown (the runtime crashed)"}
-    return make_report(path, exp, ctx, crash_device(gpu_layers), gpu_layers, checks,
+    return make_report(path, exp, ctx, device_label(gpu_layers), gpu_layers, checks,
                        exp.notes if exp is not None else (), seconds, versions, crash=crash)
 
 
@@ -82,7 +76,7 @@ def validate_isolated(
     callbacks = {"on_check": collect, **({"on_step": on_step} if on_step is not None else {})}
     t0 = time.perf_counter()
     try:
-        return run_isolated(job, file=path, device=crash_device(gpu_layers), callbacks=callbacks)
+        return run_isolated(job, file=path, device=device_label(gpu_layers), callbacks=callbacks)
     except RuntimeCrash as exc:
         return crash_report(path, str(exc), finished, ctx=ctx, gpu_layers=gpu_layers,
                             expect=kwargs.get("expect"), seconds=time.perf_counter() - t0)

@@ -1,20 +1,34 @@
-"""``ropepatch validate`` / ``eval`` / ``tune`` / ``passkey``: run the model in llama.cpp."""
+"""``ropepatch validate`` / ``eval`` / ``tune`` / ``passkey``: run the model in llama.cpp.
+
+Each runs its llama.cpp work in the runtime worker (``*_isolated``): a native crash there is
+one line on stderr and exit status 1; ``validate`` still prints the checks that finished."""
 
 from __future__ import annotations
 
 from ropepatch.cli.options import FLASH_ATTN
 from ropepatch.cli.progress import quality_progress
 from ropepatch.cli.render import emit
+from ropepatch.errors import RopepatchError
+
+
+class RuntimeCrashReported(RopepatchError):
+    """validate's runtime crashed after its report was printed: the crash line, exit 1."""
+
+    exit_code = 1
 
 
 def cmd_validate(args) -> int:
     """Prove in llama.cpp that the file runs with the planned RoPE (exit 1 on a failed check)."""
-    from ropepatch.check.validate import format_report, validate
+    from ropepatch.check.isolated import validate_isolated
+    from ropepatch.check.validate import format_report
 
-    r = validate(args.path, ctx=args.ctx, gpu_layers=args.gpu_layers, positions=args.positions,
-                 reference_forward=args.reference_forward, n_threads=args.threads)
+    r = validate_isolated(args.path, ctx=args.ctx, gpu_layers=args.gpu_layers, positions=args.positions,
+                          reference_forward=args.reference_forward, n_threads=args.threads)
     print(r.to_json() if args.json else format_report(r))
+    if r.crash:
+        raise RuntimeCrashReported(r.crash)
     return 0 if r.passed else 1
+
 
 
 def _text_arg(path: str) -> str:
@@ -25,9 +39,10 @@ def _text_arg(path: str) -> str:
 
 def cmd_eval(args) -> int:
     """Perplexity by position for each method vs the sliding-window baseline."""
-    from ropepatch.quality.evaluate import evaluate, format_table, parse_alphas
+    from ropepatch.quality.evaluate import format_table, parse_alphas
+    from ropepatch.quality.isolated import evaluate_isolated
 
-    res = evaluate(args.path, args.ctx, _text_arg(args.text), methods=args.methods,
+    res = evaluate_isolated(args.path, args.ctx, _text_arg(args.text), methods=args.methods,
                    alphas=parse_alphas(args.alpha), buckets=args.buckets, window=not args.no_window,
                    max_windows=args.windows, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
                    flash_attn=FLASH_ATTN[args.flash_attn], progress=quality_progress(args))
@@ -43,9 +58,10 @@ def cmd_eval(args) -> int:
 
 def cmd_tune(args) -> int:
     """Search a method's alpha for the lowest ppl_ext within a ppl_in tolerance."""
-    from ropepatch.quality.tune import format_tune, tune
+    from ropepatch.quality.isolated import tune_isolated
+    from ropepatch.quality.tune import format_tune
 
-    res = tune(args.path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
+    res = tune_isolated(args.path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
                apply=args.apply, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
                flash_attn=FLASH_ATTN[args.flash_attn], progress=quality_progress(args))
     emit(args, res.to_json(), format_tune(res))
@@ -55,9 +71,10 @@ def cmd_tune(args) -> int:
 def cmd_passkey(args) -> int:
     """Passkey retrieval at each depth: can the model use distant context?"""
     from ropepatch.quality.evaluate import parse_alphas
-    from ropepatch.quality.passkey import format_passkey, passkey
+    from ropepatch.quality.isolated import passkey_isolated
+    from ropepatch.quality.passkey import format_passkey
 
-    res = passkey(args.path, args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
+    res = passkey_isolated(args.path, args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
                   depths=args.depths, trials=args.trials, seed=args.seed, n_threads=args.threads,
                   n_gpu_layers=args.gpu_layers, flash_attn=FLASH_ATTN[args.flash_attn],
                   progress=quality_progress(args))

@@ -19,14 +19,9 @@ from ropepatch.errors import UsageError
 from ropepatch.quality.passkey import PasskeyResult
 from ropepatch.quality.results import EvalResult
 from ropepatch.quality.tune import TuneResult, apply_tune
-from ropepatch.runtime.isolate import STEP, Job, run_isolated
+from ropepatch.runtime.isolate import STEP, Job, device_label, run_isolated
 
 _LOCAL_ONLY = ("model", "scorer")  # objects that live in one process
-
-
-def device_name(n_gpu_layers: int) -> str:
-    """How a crash message names the device: ``cpu`` or ``gpu (n_gpu_layers=N)``."""
-    return f"gpu (n_gpu_layers={n_gpu_layers})" if n_gpu_layers else "cpu"
 
 
 def _run(target: str, kwargs: dict[str, Any], streamed: tuple[str, ...]) -> Any:
@@ -46,7 +41,7 @@ def _run(target: str, kwargs: dict[str, Any], streamed: tuple[str, ...]) -> Any:
             names.append(name)
     job = Job(f"ropepatch.quality.{target}", kwargs=kwargs, callbacks=tuple(names))
     return run_isolated(job, file=str(kwargs["model_path"]),
-                        device=device_name(kwargs.get("n_gpu_layers", 0)), callbacks=local)
+                        device=device_label(kwargs.get("n_gpu_layers", 0)), callbacks=local)
 
 
 def evaluate_isolated(model_path: str, ctx: int, text: str | bytes | None = None, **kw) -> EvalResult:

@@ -60,6 +60,12 @@ class Outcome:
     first_event_s: float | None = None  # seconds from spawn to the child's first event
 
 
+def device_label(n_gpu_layers: int) -> str:
+    """How a crash message names the device: ``cpu``, or ``gpu (n_gpu_layers=N)`` when layers
+    were asked for (the parent does not load llama.cpp, so it names what was asked for)."""
+    return "cpu" if int(n_gpu_layers) == 0 else f"gpu (n_gpu_layers={n_gpu_layers})"
+
+
 def _signal_name(rc: int) -> str:
     try:
         return signal.Signals(-rc).name
