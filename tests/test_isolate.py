@@ -101,3 +101,44 @@ def test_signal_names_cover_the_crashes_we_report():
 
     assert "SIGSEGV" in crash_line(-signal.SIGSEGV, "f", "cpu", "x")
     assert "exited with status 3" in crash_line(3, "f", "cpu", "x")
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_validate_cli_with_its_runtime_killed_by_sigsegv(monkeypatch, json_out):
+    """The real command, its real worker killed by SIGSEGV during check b: the finished check is
+    reported on stdout, the crash is ONE line on stderr, exit status 1, no traceback."""
+    import json
+
+    from conftest import run_cli
+
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("ROPEPATCH_WORKER_CRASH", "SEGV:3")  # a: step, check; b: step -> killed
+    p = run_cli("validate", FIXTURE, *(["--json"] if json_out else []))
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1, p.stderr
+    assert err[0].startswith(f"ropepatch: error: {FIXTURE}: the llama.cpp runtime crashed with SIGSEGV while check b")
+    assert "on cpu" in err[0] and "Traceback" not in p.stderr
+    if json_out:
+        rep = json.loads(p.stdout)
+        assert [c["status"] for c in rep["checks"]] == ["passed", "failed", "skipped", "skipped"]
+        assert rep["crash"] in err[0]
+    else:
+        assert "PASS a." in p.stdout and "FAIL b." in p.stdout and "SIGSEGV" in p.stdout
+
+
+@pytest.mark.parametrize("command", ["eval", "passkey"])
+def test_quality_cli_with_its_runtime_killed(monkeypatch, tmp_path, command):
+    from conftest import run_cli
+
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("ROPEPATCH_WORKER_CRASH", "ABRT:1")
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    extra = ["--text", str(text), "--ctx", "256"] if command == "eval" else ["--ctx", "512", "--trials", "1"]
+    p = run_cli(command, FIXTURE, *extra, "-q", "--gpu-layers", "-1")
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "crashed with SIGABRT while" in err[0], p.stderr
+    assert "on gpu (n_gpu_layers=-1)" in err[0] and "--gpu-layers 0" in err[0]
+    assert p.stdout == ""
