@@ -4,7 +4,7 @@ write, fill the disk under it, make its file or directory read-only, run two at 
 that the model file is always either byte-for-byte what it was before the command, or a complete,
 valid result.
 
-How a run is stopped. ropepatch/fileio.py has a test-only hook: ``ROPEPATCH_CRASH_AFTER=N``
+How a run is stopped. ropepatch/safeio/files.py has a test-only hook: ``ROPEPATCH_CRASH_AFTER=N``
 makes the child SIGKILL itself right after its Nth file-changing step (temp file created, pwrite,
 kernel copy chunk, truncate, chmod, fsync, rename, directory fsync); ``ROPEPATCH_CRASH_SIGNAL=STOP``
 freezes it there instead so the harness can change the world (fill the disk, chattr +i, start a

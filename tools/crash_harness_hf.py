@@ -6,10 +6,10 @@ The GGUF harness (tools/crash_harness.py) does the same for one file; an HF patc
 files (every safetensors shard, then config.json; ``revert`` writes config.json first, then the
 shards), so the state after a kill is judged per file and then for the model as a whole.
 
-How a run is stopped: the ``ROPEPATCH_CRASH_AFTER=N`` hook in ropepatch/fileio.py makes the child
+How a run is stopped: the ``ROPEPATCH_CRASH_AFTER=N`` hook in ropepatch/safeio/files.py makes the child
 SIGKILL itself right after its Nth file-changing step (temp file created, pwrite, kernel copy
 chunk, truncate, chmod, fsync, rename, directory fsync, and the ``-o`` staging steps in
-ropepatch/hf_patch.py). For each scenario the harness runs N = 1, 2, ... until the command
+ropepatch/patch/hf_out.py). For each scenario the harness runs N = 1, 2, ... until the command
 completes, so every step boundary is hit once; ``--random K`` adds K kills at random times sent
 from the parent.
 
@@ -77,7 +77,7 @@ from crash_harness import cli, run, run_setup, run_timed, sha256  # noqa: E402
 FIXTURE = ROOT / "fixtures" / "hf" / "tiny-llama"
 CONFIG = "config.json"
 INDEX = "model.safetensors.index.json"
-STRAY = ".ropepatch-"  # temp files (fileio), -o staging directories, symlink temps
+STRAY = ".ropepatch-"  # temp files (safeio.files), -o staging directories, symlink temps
 
 
 # ---- scenarios ----------------------------------------------------------------------------

@@ -3,13 +3,13 @@
 
 Targets:
 
-* GGUF: ``gguf_file.parse_header`` on the bytes, then, on a file, ``read_header``,
-  ``gguf_patch.inspect_gguf``, ``patch_gguf(dry_run=True)`` (random method and context),
+* GGUF: ``formats.gguf.header.parse_header`` on the bytes, then, on a file, ``read_header``,
+  ``patch.gguf.inspect_gguf``, ``patch_gguf(dry_run=True)`` (random method and context),
   ``revert_gguf(dry_run=True)`` and ``make_plan`` for every method (what ``ropepatch plan`` does).
   When a dry run accepts an input, the patch is really written to a copy (``-o``), read back,
   re-patched in place with another method, and reverted: the revert must give the input's
   exact bytes (the "correct result" oracle).
-* safetensors: ``safetensors_file.read_header``; when it accepts a file, the ``safetensors``
+* safetensors: ``formats.safetensors.read_header``; when it accepts a file, the ``safetensors``
   library must open it too and list the same tensors (a disagreement is reported).
 * command-line numbers: ``ropepatch gguf --dry-run`` / ``ropepatch plan`` with hostile --ctx,
   --alpha, --base, --rope-dim values.
@@ -884,7 +884,8 @@ def corpus_cases() -> dict[str, bytes]:
         "st-overlap.safetensors": st_with(json.dumps({**hdr, "b": {**hdr["b"], "data_offsets": [14, 20]}})),
         "st-metadata-not-string.safetensors": st_with(json.dumps({**hdr, "__metadata__": {"a": 1}})),
         "st-truncated.safetensors": st[:20],
-        # open (ropepatch/safetensors_file.py, not fixed here): crash instead of a clean error
+        # found open in ropepatch/safetensors_file.py (a crash instead of a clean error); fixed
+        # since in what is now ropepatch/formats/safetensors.py
         "st-deep-nesting.safetensors": st_with(json.dumps(hdr)[:-1] + ', "deep": ' + "[" * 3000 + "]" * 3000 + "}"),
         "st-dtype-list.safetensors": st_with(json.dumps({**hdr, "a": {**hdr["a"], "dtype": ["F32"]}})),
     })
@@ -957,7 +958,7 @@ def _warm_up(path: str) -> None:
     with contextlib.suppress(Exception):
         import safetensors  # noqa: F401
 
-        import ropepatch.safetensors_file  # noqa: F401
+        import ropepatch.formats.safetensors  # noqa: F401
 
 
 def replay(corpus: str, save: str | None = None, timeout: float = 5.0) -> tuple[Stats, list[str]]:

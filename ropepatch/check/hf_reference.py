@@ -111,8 +111,8 @@ def yarn_inv_freq(
 
 def hf_inv_freq(config: Any, seq_len: int | None = None) -> tuple[np.ndarray, float]:
     """Inverse frequencies and attention factor for a config (a dict as loaded from
-    config.json, a :class:`~ropepatch.hf_config.ConfigDoc` or an
-    :class:`~ropepatch.hf_config.HFRope`), dispatching on its rope_type as transformers does."""
+    config.json, a :class:`~ropepatch.formats.hf.json_doc.ConfigDoc` or an
+    :class:`~ropepatch.formats.hf.config.HFRope`), dispatching on its rope_type as transformers does."""
     from ropepatch.formats.hf.config import ConfigDoc, HFRope, parse_config, read_rope
 
     if isinstance(config, dict):

@@ -99,7 +99,7 @@ class RopeOpParams:
         )
 
     def as_dict(self) -> dict:
-        """The nine parameters, keyed like :func:`ropepatch.rope_reference.ggml_rope_args`."""
+        """The nine parameters, keyed like :func:`ropepatch.check.ggml_args.ggml_rope_args`."""
         return {
             "n_dims": self.n_dims,
             "mode": self.mode,
@@ -163,7 +163,7 @@ def ggml_lib() -> ctypes.CDLL:
     if ctypes.sizeof(GgmlTensor) != expected:
         raise ProbeError(
             f"ggml_tensor layout mismatch: ctypes struct is {ctypes.sizeof(GgmlTensor)} bytes, "
-            f"the shipped ggml says {expected}; update ropepatch.probe.GgmlTensor from ggml.h"
+            f"the shipped ggml says {expected}; update ropepatch.runtime.capture.GgmlTensor from ggml.h"
         )
     _libs["ggml"] = lib
     return lib
