@@ -32,28 +32,8 @@ _STAGE_PREFIX, _STAGE_SUFFIX = ".ropepatch-", ".tmp"
 
 
 def _stale_stages(d: str) -> list[str]:
-    """Names of the ``-o`` staging directories in ``d`` that a killed run left behind. A live
-    run holds an flock on its staging directory, which the kernel drops when the process dies."""
-    found = []
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return found
-    for n in names:
-        if not (n.startswith(_STAGE_PREFIX) and n.endswith(_STAGE_SUFFIX)):
-            continue
-        try:
-            fd = os.open(os.path.join(d, n), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue  # not a directory (fileio's temp files are handled there), or gone
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            found.append(n)
-        except OSError:
-            pass  # a live run's
-        finally:
-            os.close(fd)
-    return found
+    """Names of the ``-o`` staging directories in ``d`` that a killed run left behind."""
+    return [os.path.basename(p) for p in fileio.orphans(d, _STAGE_PREFIX, _STAGE_SUFFIX, directories=True)]
 
 
 def _existing_parent(path: str) -> str:

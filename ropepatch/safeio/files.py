@@ -220,33 +220,48 @@ def rewrite(
 _TMP_PREFIX, _TMP_SUFFIX = ".ropepatch-", ".tmp"
 
 
-def remove_stale_temps(directory: str) -> int:
-    """Delete the ``.ropepatch-*.tmp`` files a killed ropepatch left in ``directory``; return how
-    many. A live rewrite holds an flock on its temp file until the rename, and the kernel drops
-    it when the process dies, so a temp file whose lock can be taken has no owner left."""
-    removed = 0
+def orphans(directory: str, prefix: str, suffix: str, *, directories: bool = False) -> Iterator[str]:
+    """Yield the path of each ``prefix*suffix`` entry of ``directory`` (regular files, or
+    directories with ``directories``) that no live ropepatch owns, holding its flock while the
+    caller acts on it. A live run holds an flock on its temp file or staging directory until it
+    is done, and the kernel drops it when the process dies: an entry whose lock can be taken has
+    no owner left. Entries that vanish, are links or are of the other kind are skipped."""
     try:
         names = os.listdir(directory)
     except OSError:
-        return 0
+        return
+    flags = os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if directories else os.O_NONBLOCK)
     for name in names:
-        if not (name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX)):
+        if not (name.startswith(prefix) and name.endswith(suffix)):
             continue
         p = os.path.join(directory, name)
         try:
-            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(p, flags)
         except OSError:
             continue
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if not directories and not stat.S_ISREG(os.fstat(fd).st_mode):
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # alive (locked), or not ours
+        try:
+            yield p
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temps(directory: str) -> int:
+    """Delete the ``.ropepatch-*.tmp`` files a killed ropepatch left in ``directory``; return how
+    many (see :func:`orphans`)."""
+    removed = 0
+    for p in orphans(directory, _TMP_PREFIX, _TMP_SUFFIX):
+        try:
             os.unlink(p)
             removed += 1
         except OSError:
-            pass  # alive (locked), or not ours to remove
-        finally:
-            os.close(fd)
+            pass  # not ours to remove
     return removed
 
 
