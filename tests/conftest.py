@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import shutil
 import struct
@@ -21,6 +22,20 @@ GGUF_FIXTURES = [
     "tiny-qwen2-f32.gguf",
     "tiny-qwen2-q8_0.gguf",
 ]
+
+
+EXTRAS = {"torch": "hf-test", "transformers": "hf-test"}  # else the "test" extra
+
+
+def require(module: str):
+    """Import a module the suite needs (the README's test command installs it). A missing or
+    broken install FAILS the run with one line saying what to install: it is never a skip."""
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # ImportError, or OSError from a broken llama-cpp-python build
+        extra = EXTRAS.get(module, "test")
+        pytest.fail(f"{module} is required by the test suite and does not import ({type(exc).__name__}: "
+                    f"{exc}); install it: pip install -e '.[{extra}]'", pytrace=False)
 
 
 def sha256(path) -> str:

@@ -9,11 +9,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from ropepatch.errors import RopepatchError, UsageError
 from ropepatch.runtime.isolate import Job, Outcome, RuntimeCrash, run_isolated
 
-FIXTURE = str(Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llama-f32.gguf")
+FIXTURE = str(Path(__file__).resolve().parents[2] / "fixtures" / "tiny-llama-f32.gguf")
 
 TARGETS = '''
 import sys
@@ -51,7 +52,7 @@ def test_result_and_events_stream_back_in_order(targets):
 
 
 def test_worker_imports_llama_cpp_before_anything_else(targets):
-    pytest.importorskip("llama_cpp")
+    require("llama_cpp")
     res = run_isolated(Job(f"{targets}:steps", (0,), callbacks=("on_step", "progress")), file="m.gguf")
     # the worker imported llama_cpp first; numpy came in with it (llama_cpp imports numpy)
     assert "llama_cpp" in res["first_modules"]
@@ -89,7 +90,7 @@ def test_native_crash_is_one_line_naming_signal_step_file_device(targets, monkey
 
 
 def test_real_model_load_in_the_worker():
-    pytest.importorskip("llama_cpp")
+    require("llama_cpp")
     res = run_isolated(Job("ropepatch.runtime.probe:probe", (FIXTURE, [1, 2, 3], 200),
                            {"layers": (0,), "logits": False}), file=FIXTURE)
     assert res.positions.tolist() == [200, 201, 202]
@@ -111,7 +112,7 @@ def test_validate_cli_with_its_runtime_killed_by_sigsegv(monkeypatch, json_out):
 
     from conftest import run_cli
 
-    pytest.importorskip("llama_cpp")
+    require("llama_cpp")
     monkeypatch.setenv("ROPEPATCH_WORKER_CRASH", "SEGV:3")  # a: step, check; b: step -> killed
     p = run_cli("validate", FIXTURE, *(["--json"] if json_out else []))
     assert p.returncode == 1
@@ -131,7 +132,7 @@ def test_validate_cli_with_its_runtime_killed_by_sigsegv(monkeypatch, json_out):
 def test_quality_cli_with_its_runtime_killed(monkeypatch, tmp_path, command):
     from conftest import run_cli
 
-    pytest.importorskip("llama_cpp")
+    require("llama_cpp")
     monkeypatch.setenv("ROPEPATCH_WORKER_CRASH", "ABRT:1")
     text = tmp_path / "t.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)

@@ -6,10 +6,10 @@ import json
 import shutil
 
 import pytest
-
 from conftest import FIXTURES, run_cli, sha256
-from ropepatch.patch import gguf as gp
+
 from ropepatch.errors import UsageError
+from ropepatch.patch import gguf as gp
 from ropepatch.patch.hf import patch_hf
 from ropepatch.patch.translate import plan_from_hf
 

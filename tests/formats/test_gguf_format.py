@@ -5,9 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from conftest import FIXTURES, GGUF_FIXTURES, build_gguf, llama_kvs
-from ropepatch.patch import gguf as gp
+
 from ropepatch.formats.gguf.header import (
     GGML_BLOCK_SIZES,
     ArrayValue,
@@ -17,6 +16,7 @@ from ropepatch.formats.gguf.header import (
     serialize_header,
 )
 from ropepatch.formats.gguf.keys import ValueType as T
+from ropepatch.patch import gguf as gp
 
 KEY = "0300000000000000" "612e62"  # u64 length 3, then "a.b"
 GOLDEN = [

@@ -17,16 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, require, sha256
 from safetensors.numpy import load_file, save_file
 
-from conftest import FIXTURES, sha256
-from ropepatch.formats.hf import keys as hk
 from ropepatch.check import hf_reference as ref
 from ropepatch.errors import FormatError, NotPatchedError, RopepatchError, UnsupportedModelError, UsageError
+from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.config import load_config, read_rope
+from ropepatch.formats.safetensors import read_header
 from ropepatch.patch.hf import inspect_hf, patch_hf, plan_hf, plan_hf_snippets, resolve_model, revert_hf
 from ropepatch.rope.methods import ntk_base
-from ropepatch.formats.safetensors import read_header
 
 METHODS = ["ntk", "dynamic", "linear", "yarn"]
 L, N = 128, 512
@@ -822,8 +822,8 @@ def default_rope(cfg, model_type):
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "partial"])
 @pytest.mark.parametrize("method", METHODS)
 def test_reference_matches_transformers(tmp_path, name, method):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("torch")
+    transformers = require("transformers")
+    require("torch")
     from transformers import AutoConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
@@ -851,8 +851,8 @@ def test_reference_matches_transformers(tmp_path, name, method):
 
 
 def test_transformers_loads_patched_model(tmp_path):
-    pytest.importorskip("transformers")
-    torch = pytest.importorskip("torch")
+    require("transformers")
+    torch = require("torch")
     from transformers import AutoModelForCausalLM
 
     d = fixture_model(tmp_path, "tiny-llama")

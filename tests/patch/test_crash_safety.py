@@ -10,16 +10,15 @@ import shutil
 import sys
 
 import pytest
-
 from conftest import FIXTURES, GGUF_FIXTURES, ROOT, sha256
 
 sys.path.insert(0, str(ROOT / "tools"))
 import crash_harness as ch  # noqa: E402
 import fuzz_headers  # noqa: E402
 
-from ropepatch.safeio import files as fileio  # noqa: E402
-from ropepatch.safeio import commit as safecommit  # noqa: E402
 from ropepatch.patch import gguf as gp  # noqa: E402
+from ropepatch.safeio import commit as safecommit  # noqa: E402
+from ropepatch.safeio import files as fileio  # noqa: E402
 
 FIXTURE = "tiny-llama-q8_0.gguf"
 IN_PLACE = [sc for sc in ch.QUICK_SCENARIOS if "in place" in sc.name]

@@ -7,8 +7,8 @@ import json
 import shutil
 
 import pytest
-
 from conftest import FIXTURES, ROOT, run_cli
+
 from ropepatch.cli import COMMANDS
 from ropepatch.rope.methods import METHODS
 

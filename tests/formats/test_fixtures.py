@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures"
 TOOL = REPO / "tools" / "make_fixtures.py"
 
@@ -200,7 +201,7 @@ _MODELS: dict[tuple, object] = {}
 
 def new_llama(name: str, **kw):
     """A Llama on a fixture: n_ctx 512, logits for every token, F32 KV cache (tight comparisons)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = require("llama_cpp")
     return llama_cpp.Llama(
         model_path=str(FIXTURES / name),
         n_ctx=512,
@@ -237,7 +238,7 @@ def logits_of(llm, tokens: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize("name", GGUF_NAMES)
 def test_llama_cpp_loads_and_decodes(name: str) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    llama_cpp = require("llama_cpp")
     arch = ARCH_OF[name]
     llm = load(name)
     assert llama_cpp.llama_model_n_ctx_train(llm.model) == 128
@@ -387,8 +388,8 @@ def test_hf_numpy_reference_detects_a_wrong_permutation() -> None:
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_hf_fixture_equals_gguf_transformers(arch: str) -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require("torch")
+    transformers = require("transformers")
     llm = load(f"tiny-{arch}-f32.gguf")
     toks = llm.tokenize(PROMPT.encode())
     got = logits_of(llm, toks)

@@ -12,15 +12,14 @@ import shutil
 import sys
 
 import pytest
-
 from conftest import ROOT, run_cli, sha256
 
 sys.path.insert(0, str(ROOT / "tools"))
 import crash_harness_hf as hh  # noqa: E402
 
 from ropepatch.errors import UsageError  # noqa: E402
-from ropepatch.patch.hf import RP_PREVIOUS_CONFIG_SHA256, inspect_hf, patch_hf, revert_hf  # noqa: E402
 from ropepatch.formats.safetensors import read_header  # noqa: E402
+from ropepatch.patch.hf import RP_PREVIOUS_CONFIG_SHA256, inspect_hf, patch_hf, revert_hf  # noqa: E402
 
 SHARD = "model.safetensors"
 

@@ -10,11 +10,11 @@ import struct
 import subprocess
 
 import pytest
-
 from conftest import build_gguf, llama_kvs, run_cli, sha256
-from ropepatch.patch import gguf as gp
+
 from ropepatch.errors import FormatError, UnsupportedModelError, UsageError, WriteError
 from ropepatch.formats.gguf.keys import ValueType as T
+from ropepatch.patch import gguf as gp
 
 
 @pytest.fixture

@@ -8,12 +8,11 @@ import os
 import re
 
 import pytest
-
 from conftest import build_gguf, run_cli, sha256
 
-from ropepatch.patch import gguf as gp
 from ropepatch.errors import UsageError
 from ropepatch.formats.gguf.keys import ValueType as T
+from ropepatch.patch import gguf as gp
 
 
 def kvs(between: int):

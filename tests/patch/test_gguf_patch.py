@@ -5,18 +5,17 @@ runtime; revert byte-identical; re-patches in place; non-compounding; -o, --dry-
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 
 import pytest
+from conftest import FIXTURES, GGUF_FIXTURES, build_gguf, llama_kvs, require, sha256
 
-from conftest import FIXTURES, GGUF_FIXTURES, build_gguf, llama_kvs, sha256
-from ropepatch.patch import gguf as gp
 from ropepatch.errors import NotPatchedError, UsageError
 from ropepatch.formats.gguf.header import read_header
+from ropepatch.patch import gguf as gp
 from ropepatch.rope.methods import METHODS, ntk_base
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = require("llama_cpp")
 
 CTX = 512  # 4x the fixtures' training context of 128
 F32 = lambda x: struct.unpack("<f", struct.pack("<f", x))[0]  # noqa: E731

@@ -16,11 +16,11 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, GGUF_FIXTURES, require
 
-pytest.importorskip("gguf")
-pytest.importorskip("llama_cpp")
+require("gguf")
+require("llama_cpp")
 
-from conftest import FIXTURES, GGUF_FIXTURES  # noqa: E402
 
 from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
 from ropepatch.check.isolated import validate_isolated  # noqa: E402

@@ -39,16 +39,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
-pytest.importorskip("gguf")
-pytest.importorskip("llama_cpp")
+require("gguf")
+require("llama_cpp")
 
 from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
 from ropepatch.check.reference_forward import compare_logits, forward, load_model  # noqa: E402
 from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout  # noqa: E402
 from ropepatch.runtime.probe import probe  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 N_TOKENS = 320  # distances up to 319 > n_ctx_train = 128
 TOKENS = np.random.default_rng(7).integers(3, 260, size=N_TOKENS).tolist()
 TOKENS[0] = 1  # <s>

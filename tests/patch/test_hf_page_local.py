@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, require, run_cli, sha256
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from conftest import FIXTURES, run_cli, sha256
 from ropepatch.formats.hf import keys as hk
-from ropepatch.patch.hf import RP_PREVIOUS_CONFIG_SHA256, inspect_hf, patch_hf, revert_hf
 from ropepatch.formats.safetensors import read_header
+from ropepatch.patch.hf import RP_PREVIOUS_CONFIG_SHA256, inspect_hf, patch_hf, revert_hf
 
 FIXTURE = FIXTURES / "hf" / "tiny-llama"
 SHARD = "model.safetensors"
@@ -217,8 +217,8 @@ def test_change_across_a_page_boundary_is_an_atomic_rewrite(tmp_path, pwrites):
 
 
 def test_transformers_loads_a_repatched_model(tmp_path):
-    pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    require("torch")
+    transformers = require("transformers")
     d = _copy(tmp_path)
     patch_hf(str(d), 1024, "yarn")
     patch_hf(str(d), 16384, "ntk")

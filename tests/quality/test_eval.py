@@ -13,13 +13,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, require
 
-pytest.importorskip("llama_cpp")
+require("llama_cpp")
 
-from conftest import FIXTURES  # noqa: E402
-from ropepatch.quality import evaluate as E  # noqa: E402
 from ropepatch.errors import RopepatchError, UsageError  # noqa: E402
 from ropepatch.patch.gguf import inspect_gguf  # noqa: E402
+from ropepatch.quality import evaluate as E  # noqa: E402
 
 MODEL = str(FIXTURES / "tiny-llama-f32.gguf")
 L = 128
@@ -276,7 +276,7 @@ def test_passkey_depths_share_the_prefix(model):
 
 
 def test_plot_writes_png(result, tmp_path):
-    pytest.importorskip("matplotlib")
+    require("matplotlib")
     from ropepatch.quality.plot import plot_result
 
     out = plot_result(result, str(tmp_path / "ppl.png"))

@@ -30,23 +30,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require
 
-gguf = pytest.importorskip("gguf")
-pytest.importorskip("llama_cpp")
+gguf = require("gguf")
+require("llama_cpp")
 
-from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeLayout, ScalingType  # noqa: E402
-from ropepatch.rope.arch import rope_layout
-from ropepatch.rope.params import RopeParams  # noqa: E402
-from ropepatch.runtime.probe import ProbeResult, RopeOpParams, gpu_available, probe  # noqa: E402
 from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
 from ropepatch.check.rope_reference import (
     apply_rope_op,
-    pair_indices,
     rope_angles,
     yarn_mscale,
 )
+from ropepatch.rope.arch import rope_layout
+from ropepatch.rope.params import (  # noqa: E402
+    LLAMA_ROPE_SCALING_TYPE,
+    RopeLayout,
+    RopeParams,  # noqa: E402
+    ScalingType,
+)
+from ropepatch.runtime.probe import ProbeResult, RopeOpParams, gpu_available, probe  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 FIXTURE_NAMES = ["tiny-llama-f32.gguf", "tiny-llama-q8_0.gguf", "tiny-qwen2-f32.gguf", "tiny-qwen2-q8_0.gguf"]
 TOKENS = [1, 75, 104, 108, 108, 111, 259, 90, 111, 114, 108, 100, 36, 259, 2, 200]  # 16 ids < 260
 START = 1000  # positions 1000..1015, far beyond n_ctx_train = 128

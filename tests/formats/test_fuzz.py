@@ -13,15 +13,14 @@ import sys
 import tracemalloc
 
 import pytest
-
 from conftest import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "tools"))
 import fuzz_headers as fz  # noqa: E402
 
-from ropepatch.patch import gguf as gp  # noqa: E402
 from ropepatch.errors import FormatError, UsageError  # noqa: E402
 from ropepatch.formats.gguf.header import parse_header  # noqa: E402
+from ropepatch.patch import gguf as gp  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fuzz_corpus"
 FILES = sorted(n for n in os.listdir(CORPUS) if n.endswith((".gguf", ".safetensors")))

@@ -1,0 +1,76 @@
+"""The rope layer: the method registry is complete, every per-method table elsewhere covers it,
+and rope/ is pure (standard library only)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from ropepatch.errors import UsageError
+from ropepatch.rope.arch import MROPE_ARCHS, NEOX_ARCHS, NO_ROPE_ARCHS, NORM_ARCHS
+from ropepatch.rope.methods import DEFAULT_METHOD, METHODS, HFSpelling, get_method, make_plan, method_note
+from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeParams, ScalingType
+
+ROOT = Path(__file__).resolve().parents[2]
+ORIG = RopeParams("llama", 8192, 64, 64, 100000.0)
+NOTES = ("gguf_note", "gguf_plan_note", "hf_note", "hf_plan_note")
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_carries_its_whole_description(name):
+    m = METHODS[name]
+    assert m.name == name and get_method(name) is m
+    for field in ("summary", "reference", "alpha_help", "writes"):
+        assert getattr(m, field).strip(), field
+    assert isinstance(m.hf, HFSpelling)
+    plan = make_plan(ORIG, 16384, name)
+    assert plan.target.n_ctx_train == 16384 and plan.original == ORIG
+    for which in NOTES:  # every template renders with the plan's values
+        assert "{" not in method_note(plan, which)
+
+
+def test_registry_facts():
+    assert DEFAULT_METHOD in METHODS
+    assert [m for m in METHODS.values() if not m.takes_alpha] == [METHODS["none"]]
+    assert METHODS["ntk"].hf.theta_from_target and METHODS["yarn"].hf.writes_orig_max_pos
+    with pytest.raises(UsageError, match="unknown method 'ntk2': expected one of"):
+        get_method("ntk2")
+
+
+def test_tables_elsewhere_cover_the_registry():
+    from ropepatch.formats.hf.apply import rope_block
+    from ropepatch.formats.hf.keys import METHOD_ROPE_TYPE
+    from ropepatch.quality.tune import TUNABLE
+
+    assert set(METHOD_ROPE_TYPE) == set(METHODS)
+    assert set(TUNABLE) == {n for n, m in METHODS.items() if m.takes_alpha}
+    for name in METHODS:  # every method has an HF spelling
+        rope_block(make_plan(ORIG, 16384, name))
+    assert {t.value for t in ScalingType} == set(LLAMA_ROPE_SCALING_TYPE)
+    docs = (ROOT / "docs" / "methods.md").read_text()
+    assert all(f"`{name}`" in docs for name in METHODS)
+
+
+def test_architecture_tables_are_disjoint():
+    tables = [NORM_ARCHS, NEOX_ARCHS, MROPE_ARCHS, NO_ROPE_ARCHS]
+    for i, a in enumerate(tables):
+        for b in tables[i + 1:]:
+            assert not a & b
+
+
+def test_rope_layer_is_standard_library_only():
+    allowed = set(sys.stdlib_module_names) | {"ropepatch"}
+    for path in (ROOT / "ropepatch" / "rope").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for n in names:
+                assert n.split(".")[0] in allowed, f"{path.name} imports {n}"
+                if n.startswith("ropepatch."):
+                    assert n.split(".")[1] in ("rope", "errors", "version"), f"{path.name} imports {n}"
