@@ -1,7 +1,7 @@
 """Check d of ``ropepatch validate``: for small llama / qwen2 models with F32 or Q8_0 weights,
 the NumPy reference forward pass vs the runtime's logits over a sequence longer than the
 original context that ends at ``ctx - 1`` (max abs error, top-1 agreement, KL), within the
-tolerances measured in tests/test_reference_forward.py. Skipped, with the reason, for other
+tolerances measured in tests/check/test_reference_forward.py. Skipped, with the reason, for other
 models unless forced."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ropepatch.errors import RopepatchError
 #: default seed of the (meaningless, deterministic) token ids decoded
 FORWARD_SEED = 7
 #: check d tolerances (max_abs, kl_max, kl_mean, top1_min) per weight class, from
-#: tests/test_reference_forward.py (measured on the fixtures, then given headroom)
+#: tests/check/test_reference_forward.py (measured on the fixtures, then given headroom)
 FORWARD_TOL = {
     "f32": (2e-4, 1e-9, 1e-10, 1.0),
     "q8_0": (0.5, 1e-2, 1e-3, 0.98),

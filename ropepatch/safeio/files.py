@@ -29,7 +29,7 @@ from ropepatch.errors import WriteError
 
 _CHUNK = 1 << 28  # bytes per copy_file_range call
 
-# Test-only crash hook (tools/crash_harness.py, tests/test_crash_safety.py). With
+# Test-only crash hook (tools/crash_harness.py, tests/patch/test_crash_safety.py). With
 # ROPEPATCH_CRASH_AFTER=N in the environment, the process sends itself SIGKILL right after its
 # Nth file-changing step below (temp file created, pwrite, copy chunk, truncate, chmod, fsync,
 # rename), so a harness can stop a real run at every syscall boundary of a rewrite or an in-place
