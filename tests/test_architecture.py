@@ -36,7 +36,7 @@ def _name(path: Path) -> str:
 def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
     exe = BIN / name
     if not exe.exists():
-        pytest.skip(f"{name} is not installed next to {sys.executable} (pip install -e '.[test]')")
+        pytest.fail(f"{name} is not installed next to {sys.executable}: pip install -e '.[test]'", pytrace=False)
     return subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True)
 
 
