@@ -151,8 +151,10 @@ def load_model(path: str | os.PathLike, *, n_gpu_layers: int = 0,
         raise UsageError(f"{path}: no such file")
     mp = ll.llama_model_default_params()
     mp.n_gpu_layers = gpu_layers(n_gpu_layers)
+    # explicit, as llama-cpp-python's Llama sets them: split by layer, GPU 0, mmap
+    mp.split_mode, mp.main_gpu = ll.LLAMA_SPLIT_MODE_LAYER, 0
     if hasattr(ll, "LLAMA_LOAD_MODE_MMAP") and hasattr(mp, "load_mode"):
-        mp.load_mode = ll.LLAMA_LOAD_MODE_MMAP  # explicit, as Llama(use_mmap=True) sets it
+        mp.load_mode = ll.LLAMA_LOAD_MODE_MMAP
     keep: tuple = ()
     if kv_overrides:
         arr = _kv_override_array(ll, kv_overrides)
