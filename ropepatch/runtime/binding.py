@@ -24,6 +24,7 @@ from ropepatch.errors import FormatError, RopepatchError, UsageError
 
 INSTALL_HINT = "pip install 'ropepatch[validate]' (builds llama-cpp-python; needs a C/C++ compiler)"
 INT32_MAX = 0x7FFFFFFF  # n_gpu_layers: llama.cpp clamps it to the model's layer count
+SHOW_LOG_ENV = "ROPEPATCH_WORKER_LOG"  # set: llama.cpp's log is shown even when quiet
 LOCK = threading.RLock()  # llama_backend_init, the log level and the eval callback are process-global
 _state: dict[str, object] = {}
 
@@ -86,10 +87,11 @@ def default_threads() -> int:
 @contextlib.contextmanager
 def quiet_log(quiet: bool = True) -> Iterator[None]:
     """llama-cpp-python prints llama.cpp's log when its logger's level allows; while ``quiet``,
-    raise the level above everything (0.3.36 maps ggml WARN to ERROR), then restore it."""
+    raise the level above everything (0.3.36 maps ggml WARN to ERROR), then restore it.
+    ``ROPEPATCH_WORKER_LOG=1`` in the environment shows the log anyway (for crash reports)."""
     logger = logging.getLogger("llama-cpp-python")
     old = logger.level
-    if quiet:
+    if quiet and not os.environ.get(SHOW_LOG_ENV):
         logger.setLevel(logging.CRITICAL)
     try:
         yield

@@ -143,3 +143,16 @@ def test_quality_cli_with_its_runtime_killed(monkeypatch, tmp_path, command):
     assert len(err) == 1 and "crashed with SIGABRT while" in err[0], p.stderr
     assert "on gpu (n_gpu_layers=-1)" in err[0] and "--gpu-layers 0" in err[0]
     assert p.stdout == ""
+
+
+def test_worker_log_switch_shows_llama_cpp_log(monkeypatch):
+    """The crash line tells the user to set ROPEPATCH_WORKER_LOG=1 to see llama.cpp's log: it does."""
+    from conftest import run_cli
+
+    require("llama_cpp")
+    quiet = run_cli("validate", FIXTURE)
+    monkeypatch.setenv("ROPEPATCH_WORKER_LOG", "1")
+    loud = run_cli("validate", FIXTURE)
+    assert quiet.returncode == loud.returncode == 0
+    assert "llama_model_loader" not in quiet.stderr
+    assert "llama_model_loader" in loud.stderr
