@@ -4,7 +4,8 @@
 It imports ``llama_cpp`` FIRST -- before numpy, hashlib or any ropepatch module that pulls them
 in -- the import order of the processes that load models fine on a CUDA build. Then it reads one
 pickled job from stdin, runs it, and streams pickled events and the result to file descriptor
-FD. llama.cpp's log is hidden unless ``ROPEPATCH_WORKER_LOG=1``.
+FD. llama.cpp's log is hidden by the binding (:func:`ropepatch.runtime.binding.quiet_log`)
+unless ``ROPEPATCH_WORKER_LOG=1``.
 
 Test hook (tests/runtime, tools): ``ROPEPATCH_WORKER_CRASH=SIGNAL[:N]`` makes the worker send
 itself SIGNAL (e.g. ``SEGV``) right after its Nth event (default 0: before the job starts), so a
@@ -84,10 +85,6 @@ def _run(chan: _Channel) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chan = _Channel(int(argv[0]))
-    if not os.environ.get("ROPEPATCH_WORKER_LOG"):
-        import logging  # noqa: PLC0415
-
-        logging.getLogger("llama-cpp-python").setLevel(logging.CRITICAL)
     try:
         _run(chan)
     except KeyboardInterrupt:
