@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, require, run_cli, sha256
+from conftest import FIXTURES, require, sha256
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -109,7 +109,7 @@ def test_repatches_are_one_pwrite_inside_one_page(tmp_path, pwrites):
     assert _shas(d) == pristine
 
 
-def test_metadata_layout_and_same_length_for_every_patch(tmp_path):
+def test_metadata_layout_and_same_length_for_every_patch(tmp_path, cli):
     d = _copy(tmp_path)
     st = d / SHARD
     patch_hf(str(d), 1024, "yarn")
@@ -131,7 +131,7 @@ def test_metadata_layout_and_same_length_for_every_patch(tmp_path):
     # the filler stays out of inspect
     info = inspect_hf(str(d))
     assert hk.RP_RESERVED not in info.shards[0].metadata
-    p = run_cli("inspect", str(d), "--json")
+    p = cli("inspect", str(d), "--json")
     assert p.returncode == 0, p.stderr
     assert hk.RP_RESERVED not in p.stdout and hk.RP_ORIGINAL not in p.stdout
 

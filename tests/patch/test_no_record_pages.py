@@ -8,7 +8,7 @@ import os
 import re
 
 import pytest
-from conftest import build_gguf, run_cli, sha256
+from conftest import build_gguf, sha256
 
 from ropepatch.errors import UsageError
 from ropepatch.formats.gguf.keys import ValueType as T
@@ -51,7 +51,7 @@ def _error(path: str, pages: int, first: int, last: int) -> str:
     )
 
 
-def test_changed_values_on_two_pages_are_refused(tmp_path):
+def test_changed_values_on_two_pages_are_refused(tmp_path, cli):
     path = build_gguf(tmp_path / "two-pages.gguf", kvs(5000))
     first, last = changed_range(path)
     assert first // 4096 == 0 and last // 4096 == 1
@@ -61,7 +61,7 @@ def test_changed_values_on_two_pages_are_refused(tmp_path):
             gp.patch_gguf(path, 1024, "ntk", record=False, dry_run=dry_run)
         assert str(e.value) == _error(path, 2, first, last)
     assert sha256(path) == before
-    r = run_cli("gguf", path, "--ctx", "1024", "--method", "ntk", "--no-record")
+    r = cli("gguf", path, "--ctx", "1024", "--method", "ntk", "--no-record")
     assert r.returncode == 2
     assert r.stderr == f"ropepatch: error: {_error(path, 2, first, last)}\n"
     assert sha256(path) == before
@@ -85,7 +85,7 @@ def test_changed_values_across_a_page_boundary_are_refused(tmp_path):
     assert sha256(path) == before
 
 
-def test_changed_values_in_one_page_are_written_in_place(tmp_path):
+def test_changed_values_in_one_page_are_written_in_place(tmp_path, cli):
     path = build_gguf(tmp_path / "one-page.gguf", kvs(100))
     first, last = changed_range(path)
     assert first // 4096 == last // 4096
@@ -93,7 +93,7 @@ def test_changed_values_in_one_page_are_written_in_place(tmp_path):
     assert res.mode == "in-place"
     info = gp.inspect_gguf(path)
     assert info.current.n_ctx_train == 1024 and info.provenance is None
-    r = run_cli("gguf", str(tmp_path / "one-page.gguf"), "--ctx", "2048", "--method", "ntk", "--no-record")
+    r = cli("gguf", str(tmp_path / "one-page.gguf"), "--ctx", "2048", "--method", "ntk", "--no-record")
     assert r.returncode == 0, r.stderr
     assert gp.inspect_gguf(path).current.n_ctx_train == 2048
 
