@@ -104,12 +104,25 @@ def rope_op(params: RopeParams) -> tuple[dict | None, str]:
         return None, f"no reference rotary for this model: {exc}"
 
 
+WARN = "WARN: "  # a note that format_report shows as a warning line
+
+
+def unextended_warning(path: str, ctx: int, file_ctx: int) -> str:
+    """The warning for validating past the file's own context length: the checks can pass (the
+    runtime applies exactly what the file says) while nothing extends the model to ``ctx``."""
+    return (f"{WARN}--ctx {ctx} is beyond the file's context_length {file_ctx}: nothing in the file extends "
+            f"the model to {ctx} tokens (runtimes cap the context at {file_ctx}, or run past it unscaled); "
+            f"extend it first: ropepatch gguf {path} --ctx {ctx}")
+
+
 def expectation(info: ModelInfo, ctx: int | None, expect: Mapping[str, object] | None) -> Expectation:
     """What to expect of the runtime for the file ``info`` describes, validated to ``ctx``
     (default: the file's context length) with the caller's overrides ``expect``."""
     cur = info.current
     notes: list[str] = []
     prov_d, plan, plan_problem = _recorded_plan(info, ctx, notes)
+    if ctx is not None and int(ctx) > cur.n_ctx_train:
+        notes.append(unextended_warning(info.path, int(ctx), cur.n_ctx_train))
     params = plan.target if plan is not None else cur
     source = "plan" if plan is not None else "file"
     if expect:

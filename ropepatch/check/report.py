@@ -180,8 +180,10 @@ def format_report(report: ValidationReport) -> str:
         detail = summary(c) if c.status == PASSED else c.reason
         lines.append(f"  {tag[c.status]} {c.id}. {c.name} ({c.seconds:.1f} s): {detail}")
     for n in report.notes:
-        lines.append(f"  note: {n}")
+        lines.append(f"  {n}" if n.startswith("WARN: ") else f"  note: {n}")
     n_fail = len(report.failures)
+    n_warn = sum(n.startswith("WARN: ") for n in report.notes)
     lines.append(f"{'OK' if report.passed else 'FAILED'}: {n_fail} check(s) failed, "
-                 f"{sum(c.status == SKIPPED for c in report.checks)} skipped ({report.seconds:.1f} s)")
+                 f"{sum(c.status == SKIPPED for c in report.checks)} skipped"
+                 + (f", {n_warn} warning(s)" if n_warn else "") + f" ({report.seconds:.1f} s)")
     return "\n".join(lines)

@@ -280,3 +280,17 @@ def test_validate_isolated_reports_a_crash(monkeypatch, after, step):
     assert r.arch == "llama" and r.original_ctx == L and not r.passed
     d = json.loads(r.to_json())
     assert d["crash"] == r.crash and d["passed"] is False
+
+
+def test_validate_past_the_files_context_warns(copy_fixture):
+    """An unextended model validated at a ctx beyond its context_length: the checks pass (the
+    runtime applies what the file says) but a WARN line says nothing extends it, and how to."""
+    from ropepatch.check.validate import format_report, validate
+
+    path = copy_fixture("tiny-llama-f32.gguf")
+    text = format_report(validate(path, ctx=512, reference_forward=False))
+    warn = [ln for ln in text.splitlines() if ln.startswith("  WARN: ")]
+    assert len(warn) == 1 and "--ctx 512 is beyond the file's context_length 128" in warn[0]
+    assert f"ropepatch gguf {path} --ctx 512" in warn[0]
+    assert text.splitlines()[-1].startswith("OK: 0 check(s) failed, 1 skipped, 1 warning(s)")
+    assert "WARN" not in format_report(validate(path, reference_forward=False))
