@@ -46,6 +46,7 @@ from ropepatch.check.rotary import ROTARY_TOLERANCE, check_rotary, rotary_errors
 from ropepatch.errors import RopepatchError, UsageError
 from ropepatch.formats.gguf.header import read_header
 from ropepatch.runtime import binding
+from ropepatch.runtime.binding import RuntimeUnavailable
 from ropepatch.version import __version__
 
 __all__ = [
@@ -167,6 +168,8 @@ def _check_a(run: _Run, exp: Expectation, t0: float):
     run.step(f"check a: loading the model, reading back {len(keys)} metadata keys")
     try:
         rt = runtime_info(run.path, keys, run.gpu_layers)
+    except RuntimeUnavailable:
+        raise  # no runtime at all: one line with the install command, not a failed check
     except RopepatchError as exc:
         run.done(CheckResult("a", NAMES["a"], FAILED, f"the runtime cannot load the file: {exc}",
                              seconds=time.perf_counter() - t0))
