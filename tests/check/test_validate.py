@@ -294,3 +294,18 @@ def test_validate_past_the_files_context_warns(copy_fixture):
     assert f"ropepatch gguf {path} --ctx 512" in warn[0]
     assert text.splitlines()[-1].startswith("OK: 0 check(s) failed, 1 skipped, 1 warning(s)")
     assert "WARN" not in format_report(validate(path, reference_forward=False))
+
+
+def test_validate_without_the_runtime_is_one_line_with_the_install_command(tmp_path, monkeypatch):
+    """A machine without a usable llama-cpp-python (simulated by a llama_cpp package that fails
+    to import, first on the worker's path): one line naming the install command, exit 2."""
+    from conftest import run_cli
+
+    fake = tmp_path / "site" / "llama_cpp"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('simulated: llama-cpp-python not installed')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    p = run_cli("validate", str(FIXTURES / "tiny-llama-f32.gguf"))
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert "pip install 'ropepatch[validate]'" in p.stderr and "simulated" in p.stderr
