@@ -26,6 +26,7 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
+ESTIMATE_AFTER_S = 5.0  # progress_lines prints its whole-run estimate once this much has run
 StepFn = Callable[[str], None]  # on_step: names the phase now starting ("scoring yarn at 16384 tokens")
 
 
@@ -47,6 +48,47 @@ def progress_bar(stream=None, width: int = 30, every_s: float = 0.5) -> Progress
                   f"{p.tokens_per_s:6.1f} tok/s ETA {eta} ")
         if finished:
             out.write("\n")
+        out.flush()
+
+    return cb
+
+
+def _clock(seconds: float) -> str:
+    """``1 h 02 min``, ``3 min 05 s``, ``42 s``, or ``--`` when unknown."""
+    if not math.isfinite(seconds):
+        return "--"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
+
+
+def progress_lines(stream=None, every_s: float = 30.0) -> ProgressFn:
+    """A progress callback for a stderr that is NOT a terminal (nohup, a log file, CI): a whole
+    line every ``every_s`` seconds, and one when done, with the method, tokens done/total,
+    percent, tokens/s and ETA -- so a long run is never silent and never fills a log with
+    carriage returns."""
+    out = stream or sys.stderr
+    last = [0.0]
+    said = {"start": False, "estimate": False}
+
+    def cb(p: Progress) -> None:
+        finished = p.done >= p.total
+        if not said["start"]:
+            said["start"] = True
+            out.write(f"progress: {p.total} tokens to decode in all\n")
+        if not said["estimate"] and not finished and p.elapsed_s >= ESTIMATE_AFTER_S and p.tokens_per_s > 0:
+            said["estimate"] = True
+            out.write(f"estimate: about {_clock(p.total / p.tokens_per_s)} in all at "
+                      f"{p.tokens_per_s:.0f} tok/s (measured over the first {_clock(p.elapsed_s)})\n")
+        if not finished and p.elapsed_s - last[0] < every_s:
+            out.flush()
+            return
+        last[0] = p.elapsed_s
+        pct = 100.0 * p.done / p.total if p.total else 100.0
+        out.write(f"progress: {p.label or '-'}: {p.done}/{p.total} tokens ({pct:.1f}%), "
+                  f"{p.tokens_per_s:.1f} tok/s, elapsed {_clock(p.elapsed_s)}, "
+                  f"ETA {'done' if finished else _clock(p.eta_s)}\n")
         out.flush()
 
     return cb
