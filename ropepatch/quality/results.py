@@ -9,6 +9,8 @@ from typing import Mapping
 
 import numpy as np
 
+from ropepatch.quality.specs import WINDOW
+
 
 def num(x: float | None) -> float | None:
     """JSON-safe float (NaN/inf -> None), rounded to a readable precision."""
@@ -118,21 +120,43 @@ class EvalResult:
 
 
 def format_table(result: EvalResult) -> str:
-    """A plain-text table: one row per method, one column per bucket, then ppl_in / ppl_ext."""
+    """A plain-text table: one row per method, one column per bucket, then ppl_in / ppl_ext; the
+    totals line; and the verdict (:func:`verdict`)."""
     first = next(iter(result.methods.values()))
-    heads = [f"{_k(b.start)}-{_k(b.end)}" for b in first.buckets]
+    heads = [f"{_k(b.start)}-{_k(b.end)}" for b in first.buckets] + ["ppl_in", "ppl_ext"]
+    rows = {name: [_fmt(b.ppl) for b in r.buckets] + [_fmt(r.ppl_in), _fmt(r.ppl_ext)]
+            for name, r in result.methods.items()}
+    cw = 2 + max(len(c) for c in heads + [c for cells in rows.values() for c in cells])  # >= 2 spaces apart
     w = max(8, max(len(n) for n in result.methods) + 1)
-    lines = [f"{'method':<{w}}" + "".join(f"{h:>10}" for h in heads) + f"{'ppl_in':>10}{'ppl_ext':>10}"]
-    for name, r in result.methods.items():
-        cells = "".join(f"{_fmt(b.ppl):>10}" for b in r.buckets)
-        lines.append(f"{name:<{w}}" + cells + f"{_fmt(r.ppl_in):>10}{_fmt(r.ppl_ext):>10}")
+    lines = [f"{'method':<{w}}" + "".join(f"{h:>{cw}}" for h in heads)]
+    lines += [f"{name:<{w}}" + "".join(f"{c:>{cw}}" for c in cells) for name, cells in rows.items()]
     t = result.timing
     lines.append(
         f"{result.tokens} tokens x {len(result.methods)} methods ({t.windows} window(s) of {result.ctx}); "
         f"{t.tokens_decoded} tokens decoded in {t.seconds:.1f} s ({t.tokens_per_s:.1f} tokens/s), "
         f"{100 * t.decode_share:.1f}% inside llama_decode"
     )
+    lines.append(verdict(result))
     return "\n".join(lines)
+
+
+def verdict(result: EvalResult, window: str = WINDOW) -> str:
+    """One line: does the best method beat the ``window`` baseline on ppl_ext (the same tokens),
+    and what does it cost on ppl_in (against the baseline's, the unscaled model's)?"""
+    base = result.methods.get(window)
+    scored = {n: r for n, r in result.methods.items() if n != window and math.isfinite(r.ppl_ext)}
+    if base is None or not scored or not math.isfinite(base.ppl_ext):
+        return "verdict: no window baseline to compare with (run without --no-window)"
+    name, best = min(scored.items(), key=lambda kv: kv[1].ppl_ext)
+    d_ext = 100 * (best.ppl_ext / base.ppl_ext - 1)
+    d_in = 100 * (best.ppl_in / base.ppl_in - 1) if math.isfinite(base.ppl_in) and base.ppl_in else float("nan")
+    cost = f"ppl_in {_fmt(best.ppl_in)} ({d_in:+.1f}% vs the unscaled {_fmt(base.ppl_in)})"
+    if best.ppl_ext < base.ppl_ext:
+        return (f"verdict: {name} beats the window baseline on ppl_ext: {_fmt(best.ppl_ext)} vs "
+                f"{_fmt(base.ppl_ext)} ({d_ext:+.1f}%), at {cost}")
+    return (f"verdict: no method beats the window baseline on ppl_ext (best {name} {_fmt(best.ppl_ext)} vs "
+            f"{_fmt(base.ppl_ext)}, {d_ext:+.1f}%; {cost}): extension does not pay on this text; "
+            f"a sliding window of the training length does better")
 
 
 def _k(x: int) -> str:
