@@ -5,11 +5,13 @@ and is imported only when a plot is drawn."""
 from __future__ import annotations
 
 import math
+import os
 from typing import Mapping, Sequence
 
 from ropepatch.errors import RopepatchError, WriteError
 from ropepatch.quality.buckets import rebucket
 from ropepatch.quality.specs import WINDOW
+from ropepatch.safeio.paths import output_target, shown
 
 Series = Sequence[tuple[int, int, float]]  # (start, end, ppl) per bin
 
@@ -26,6 +28,17 @@ def _pyplot():
             "(or pip install matplotlib)"
         ) from None
     return plt
+
+
+def check_plot_target(out: str) -> None:
+    """Before a long run: matplotlib imports and ``out`` can be written (its directory exists and
+    is writable; an existing ``out`` is a regular file) -- one line otherwise, so an hour of
+    scoring is never lost to a plot that cannot be drawn."""
+    _pyplot()
+    output_target(out, "--plot")
+    d = os.path.dirname(os.path.abspath(out))
+    if not os.access(d, os.W_OK):
+        raise WriteError(f"{shown(out)}: cannot write the plot: the directory {shown(d)} is not writable")
 
 
 def plot_series(series: Mapping[str, Series], out: str, *, n_ctx_train: int, title: str | None = None,

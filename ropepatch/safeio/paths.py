@@ -132,8 +132,8 @@ def model_dir(path) -> os.stat_result:
     return st
 
 
-def output_target(path) -> None:
-    """Refuse an ``-o`` path whose directory is missing or not a directory, or that names an
+def output_target(path, option: str = "-o") -> None:
+    """Refuse an output path (``option`` names it in the message) whose directory is missing or not a directory, or that names an
     existing FIFO, socket, device or directory (a link is judged by what it points to)."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     try:
@@ -153,4 +153,4 @@ def output_target(path) -> None:
         raise os_error(path, exc, "use the output path") from None
     if not stat.S_ISREG(st.st_mode):
         raise UsageError(f"{shown(path)}: the output exists and is {kind_of(st.st_mode)}; "
-                         f"ropepatch only writes regular files: choose another -o path")
+                         f"ropepatch only writes regular files: choose another {option} path")

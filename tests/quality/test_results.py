@@ -36,3 +36,15 @@ def test_verdict_without_window():
 def test_headers_stay_apart_at_12k():
     head = format_table(_result(yarn=(6.91, 4.36), window=(6.68, 4.33))).splitlines()[0]
     assert "8k-9557  " in head and " 9557-10923" in head and "9557-10923  " in head
+
+
+def test_plot_target_is_checked_before_any_scoring(tmp_path):
+    import pytest
+
+    from ropepatch.errors import RopepatchError
+    from ropepatch.quality.plot import check_plot_target
+
+    check_plot_target(str(tmp_path / "p.png"))
+    for bad, why in [(tmp_path / "no" / "p.png", "does not exist"), (tmp_path, "is a directory; ropepatch only")]:
+        with pytest.raises(RopepatchError, match=why):
+            check_plot_target(str(bad))
