@@ -114,6 +114,7 @@ def cmd_revert(args) -> int:
     res = revert_gguf(args.path, out=args.output, dry_run=args.dry_run,
                       progress=byte_progress(show_progress(args)))
     secs = time.perf_counter() - t0
+    warn(list(res.messages))
     data = {
         "path": res.path,
         "output": res.out,
@@ -121,6 +122,7 @@ def cmd_revert(args) -> int:
         "header_sha256": res.sha256_header,
         "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in res.changes],
         "seconds": secs,
+        "messages": list(res.messages),
     }
     text = (
         f"{res.path}: restored the original header (sha256 {res.sha256_header[:16]}...), "

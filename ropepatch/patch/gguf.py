@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ropepatch.errors import FormatError, NotPatchedError, RopepatchError, UsageError, WriteError
 from ropepatch.formats.gguf import keys as K
-from ropepatch.formats.gguf.header import ArrayValue, GGUFHeader, read_header, serialize_header
+from ropepatch.formats.gguf.header import ArrayValue, GGUFHeader, parse_header, read_header, serialize_header
 from ropepatch.formats.gguf.params import params_from_kvs, params_to_kvs
 from ropepatch.patch.gguf_layout import (  # noqa: F401 - MIN_SLACK, Change: part of this module's API
     MIN_SLACK,
@@ -35,11 +35,13 @@ from ropepatch.patch.gguf_layout import (  # noqa: F401 - MIN_SLACK, Change: par
     layout_header,
     recorded_layout,
 )
+from ropepatch.patch.gguf_links import holds_original, linked, patch_note, refuse_no_record, revert_notes, symlink_of
 from ropepatch.patch.gguf_record import Provenance, original_kvs, read_provenance
-from ropepatch.patch.gguf_write import check_out, commit, no_record_header
+from ropepatch.patch.gguf_write import check_out, commit, gguf_input, no_record_header, relink
 from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan, method_note
 from ropepatch.rope.params import RopeParams
 from ropepatch.safeio.files import check_can_replace
+from ropepatch.safeio.paths import shown
 
 _F32_MAX = 3.4028234663852886e38
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
@@ -74,20 +76,37 @@ def _check_first_split(path: str) -> None:
     if sp and sp[0] != 1:
         first = _SPLIT_RE.sub(f"-00001-of-{sp[1]:05d}.gguf", os.path.basename(path))
         raise UsageError(
-            f"{path}: this is split {sp[0]} of {sp[1]}; llama.cpp reads hyperparameters from the "
+            f"{shown(path)}: this is split {sp[0]} of {sp[1]}; llama.cpp reads hyperparameters from the "
             f"first split: pass {first} (the other splits need no change)"
         )
 
 
 def _load(path: str) -> tuple[GGUFHeader, Provenance | None, RopeParams, RopeParams]:
+    gguf_input(path)
     _check_first_split(path)
-    h = read_header(path)
+    h = read_header(path, shown(path))
     prov = read_provenance(h)
     names = [t.name for t in h.tensors]
-    current = params_from_kvs({kv.key: kv for kv in h.kvs}, names, path)
+    current = params_from_kvs({kv.key: kv for kv in h.kvs}, names, shown(path))
     orig_kvs = original_kvs(h, prov)
-    original = params_from_kvs({kv.key: kv for kv in orig_kvs}, names, path)
+    original = params_from_kvs({kv.key: kv for kv in orig_kvs}, names, shown(path))
     return h, prov, current, original
+
+
+def _check_header(h: GGUFHeader, header: bytes, what: str) -> None:
+    """Refuse, before anything is written, a header ``header`` (to go in front of ``h``'s tensor
+    data) that ropepatch's own reader would reject: it must parse, end where the data starts and
+    carry RoPE values of the right type and range for each key."""
+    name = shown(h.path)
+    try:
+        new = parse_header(header, h.path, len(header) + h.data_length, name)
+        if new.data_offset != len(header):
+            raise FormatError(f"{name}: tensor data would start at {new.data_offset}, not {len(header)}")
+        params_from_kvs({kv.key: kv for kv in new.kvs}, [t.name for t in new.tensors], name)
+    except RopepatchError as e:
+        detail = str(e).removeprefix(f"{name}: ")
+        raise FormatError(f"{name}: {what} is not a GGUF header ropepatch accepts ({detail}); "
+                          f"nothing written") from None
 
 
 def inspect_gguf(path: str) -> ModelInfo:
@@ -127,7 +146,7 @@ class PatchResult:
 def _no_record_warning(path: str, prov: Provenance | None) -> str:
     if prov is not None:
         raise UsageError(
-            f"{path}: the file already carries ropepatch provenance, so a normal patch is "
+            f"{shown(path)}: the file already carries ropepatch provenance, so a normal patch is "
             f"written in place already; drop --no-record"
         )
     return ("--no-record: no provenance is written, so 'ropepatch revert' cannot undo this patch "
@@ -140,11 +159,11 @@ def _checked_plan(path: str, original: RopeParams, ctx: int, method: str, alpha:
     try:
         plan = make_plan(original, ctx, method, alpha, replace_scaling)
     except RopepatchError as e:
-        raise type(e)(f"{path}: {e}") from None
+        raise type(e)(f"{shown(path)}: {e}") from None
     for what, v in (("rope.freq_base", plan.target.freq_base), ("rope.scaling.factor", plan.target.scaling_factor)):
         if not (math.isfinite(v) and abs(v) <= _F32_MAX):  # struct.pack("<f") would overflow
             raise UsageError(
-                f"{path}: {plan.method} with alpha {plan.alpha:g} gives {what} {v:g}, beyond the "
+                f"{shown(path)}: {plan.method} with alpha {plan.alpha:g} gives {what} {v:g}, beyond the "
                 f"largest GGUF float32 ({_F32_MAX:.4g}); use a smaller --alpha or --ctx"
             )
     return plan
@@ -172,6 +191,8 @@ def patch_gguf(
     warnings: list[str] = []
     if not record:
         warnings.append(_no_record_warning(path, prov))
+        if out is None:
+            refuse_no_record(path)
         original = current
     plan = _checked_plan(path, original, ctx, method, alpha, replace_scaling)
     if note := method_note(plan, "gguf_note"):
@@ -182,18 +203,35 @@ def patch_gguf(
         return _patch_no_record(h, new_kvs, plan, target, dry_run, tuple(warnings), progress)
     if prov is None and any(kv.key.startswith(K.RP_PREFIX) for kv in h.kvs):
         raise FormatError(
-            f"{path}: has ropepatch.* keys but no undo record ({K.RP_ORIGINAL!r}); the provenance "
-            f"is damaged, so ropepatch cannot tell the original values"
+            f"{shown(path)}: has ropepatch.* keys but no undo record ({K.RP_ORIGINAL!r}); the "
+            f"provenance is damaged, so ropepatch cannot tell the original values"
         )
-    layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs)
-    changes = changed_entries(list(h.kvs), layout_kvs)
+    keep = prov.record.link if prov is not None and out is None else None  # a copy has no link
+    layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, keep)
     header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None)
     if header == h.raw and out is None:
         return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
+    link = (keep or symlink_of(path)) if out is None else None
+    if link != keep:  # a symlink replaced now: record its target so revert restores it
+        layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, link)
+        header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None)
+    changes = changed_entries(list(h.kvs), layout_kvs)
+    _check_header(h, header, "the patched header")
+    if out is None and (note := patch_note(path)):
+        warnings.append(note)
     if dry_run:
         return PatchResult(path, target, plan, "dry-run", changes, tuple(warnings))
-    done = commit(h, header, target, progress)
+    done = commit(h, header, target, progress, _space_remedy(prov, out, path))
     return PatchResult(path, target, plan, done.mode, changes, tuple(warnings), done.bytes_written)
+
+
+def _space_remedy(prov: Provenance | None, out: str | None, path: str) -> str:
+    """What a patch can do when the disk lacks room for its rewrite (only options it has)."""
+    if out is not None:
+        return "free some space or choose another -o directory"
+    if prov is None and not linked(path):
+        return "free some space, write elsewhere with -o OUT, or use --no-record to patch in place"
+    return "free some space or write a patched copy elsewhere with -o OUT"
 
 
 def _patch_no_record(h: GGUFHeader, new_kvs, plan: Plan, target: str, dry_run: bool,
@@ -202,11 +240,12 @@ def _patch_no_record(h: GGUFHeader, new_kvs, plan: Plan, target: str, dry_run: b
     body = no_record_header(h, new_kvs, changes, target)
     if not changes:
         return PatchResult(h.path, target, plan, "no-op", (), warnings)
+    _check_header(h, body, "the edited header")
     if dry_run:
         return PatchResult(h.path, target, plan, "dry-run", changes, warnings)
     # in place: one pwrite from the first changed byte to the last (all inside one page,
     # checked above), so a kill cannot land between two changed values
-    done = commit(h, body, target, progress)
+    done = commit(h, body, target, progress, "free some space or choose another -o directory")
     mode = "no-op" if done.mode == "in-place" and not done.bytes_written else done.mode
     return PatchResult(h.path, target, plan, mode, changes, warnings, done.bytes_written)
 
@@ -220,47 +259,60 @@ class RevertResult:
 
     path: str
     out: str
-    mode: str  # "in-place" | "rewrite" | "dry-run"
+    mode: str  # "in-place" | "rewrite" | "restored-symlink" | "dry-run"
     sha256_header: str
     changes: tuple[Change, ...]
+    messages: tuple[str, ...] = ()  # notes for the user (links restored or replaced)
 
 
 def _original_header(h: GGUFHeader, prov: Provenance) -> tuple[bytes, str]:
-    """The original header bytes the undo record describes, and their sha256; refused when
-    they cannot be reproduced exactly."""
+    """The original header bytes the undo record describes, and their sha256; refused (one
+    line, before anything is written) when they cannot be reproduced exactly or would not be a
+    header ropepatch itself accepts (a forged or damaged record)."""
     rec = prov.record
     body = serialize_header(h.version, original_kvs(h, prov), h.tensor_info_raw, len(h.tensors))
     if rec.data_offset > h.data_offset:  # a first patch only ever grows the header
         raise FormatError(
-            f"{h.path}: key {K.RP_ORIGINAL!r}: recorded original data offset {rec.data_offset} is "
-            f"past the current one ({h.data_offset}); the provenance is damaged"
+            f"{shown(h.path)}: key {K.RP_ORIGINAL!r}: recorded original data offset "
+            f"{rec.data_offset} is past the current one ({h.data_offset}); the provenance is damaged"
         )
     header = body + rec.original_padding(len(body))
     sha = hashlib.sha256(header).hexdigest()
     if len(header) != rec.data_offset or sha != rec.header_sha256:
         raise WriteError(
-            f"{h.path}: cannot reproduce the original header (sha256 {sha[:12]}..., recorded "
-            f"{rec.header_sha256[:12]}...): the file was changed outside ropepatch after "
+            f"{shown(h.path)}: cannot reproduce the original header (sha256 {sha[:12]}..., "
+            f"recorded {rec.header_sha256[:12]}...): the file was changed outside ropepatch after "
             f"patching; nothing written"
         )
+    _check_header(h, header, f"the original header rebuilt from the undo record ({K.RP_ORIGINAL!r})")
     return header, sha
 
 
 def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progress=None) -> RevertResult:
-    """Restore the exact original bytes of a GGUF file ropepatch patched."""
+    """Restore the exact original bytes of a GGUF file ropepatch patched. A file that was a
+    symlink when it was patched becomes that symlink again when its target still holds the
+    original bytes; a linked file is never written through."""
     target = check_out(path, out)
     _check_first_split(path)
-    h = read_header(path)
+    h = read_header(path, shown(path))
     prov = read_provenance(h)
     if prov is None:
         raise NotPatchedError(
-            f"{path}: no ropepatch provenance (key {K.RP_ORIGINAL!r} is absent): the file was "
-            f"not patched by ropepatch, or was patched with --no-record; nothing to revert"
+            f"{shown(path)}: no ropepatch provenance (key {K.RP_ORIGINAL!r} is absent): the file "
+            f"was not patched by ropepatch, or was patched with --no-record; nothing to revert"
         )
     header, sha = _original_header(h, prov)
     changes = changed_entries(list(h.kvs), original_kvs(h, prov))
+    recorded = prov.record.link if out is None else None
+    back = recorded is not None and holds_original(path, recorded, header, len(header) + h.data_length)
+    notes = tuple(revert_notes(path, recorded, back)) if out is None else ()
     if dry_run:
-        return RevertResult(path, target, "dry-run", sha, changes)
-    check_can_replace(target)
-    done = commit(h, header, target, progress)
-    return RevertResult(path, target, done.mode, sha, changes)
+        return RevertResult(path, target, "dry-run", sha, changes, notes)
+    check_can_replace(target, "write the original elsewhere with -o OUT")
+    if back:
+        relink(h, recorded)
+        return RevertResult(path, target, "restored-symlink", sha, changes, notes)
+    remedy = ("free some space or choose another -o directory" if out is not None
+              else "free some space or write the original elsewhere with -o OUT")
+    done = commit(h, header, target, progress, remedy)
+    return RevertResult(path, target, done.mode, sha, changes, notes)

@@ -73,18 +73,23 @@ def changed_entries(before: list[KV], after: list[KV]) -> tuple[Change, ...]:
 
 
 def recorded_layout(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs: list[KV],
-                    base_kvs: list[KV]) -> list[KV]:
+                    base_kvs: list[KV], link: str | None = None) -> list[KV]:
     """The entries of a patch with provenance, in the order the module docstring gives (the
-    filler excluded). ``new_kvs``: the original entries ``base_kvs`` with the plan applied."""
+    filler excluded). ``new_kvs``: the original entries ``base_kvs`` with the plan applied;
+    ``link``: the symlink target the undo record names (a patch that replaces a symlink records
+    it; a copy written with -o records none). The record entry is kept byte for byte when it
+    already says all that."""
     arch = plan.target.arch
     touched = [(t, k(t, arch)) for t in K.TOUCHED_KEYS]
     touched_keys = {key for _, key in touched}
     kept = [kv for kv in new_kvs if kv.key not in touched_keys]
-    rec_kv = h.entry(K.RP_ORIGINAL) if prov is not None and prov.record.at is not None else None
-    if rec_kv is None:  # first patch (or a file patched before keys moved): new record
+    reuse = prov is not None and prov.record.at is not None and prov.record.link == link
+    rec_kv = h.entry(K.RP_ORIGINAL) if reuse else None
+    if rec_kv is None:  # first patch, a file patched before keys moved, or the link changes
         rec = new_record(h, arch) if prov is None else prov.record
         at = {kv.key: i for i, kv in enumerate(base_kvs) if kv.key in touched_keys}
-        rec_kv = record_kv(dataclasses.replace(rec, at=at), 24 + sum(len(kv.raw) for kv in kept))
+        rec = dataclasses.replace(rec, at=rec.at if rec.at is not None else at, link=link)
+        rec_kv = record_kv(rec, 24 + sum(len(kv.raw) for kv in kept))
     by_key = {kv.key: kv for kv in new_kvs}
     slots = [by_key.get(key) or make_kv(K.RP_UNSET + t.replace("{arch}.", ""), ValueType.UINT8, 0)
              for t, key in touched]

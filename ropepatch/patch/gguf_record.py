@@ -9,10 +9,13 @@ data offset, any non-zero padding and the sha256 of the original header, as one 
      "keys":{"llama.context_length":{"raw":"00100000","type":4},"llama.rope.freq_base":null,...},
      "padding":"..."}
 
-``at`` is absent in records written before touched keys moved to the header's tail, and
-``padding`` when the original padding was all zeros. :meth:`GgufUndoRecord.from_json` checks
-every field (one-line FormatError naming what is damaged); :meth:`GgufUndoRecord.to_json`
-gives back exactly the text ropepatch writes.
+``at`` is absent in records written before touched keys moved to the header's tail,
+``padding`` when the original padding was all zeros, and ``link`` (the symlink target text of a
+file that was a symlink, replaced by a patched regular file) unless the file was a link.
+The record is input: :meth:`GgufUndoRecord.from_json` checks every field's type and range
+(one-line FormatError naming what is damaged) and :func:`read_provenance` bounds every offset,
+length and position by the file it came from, before anything is allocated or written;
+:meth:`GgufUndoRecord.to_json` gives back exactly the text ropepatch writes.
 """
 
 from __future__ import annotations
@@ -26,14 +29,16 @@ from ropepatch.errors import FormatError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import KV, GGUFHeader, kv_from_value_raw, make_kv, serialize_header
 from ropepatch.formats.gguf.keys import ValueType, k
+from ropepatch.formats.jsontext import parse_json
 from ropepatch.safeio.commit import PAGE
+from ropepatch.safeio.paths import shown
 
 RECORD_FORMAT = 1
 _U64 = 1 << 64
 
 
 def _damaged(path: str, what: str) -> FormatError:
-    return FormatError(f"{path}: key {K.RP_ORIGINAL!r}: {what}")
+    return FormatError(f"{shown(path)}: key {K.RP_ORIGINAL!r}: {what}")
 
 
 def _not_a_record(path: str) -> FormatError:
@@ -64,6 +69,16 @@ def _positions(d: dict, path: str) -> dict[str, int] | None:
     return dict(at)
 
 
+def _link(d: dict, path: str) -> str | None:
+    """The recorded ``link``: a symlink target (a non-empty path without NUL); None: absent."""
+    link = d.get("link")
+    if link is None:
+        return None
+    if not isinstance(link, str) or not link or "\0" in link or len(link.encode("utf-8", "replace")) > 4096:
+        raise _damaged(path, "the recorded symlink target is not a path; the provenance is damaged")
+    return link
+
+
 @dataclass(frozen=True)
 class GgufUndoRecord:
     """The parsed ``ropepatch.original`` record of one GGUF file."""
@@ -74,15 +89,17 @@ class GgufUndoRecord:
     padding: str | None = None  # hex of the original non-zero padding; None: zeros (or legacy)
     at: dict[str, int] | None = None  # original index of each touched key; None: legacy layout
 
+    link: str | None = None  # symlink target text of a file that was a symlink; None: was not
+
     @classmethod
     def from_json(cls, text, path: str) -> GgufUndoRecord:
         """Parse and check a record; FormatError (one line, starting with ``path``) when any
         field has the wrong type or range."""
         try:
-            d = json.loads(text)
+            d = parse_json(text, "<record>", "JSON")
             fmt, keys, off, sha = d["format"], d["keys"], d["data_offset"], d["header_sha256"]
             padding = d.get("padding", "")
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        except (FormatError, KeyError, TypeError, AttributeError):
             raise _not_a_record(path) from None
         if not (type(fmt) is int and fmt == RECORD_FORMAT and isinstance(keys, dict)
                 and type(off) is int and 0 <= off < _U64 and isinstance(sha, str) and len(sha) == 64
@@ -96,7 +113,7 @@ class GgufUndoRecord:
                 bytes.fromhex(padding)
         except ValueError:
             raise _damaged(path, "the recorded padding is not hex; the provenance is damaged") from None
-        return cls(recorded, off, sha, padding, at)
+        return cls(recorded, off, sha, padding, at, _link(d, path))
 
     def to_json(self) -> str:
         """The record as ropepatch writes it (before the page-alignment spaces)."""
@@ -111,6 +128,8 @@ class GgufUndoRecord:
             d["padding"] = self.padding
         if self.at is not None:
             d["at"] = self.at
+        if self.link is not None:
+            d["link"] = self.link
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def original_padding(self, header_len: int) -> bytes:
@@ -146,8 +165,30 @@ def read_provenance(h: GGUFHeader) -> Provenance | None:
         method=str(h.get(K.RP_METHOD, "?")),
         ctx=int(_finite(h.get(K.RP_CTX))),
         alpha=float(_finite(h.get(K.RP_ALPHA))),
-        record=GgufUndoRecord.from_json(raw, h.path),
+        record=_bounded(GgufUndoRecord.from_json(raw, h.path), h),
     )
+
+
+def _bounded(rec: GgufUndoRecord, h: GGUFHeader) -> GgufUndoRecord:
+    """``rec`` once every offset, length, key and position in it fits the file ``h`` it came
+    from (checked before anything is allocated from it): a first patch only grows the header,
+    the padding is shorter than the alignment, the recorded keys are the touched keys of the
+    file's architecture, and the positions index the original entries."""
+    if rec.data_offset > h.data_offset:
+        raise _damaged(h.path, f"recorded original data offset {rec.data_offset} is past the current "
+                               f"one ({h.data_offset}); the provenance is damaged")
+    if rec.padding is not None and len(rec.padding) // 2 >= max(h.alignment, 1):
+        raise _damaged(h.path, f"the recorded padding is {len(rec.padding) // 2} bytes, not less than "
+                               f"the alignment ({h.alignment}); the provenance is damaged")
+    arch = h.get(K.GENERAL_ARCHITECTURE)
+    if isinstance(arch, str) and not set(rec.keys) <= {k(t, arch) for t in K.TOUCHED_KEYS}:
+        odd = sorted(set(rec.keys) - {k(t, arch) for t in K.TOUCHED_KEYS})[0]
+        raise _damaged(h.path, f"records key {odd!r}, which no patch of a {arch!r} model touches; "
+                               f"the provenance is damaged")
+    if rec.at is not None and not (set(rec.at) <= set(rec.keys)
+                                   and all(i <= len(h.kvs) for i in rec.at.values())):
+        raise _damaged(h.path, "the recorded key positions are damaged; the provenance cannot be used")
+    return rec
 
 
 def original_kvs(h: GGUFHeader, prov: Provenance | None) -> list[KV]:

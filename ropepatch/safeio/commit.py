@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from ropepatch.safeio.files import rewrite, write_spans_in_place
+from ropepatch.safeio.files import SPACE_REMEDY, rewrite, write_spans_in_place
 
 PAGE = 4096  # the unit of an untearable write
 
@@ -82,6 +82,7 @@ def commit_header(
     dst: str | None = None,
     allow_in_place: bool = True,
     progress=None,
+    space_remedy: str = SPACE_REMEDY,
 ) -> Commit:
     """Put the header ``new`` in front of ``path``'s tensor bytes, by the module's one rule.
 
@@ -94,8 +95,9 @@ def commit_header(
     :func:`page_local_run` finds one run: one pwrite (none when nothing changed) + fsync,
     through :func:`files.write_spans_in_place`. Otherwise :func:`files.rewrite` of ``path`` into
     ``dst`` (default ``path``; a symlink or hard link there is replaced by a new regular file),
-    with ``progress(done, total)`` after each copied chunk. Returns :class:`Commit`; raises
-    WriteError (one line) on failure, the original file intact.
+    with ``progress(done, total)`` after each copied chunk (``space_remedy``: what the caller's
+    command can do when the disk lacks room). Returns :class:`Commit`; raises WriteError (one
+    line) on failure, the original file intact.
     """
     same = dst is None or os.path.abspath(dst) == os.path.abspath(path)
     run = page_local_run(old, new) if same and allow_in_place else None
@@ -104,5 +106,6 @@ def commit_header(
         if data:
             write_spans_in_place(path, [(off, data)], file_size)
         return Commit("in-place", len(data))
-    rewrite(path, dst or path, new, data_offset, data_length, progress=progress)
+    rewrite(path, dst or path, new, data_offset, data_length, progress=progress,
+            space_remedy=space_remedy)
     return Commit("rewrite", len(new) + data_length)

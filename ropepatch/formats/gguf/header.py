@@ -17,7 +17,9 @@ import struct
 from dataclasses import dataclass
 
 from ropepatch.errors import FormatError
+from ropepatch.formats.gguf.ggml import GGML_BLOCK_SIZES, ggml_nbytes  # noqa: F401 - GGML_BLOCK_SIZES: API
 from ropepatch.formats.gguf.keys import GENERAL_ALIGNMENT, ValueType
+from ropepatch.formats.gguf.source import open_regular
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -184,28 +186,6 @@ def _read_value(c: _Cursor, t: ValueType, key: str):
     return ArrayValue(et, count)
 
 
-# ggml type id -> (elements per block, bytes per block); checked against gguf's table in tests.
-GGML_BLOCK_SIZES = {
-    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34),
-    9: (32, 36), 10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210),
-    15: (256, 292), 16: (256, 66), 17: (256, 74), 18: (256, 98), 19: (256, 50), 20: (32, 18),
-    21: (256, 110), 22: (256, 82), 23: (256, 136), 24: (1, 1), 25: (1, 2), 26: (1, 4),
-    27: (1, 8), 28: (1, 8), 29: (256, 56), 30: (1, 2), 34: (256, 54), 35: (256, 66),
-    39: (32, 17),
-}
-
-
-def _ggml_nbytes(ggml_type: int, shape: tuple[int, ...]) -> int | None:
-    """Bytes of a tensor; None for a type this table does not know (its bounds go unchecked)."""
-    if ggml_type not in GGML_BLOCK_SIZES:
-        return None
-    block, type_size = GGML_BLOCK_SIZES[ggml_type]
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block * type_size
-
-
 def _read_version(c: _Cursor, buf, path: str, file_size: int) -> int:
     if file_size < 4 or bytes(buf[:4]) != MAGIC:
         found = bytes(buf[:4])
@@ -290,7 +270,7 @@ def _check_data(tensors: list[TensorInfo], path: str, header_end: int, alignment
         )
     data_length = file_size - data_offset
     for t in tensors:
-        nbytes = _ggml_nbytes(t.ggml_type, t.shape)
+        nbytes = ggml_nbytes(t.ggml_type, t.shape)
         if t.offset % alignment or (nbytes is not None and t.offset + nbytes > data_length):
             raise FormatError(
                 f"{path}: tensor {t.name!r} (offset {t.offset}, {nbytes} bytes) lies outside the "
@@ -299,18 +279,21 @@ def _check_data(tensors: list[TensorInfo], path: str, header_end: int, alignment
     return data_offset
 
 
-def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
-    """Parse a GGUF header from ``buf`` (the file's bytes, e.g. an mmap)."""
-    c = _Cursor(buf, path)
-    version = _read_version(c, buf, path, file_size)
+def parse_header(buf, path: str, file_size: int, shown_as: str | None = None) -> GGUFHeader:
+    """Parse a GGUF header from ``buf`` (the file's bytes, e.g. an mmap). Errors name the file
+    as ``shown_as`` (default ``path``; callers pass an escaped name so a message stays one
+    line)."""
+    name = path if shown_as is None else shown_as
+    c = _Cursor(buf, name)
+    version = _read_version(c, buf, name, file_size)
     n_tensors = c.u64("tensor count")
     n_kv = c.u64("metadata count")
-    kvs = _read_kvs(c, buf, path, n_kv)
+    kvs = _read_kvs(c, buf, name, n_kv)
     tstart = c.pos
-    tensors = _read_tensor_infos(c, path, n_tensors)
+    tensors = _read_tensor_infos(c, name, n_tensors)
     header_end = c.pos
-    alignment = _alignment(kvs, path)
-    data_offset = _check_data(tensors, path, header_end, alignment, file_size)
+    alignment = _alignment(kvs, name)
+    data_offset = _check_data(tensors, name, header_end, alignment, file_size)
     return GGUFHeader(
         path=path,
         version=version,
@@ -326,21 +309,23 @@ def parse_header(buf, path: str, file_size: int) -> GGUFHeader:
     )
 
 
-def read_header(path: str) -> GGUFHeader:
-    """Read and validate the header of the GGUF file at ``path`` (tensor data is not read)."""
+def read_header(path: str, shown_as: str | None = None) -> GGUFHeader:
+    """Read and validate the header of the GGUF file at ``path`` (tensor data is not read).
+    ``shown_as``: the file's name in error messages (default ``path``)."""
+    name = path if shown_as is None else shown_as
+    fd = open_regular(path, name)
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise FormatError(f"{path}: not a GGUF file: the file is empty")
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                return parse_header(mm, path, size)
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise FormatError(f"{path}: is a directory, expected a .gguf file") from None
-    except PermissionError:
-        raise FormatError(f"{path}: permission denied reading the file") from None
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise FormatError(f"{name}: not a GGUF file: the file is empty")
+        try:
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+                return parse_header(mm, path, size, name)
+        except (OSError, ValueError) as e:  # mmap refused (e.g. a file that shrank to 0)
+            reason = (getattr(e, "strerror", None) or str(e)).replace("\n", " ")
+            raise FormatError(f"{name}: cannot map the GGUF file: {reason}") from None
+    finally:
+        os.close(fd)
 
 
 # ---- writing ------------------------------------------------------------------------------
@@ -373,11 +358,15 @@ def make_kv(key: str, t: ValueType, value) -> KV:
 
 
 def kv_from_value_raw(key: str, t: ValueType, value_raw: bytes) -> KV:
-    """Rebuild an entry from its recorded value bytes (used by revert)."""
+    """Rebuild an entry from its recorded value bytes (used by revert). FormatError unless
+    ``value_raw`` is exactly one well-formed value of type ``t`` (no bytes missing, none left
+    over: a trailing byte would shift every entry after it)."""
     raw = _encode_str(key) + struct.pack("<I", t) + value_raw
     c = _Cursor(raw, "<record>")
     c.pos = len(raw) - len(value_raw)
     value = _read_value(c, t, key)
+    if c.pos != len(raw):
+        raise FormatError(f"<record>: value of {key!r} has {len(raw) - c.pos} bytes left over")
     return KV(key, t, value, raw)
 
 
