@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -47,6 +46,7 @@ from ropepatch.errors import RopepatchError, UsageError
 from ropepatch.formats.gguf.header import read_header
 from ropepatch.runtime import binding
 from ropepatch.runtime.binding import RuntimeUnavailable
+from ropepatch.safeio.paths import regular_input
 from ropepatch.version import __version__
 
 __all__ = [
@@ -152,8 +152,7 @@ class _Run:
 
 def _checked_path(path, ctx, gpu_layers) -> str:
     path = str(path)
-    if not Path(path).is_file():
-        raise UsageError(f"{path}: no such file")
+    regular_input(path, "GGUF file")  # missing, a FIFO, a device, a directory, ELOOP ...: one line
     if ctx is not None and (not isinstance(ctx, (int, np.integer)) or ctx <= 0):
         raise UsageError(f"--ctx must be a positive integer, found {ctx!r}")
     binding.gpu_layers(gpu_layers)  # -1 (all) or >= 0, else a UsageError

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.render import describe_params, emit, g, note_lines, params_dict, plan_dict
@@ -11,6 +10,7 @@ from ropepatch.errors import UsageError
 from ropepatch.rope.methods import METHODS, Plan, make_plan, method_note
 from ropepatch.rope.params import RopeParams
 
+F32_MAX = 3.4028234663852886e38  # the largest float32: a GGUF's rope.freq_base
 _BOTH = "plan: give either PATH or --base/--rope-dim/--orig-ctx, not both"
 
 
@@ -21,6 +21,10 @@ def cmd_plan(args) -> int:
     orig, model_path = _plan_original(args)
     methods = list(METHODS) if args.method == "all" else [args.method]
     plans = [make_plan(orig, args.ctx, m, args.alpha) for m in methods]
+    for p in plans:  # what `ropepatch gguf` refuses to write, plan does not print as a flag
+        if p.target.freq_base > F32_MAX:
+            raise UsageError(f"{p.method}: the planned rotary base {p.target.freq_base:.4g} is beyond the largest "
+                             f"GGUF float32 ({F32_MAX:.4g}); use a smaller --alpha or --ctx")
     data = {"original": params_dict(orig), "ctx": args.ctx, "plans": {p.method: plan_dict(p) for p in plans}}
     lines = [
         f"original: {describe_params(orig)}",
@@ -82,8 +86,9 @@ def _plan_original(args) -> tuple[RopeParams, str]:
         raise UsageError(f"plan: without a model PATH, {', '.join(missing)} must be given")
     from ropepatch.rope.arch import rope_layout
 
-    if not (args.base > 1 and math.isfinite(args.base)):
-        raise UsageError(f"--base must be a finite number > 1, found {args.base}")
+    if not (1 < args.base <= F32_MAX):
+        raise UsageError(f"--base must be a finite number > 1 and at most {F32_MAX:.4g} (the largest GGUF "
+                         f"float32), found {args.base:g}")
     if args.rope_dim <= 2 or args.rope_dim % 2:
         raise UsageError(f"--rope-dim must be an even number > 2, found {args.rope_dim}")
     return (

@@ -8,6 +8,7 @@ from __future__ import annotations
 from ropepatch.cli.options import FLASH_ATTN
 from ropepatch.cli.progress import quality_progress
 from ropepatch.cli.render import emit
+from ropepatch.cli.streams import out
 from ropepatch.errors import RopepatchError
 
 
@@ -24,7 +25,7 @@ def cmd_validate(args) -> int:
 
     r = validate_isolated(args.path, ctx=args.ctx, gpu_layers=args.gpu_layers, positions=args.positions,
                           reference_forward=args.reference_forward, n_threads=args.threads)
-    print(r.to_json() if args.json else format_report(r))
+    out(r.to_json() if args.json else format_report(r))
     if r.crash:
         raise RuntimeCrashReported(r.crash)
     return 0 if r.passed else 1

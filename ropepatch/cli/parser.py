@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ropepatch.cli.commands import COMMANDS
-from ropepatch.cli.options import FLASH_ATTN, number, positions, positive_int
+from ropepatch.cli.options import FLASH_ATTN, number, positions, positive_int, seed, thread_count, trial_count
 from ropepatch.rope.methods import DEFAULT_METHOD, METHODS
 from ropepatch.version import __version__
 
@@ -91,7 +91,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-forward", dest="reference_forward", action="store_true", default=None,
                    help="force check d (default: run it when the model is small enough)")
     p.add_argument("--no-reference-forward", dest="reference_forward", action="store_false", help="skip check d")
-    p.add_argument("--threads", type=positive_int,
+    p.add_argument("--threads", type=thread_count,
                    help="CPU threads for the probes (default: 1 per 1e9 parameters)")
 
 
@@ -101,7 +101,7 @@ def _runtime_args(p: argparse.ArgumentParser, text: bool) -> None:
     p.add_argument("--ctx", type=positive_int, required=True, help="context to evaluate at, in tokens")
     if text:
         p.add_argument("--text", required=True, help="a text file to score (tokenized with the model's tokenizer)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=thread_count, help="CPU threads (default: all cores)")
     p.add_argument("--gpu-layers", type=int, default=0, help="n_gpu_layers for llama.cpp (-1 = all)")
     p.add_argument("--flash-attn", choices=sorted(FLASH_ATTN), default="auto",
                    help="llama.cpp flash attention (default auto: the runtime decides; off was faster on CPU here)")
@@ -134,8 +134,8 @@ def _passkey_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=None, help="comma list (default none,linear,ntk,dynamic,yarn)")
     p.add_argument("--alpha", help="alpha for every scaled method, or method=alpha,...")
     p.add_argument("--depths", default=None, help="key depths as fractions (default 0.1,0.5,0.9)")
-    p.add_argument("--trials", type=positive_int, default=5, help="keys per depth (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trials", type=trial_count, default=5, help="keys per depth (default 5)")
+    p.add_argument("--seed", type=seed, default=0)
 
 
 def _revert_args(p: argparse.ArgumentParser) -> None:

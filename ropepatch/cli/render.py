@@ -6,6 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 
+from ropepatch.cli.streams import out
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeParams, ScalingType
 from ropepatch.rope.serialize import jsonable
@@ -18,7 +19,7 @@ def dumps(data) -> str:
 
 def emit(args, data: dict, text: str) -> None:
     """Print ``data`` as JSON when ``--json`` was given, else ``text``."""
-    print(dumps(data) if args.json else text)
+    out(dumps(data) if args.json else text)
 
 
 def warn(msgs) -> None:

@@ -37,11 +37,11 @@ def parse_buckets(spec: str | int | Sequence[int] | None, ctx: int, n_ctx_train:
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         try:
             vals = [int(float(p)) for p in parts]
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: inf
             raise UsageError(f"--buckets: expected a count or comma-separated positions, found {spec!r}") from None
         if len(vals) == 1:
-            if vals[0] < 1:
-                raise UsageError(f"--buckets: expected a count >= 1, found {vals[0]}")
+            if not 1 <= vals[0] <= ctx:  # more buckets than positions: empty buckets (and a long loop)
+                raise UsageError(f"--buckets: expected a count from 1 to the context {ctx}, found {vals[0]}")
             return default_buckets(ctx, n_ctx_train, vals[0])
     else:
         vals = [int(v) for v in spec]

@@ -7,15 +7,15 @@ import numpy as np
 
 from ropepatch.errors import UsageError
 from ropepatch.runtime.session import Model
+from ropepatch.safeio.paths import read_bounded
+
+TEXT_MAX_BYTES = 1 << 30  # a --text file is read whole: 1 GiB is far beyond any context
 
 
 def load_text(path: str) -> str:
-    """A text file as str (UTF-8, undecodable bytes replaced)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", errors="replace")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read the text: {e.strerror}") from None
+    """A text file as str (UTF-8, undecodable bytes replaced); a FIFO, device or directory, an
+    OS error or a file over TEXT_MAX_BYTES is one line (never a hang or an unbounded read)."""
+    return read_bounded(path, TEXT_MAX_BYTES, "text file").decode("utf-8", errors="replace")
 
 
 def make_windows(text_tokens: np.ndarray, ctx: int, bos: int | None, max_windows: int | None = None

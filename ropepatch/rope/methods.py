@@ -274,4 +274,7 @@ def make_plan(
         target = m.apply(base_orig, ctx, a)
     except OverflowError:  # e.g. ntk with --alpha 1e300: b * alpha^(d/(d-2)) leaves the floats
         raise UsageError(f"--alpha {a:g} is too large for {m.name}: the result overflows") from None
+    if not (math.isfinite(target.freq_base) and math.isfinite(target.scaling_factor)):  # b * a^x -> inf
+        raise UsageError(f"--alpha {a:g} is too large for {m.name} with rotary base {base_orig.freq_base:g}: "
+                         f"the result overflows")
     return Plan(m.name, ctx, a, alpha is not None, orig, target)

@@ -17,10 +17,10 @@ import ctypes
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Iterator, Mapping
 
 from ropepatch.errors import FormatError, RopepatchError, UsageError
+from ropepatch.safeio.paths import regular_input
 
 INSTALL_HINT = "pip install 'ropepatch[validate]' (builds llama-cpp-python; needs a C/C++ compiler)"
 INT32_MAX = 0x7FFFFFFF  # n_gpu_layers: llama.cpp clamps it to the model's layer count
@@ -149,8 +149,7 @@ def load_model(path: str | os.PathLike, *, n_gpu_layers: int = 0,
     ``llama_model_load_from_file``. Raises a one-line :class:`RopepatchError` on failure."""
     ll = llama()
     path = str(path)
-    if not Path(path).is_file():
-        raise UsageError(f"{path}: no such file")
+    regular_input(path, "GGUF file")  # missing, a FIFO, a device, a directory, ELOOP ...: one line
     mp = ll.llama_model_default_params()
     mp.n_gpu_layers = gpu_layers(n_gpu_layers)
     # explicit, as llama-cpp-python's Llama sets them: split by layer, GPU 0, mmap
