@@ -7,7 +7,8 @@ spaces) | tensor data. The JSON object maps tensor names to ``{"dtype", "shape",
 
 Public API::
 
-    read_header(path: str) -> SafetensorsHeader            # validated, FormatError otherwise
+    read_header(path: str, where=None) -> SafetensorsHeader  # validated, FormatError otherwise
+    parse_header(path, raw, file_size, where=None) -> SafetensorsHeader  # the same, from bytes
     with_metadata_text(hdr, value_text: str | None) -> str  # header JSON with __metadata__ replaced
     metadata_json(meta: Mapping[str, str]) -> str           # compact JSON for a metadata map
     pad_header(json_text, current_length, slack=...) -> bytes  # the N' header bytes to write
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -141,7 +143,7 @@ def _no_dupes(path: str):
         d: dict = {}
         for k, v in pairs:
             if k in d:
-                raise _bad(path, f"duplicate key {k!r} in the header JSON; re-save the file")
+                raise _bad(path, f"duplicate key {_short(k)} in the header JSON; re-save the file")
             d[k] = v
         return d
 
@@ -168,7 +170,7 @@ def _scan_object(path: str, text: str) -> tuple[list[tuple[str, int, int, int, A
             v0 = _WS.match(text, j + 1).end()
             value, v1 = decoder.raw_decode(text, v0)
             if key in seen:
-                raise _bad(path, f"duplicate key {key!r} in the header JSON; re-save the file")
+                raise _bad(path, f"duplicate key {_short(key)} in the header JSON; re-save the file")
             seen.add(key)
             members.append((key, i, v0, v1, value))
             i = _WS.match(text, v1).end()
@@ -184,33 +186,51 @@ def _scan_object(path: str, text: str) -> tuple[list[tuple[str, int, int, int, A
         raise _bad(path, "header JSON is nested too deeply; the file is corrupt or not safetensors") from None
 
 
-def _read_raw(path: str) -> tuple[int, int, bytes]:
-    """``(file size, N, the N header bytes)``, checked against the size limits."""
+def _read_raw(path: str, where: str) -> tuple[int, int, bytes]:
+    """``(file size, N, the N header bytes)``, checked against the size limits before anything
+    is allocated. Opened non-blocking, and a FIFO, device or directory is refused before a read
+    (the caller checks the path first; this catches one swapped in since)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise _bad(path, f"file is {size} bytes, shorter than the 8-byte header length")
-            (n,) = struct.unpack("<Q", prefix)
-            if n > ST_MAX_HEADER:
-                raise _bad(
-                    path,
-                    f"header length {n} exceeds the {ST_MAX_HEADER}-byte limit; the file is corrupt "
-                    f"or not safetensors",
-                )
-            if 8 + n > size:
-                raise _bad(
-                    path,
-                    f"header length {n} runs past the end of the {size}-byte file; the file is "
-                    f"truncated or not safetensors",
-                )
-            raw = f.read(n)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise FormatError(f"{path}: cannot read: {e.strerror or e}") from None
-    if len(raw) != n:
-        raise _bad(path, "file shrank while being read")
-    return size, n, raw
+        raise FormatError(f"{where}: cannot read: {_reason(e)}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _bad(where, "not a regular file (a FIFO, device or directory?)")
+        size = st.st_size
+        prefix = os.pread(fd, 8, 0)
+        if len(prefix) < 8:
+            raise _bad(where, f"file is {size} bytes, shorter than the 8-byte header length")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > ST_MAX_HEADER:
+            raise _bad(
+                where,
+                f"header length {n} exceeds the {ST_MAX_HEADER}-byte limit; the file is corrupt "
+                f"or not safetensors",
+            )
+        if 8 + n > size:
+            raise _bad(
+                where,
+                f"header length {n} runs past the end of the {size}-byte file; the file is "
+                f"truncated or not safetensors",
+            )
+        chunks, got = [], 0
+        while got < n:
+            chunk = os.pread(fd, min(n - got, 1 << 24), 8 + got)
+            if not chunk:
+                raise _bad(where, "file shrank while being read")
+            chunks.append(chunk)
+            got += len(chunk)
+    except OSError as e:
+        raise FormatError(f"{where}: cannot read: {_reason(e)}") from None
+    finally:
+        os.close(fd)
+    return size, n, b"".join(chunks)
+
+
+def _reason(e: OSError) -> str:
+    return (e.strerror or str(e)).replace("\n", " ")
 
 
 def _metadata_value(path: str, value: Any) -> Mapping[str, str] | None:
@@ -222,9 +242,15 @@ def _metadata_value(path: str, value: Any) -> Mapping[str, str] | None:
         if not isinstance(mv, str):
             raise _bad(
                 path,
-                f"__metadata__ value for {mk!r} must be a string, found "
+                f"__metadata__ value for {_short(mk)} must be a string, found "
                 f"{json.dumps(mv)[:40]}; re-save the file with string metadata",
             )
+        for s in (mk, mv):
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _bad(path, f"__metadata__ holds a string with an unpaired surrogate ({_short(s)}); "
+                                 f"re-save the file with valid text") from None
     return MappingProxyType(dict(value))
 
 
@@ -234,7 +260,7 @@ def _check_coverage(path: str, tensors: list[TensorEntry], data_length: int) -> 
     for t in sorted(tensors, key=lambda t: (t.begin, t.end)):
         if t.begin != pos:
             what = "overlaps the previous tensor" if t.begin < pos else f"leaves a hole at {pos}"
-            raise _bad(path, f"tensor {t.name!r} starts at data offset {t.begin} and {what}")
+            raise _bad(path, f"tensor {_short(t.name)} starts at data offset {t.begin} and {what}")
         pos = t.end
     if pos != data_length:
         raise _bad(
@@ -244,19 +270,29 @@ def _check_coverage(path: str, tensors: list[TensorEntry], data_length: int) -> 
         )
 
 
-def read_header(path: str) -> SafetensorsHeader:
-    """Read and validate the header of the safetensors file at ``path``."""
-    size, n, raw = _read_raw(path)
+def read_header(path: str, where: str | None = None) -> SafetensorsHeader:
+    """Read and validate the header of the safetensors file at ``path`` (``where``: the name
+    messages use, e.g. the path escaped for one line; default ``path``)."""
+    where = path if where is None else where
+    size, _, raw = _read_raw(path, where)
+    return parse_header(path, raw, size, where)
+
+
+def parse_header(path: str, raw: bytes, file_size: int, where: str | None = None) -> SafetensorsHeader:
+    """Validate ``raw``, the N header bytes of a ``file_size``-byte safetensors file at ``path``
+    (read from disk, or rebuilt before writing it: the check that what is written parses)."""
+    where = path if where is None else where
+    n = len(raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _bad(path, f"header is not UTF-8 (byte {e.start})") from None
+        raise _bad(where, f"header is not UTF-8 (byte {e.start})") from None
     if not text.startswith("{"):
-        raise _bad(path, f"header must start with '{{', found {text[:1]!r}")
-    members, json_end = _scan_object(path, text)
+        raise _bad(where, f"header must start with '{{', found {text[:1]!r}")
+    members, json_end = _scan_object(where, text)
     rest = text[json_end:]
     if rest.strip(" \t\n\r"):
-        raise _bad(path, f"unexpected bytes after the header JSON at header byte {json_end}")
+        raise _bad(where, f"unexpected bytes after the header JSON at header byte {json_end}")
 
     metadata: Mapping[str, str] | None = None
     span: tuple[int, int] | None = None
@@ -265,45 +301,55 @@ def read_header(path: str) -> SafetensorsHeader:
     for key, k0, v0, v1, value in members:
         if key == ST_METADATA:
             span, member_start = (v0, v1), k0
-            metadata = _metadata_value(path, value)
+            metadata = _metadata_value(where, value)
         else:
-            tensors.append(_tensor_entry(path, key, value))
-    _check_coverage(path, tensors, size - 8 - n)
+            tensors.append(_tensor_entry(where, key, value))
+    _check_coverage(where, tensors, file_size - 8 - n)
     return SafetensorsHeader(
-        path, size, n, text, json_end, metadata, span, member_start, tuple(tensors)
+        path, file_size, n, text, json_end, metadata, span, member_start, tuple(tensors)
     )
 
 
+def _short(v: Any) -> str:
+    """``v`` for a one-line message: its repr (control characters escaped), cut at 60 characters."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _tensor_entry(path: str, name: str, value: Any) -> TensorEntry:
+    shown = _short(name)
     if not isinstance(value, dict):
-        raise _bad(path, f"entry {name!r} must be an object, found {type(value).__name__}")
+        raise _bad(path, f"entry {shown} must be an object, found {type(value).__name__}")
     dtype = value.get("dtype")
     shape = value.get("shape")
     offs = value.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+        raise _bad(path, f"tensor {shown} has unknown dtype {_short(dtype)}")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise _bad(path, f"tensor {name!r} shape must be a list of non-negative integers, found {shape!r}")
+        raise _bad(path, f"tensor {shown} shape must be a list of non-negative integers, found {_short(shape)}")
     if (
         not isinstance(offs, list)
         or len(offs) != 2
         or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offs)
         or offs[0] > offs[1]
     ):
-        raise _bad(path, f"tensor {name!r} data_offsets must be [begin, end] with begin <= end, found {offs!r}")
-    count = 1
-    for d in shape:
+        raise _bad(path, f"tensor {shown} data_offsets must be [begin, end] with begin <= end, found {_short(offs)}")
+    span = offs[1] - offs[0]
+    count = 0 if 0 in shape else 1
+    for d in shape if count else ():  # stop once the product outgrows the span (no huge integers)
         count *= d
+        if count > 8 * span + 8:
+            break
     bits = count * DTYPE_BITS[dtype]
     if bits % 8:
-        raise _bad(path, f"tensor {name!r}: {count} x {dtype} is not a whole number of bytes")
-    if offs[1] - offs[0] != bits // 8:
+        raise _bad(path, f"tensor {shown}: {count} x {dtype} is not a whole number of bytes")
+    if span != bits // 8:
         raise _bad(
             path,
-            f"tensor {name!r} ({dtype} {shape}) needs {bits // 8} bytes but data_offsets span "
-            f"{offs[1] - offs[0]}",
+            f"tensor {shown} ({dtype} {_short(shape)}) needs {'more than ' if count > 8 * span + 8 else ''}"
+            f"{bits // 8} bytes but data_offsets span {span}",
         )
     return TensorEntry(name, dtype, tuple(shape), offs[0], offs[1])
 

@@ -66,6 +66,7 @@ from ropepatch.formats.hf.apply import apply_plan, diff_configs
 from ropepatch.formats.hf.config import read_rope
 from ropepatch.formats.hf.json_doc import ConfigDoc, dump_config, parse_config
 from ropepatch.formats.safetensors import SafetensorsHeader, pad_header, with_metadata_text
+from ropepatch.patch.hf_checks import clear_leftovers
 from ropepatch.patch.hf_model import HFModel, is_hf_path, link_target, nlink, resolve_model, sha256_hex
 from ropepatch.patch.hf_out import check_out, other_files, write_out
 from ropepatch.patch.hf_plan import method_notes, plan_from_state, plan_hf, plan_hf_snippets
@@ -81,6 +82,7 @@ from ropepatch.patch.hf_revert import inspect_hf, revert_hf
 from ropepatch.patch.hf_state import ModelState, lock_all, read_state
 from ropepatch.patch.hf_write import is_in_place, write_in_place
 from ropepatch.rope.methods import DEFAULT_METHOD, Plan
+from ropepatch.safeio.paths import shown
 from ropepatch.version import __version__
 
 RP_PREVIOUS_CONFIG_SHA256 = hk.RP_PREVIOUS_CONFIG_SHA256  # re-exported (tests, crash harness)
@@ -185,17 +187,17 @@ def _messages(files: list[FileAction], plan: Plan, orig_doc: ConfigDoc, changed:
     for fa in files:
         if fa.action == "replaced-symlink":
             messages.append(
-                f"{fa.path}: {fa.detail} (a shared blob, e.g. the Hugging Face cache); replaced "
+                f"{shown(fa.path)}: {shown(fa.detail)} (a shared blob, e.g. the Hugging Face cache); replaced "
                 f"the link with a patched regular file, the blob is untouched"
             )
         elif fa.action == "replaced-hardlink":
             messages.append(
-                f"{fa.path}: {fa.detail}; wrote a new file so the other links keep the original"
+                f"{shown(fa.path)}: {fa.detail}; wrote a new file so the other links keep the original"
             )
     messages.extend(method_notes(plan))
     if not orig_doc.round_trips:
         messages.append(
-            f"{orig_doc.path}: re-serialised with the file's indent; values outside the "
+            f"{shown(orig_doc.path)}: re-serialised with the file's indent; values outside the "
             f"rope keys may be spelled differently (e.g. 1e-5 -> 1e-05); revert restores the "
             f"exact bytes"
         )
@@ -221,11 +223,13 @@ def patch_hf(
     with lock:
         st = read_state(model)
         st.check_config_unchanged(force, "patching")
+        if not (dry_run or out_dir):  # what a killed run left here: gone before anything is sized
+            clear_leftovers(model.root)
         orig_doc, rope0, plan = plan_from_state(st, ctx, method, alpha, replace_scaling)
         new_data, _ = apply_plan(orig_doc, rope0, plan)
         new_text = dump_config(new_data, orig_doc.style)
         new_cfg = new_text.encode("utf-8")
-        patched = read_rope(parse_config(new_text, model.config_path))
+        patched = read_rope(parse_config(new_text, shown(model.config_path)))
         new_headers, final_headers = _new_headers(model, st, plan, orig_doc.text, new_cfg, out_dir)
         cfg_changed = out_dir is not None or new_cfg != st.config_bytes
         changed = cfg_changed or any(h is not None for h in new_headers.values())

@@ -15,12 +15,13 @@ from ropepatch.formats.hf.json_doc import ConfigDoc, parse_config
 from ropepatch.patch.hf_model import resolve_model
 from ropepatch.patch.hf_state import ModelState, read_state
 from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan, method_note
+from ropepatch.safeio.paths import shown
 
 
 def plan_from_state(st: ModelState, ctx: int, method: str, alpha: float | None,
                     replace_scaling: bool) -> tuple[ConfigDoc, HFRope, Plan]:
     """The original config (recorded when patched), its rope settings and the plan."""
-    orig_doc = parse_config(st.original_config_text(), st.model.config_path)
+    orig_doc = parse_config(st.original_config_text(), shown(st.model.config_path))
     rope0 = read_rope(orig_doc)
     check_composable_hf(rope0, method, replace_scaling)
     plan = make_plan(unscaled_params(rope0), ctx, method, alpha)

@@ -15,7 +15,16 @@ from typing import Mapping
 from ropepatch.errors import FormatError
 from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.keys import ST_MAX_HEADER
-from ropepatch.formats.safetensors import SafetensorsHeader, metadata_json, with_metadata_text
+from ropepatch.formats.jsontext import parse_json
+from ropepatch.formats.safetensors import (
+    SafetensorsHeader,
+    framed,
+    metadata_json,
+    parse_header,
+    with_metadata_text,
+)
+from ropepatch.patch.hf_model import sha256_hex
+from ropepatch.safeio.paths import shown
 
 # The __metadata__ entries a re-patch may change, in the order layout_metadata writes them.
 RP_CHANGING = (hk.RP_VERSION, hk.RP_METHOD, hk.RP_CTX, hk.RP_ALPHA, hk.RP_CONFIG_SHA256,
@@ -45,14 +54,26 @@ def layout_metadata(meta: Mapping[str, str]) -> str:
 
 
 _FIX = "the header was edited by another tool: restore the file from its source"
+_CHANGED = ("the shard was changed by another tool after ropepatch patched it (re-saved, tensors "
+            "added or dropped?), so its original header cannot be rebuilt; nothing written: restore "
+            "the file from its source")
 _WHITESPACE = frozenset(" \t\n\r")  # what read_header accepts after the header JSON
 
 
 def _found(v: object) -> str:
-    return "none" if v is _ABSENT else json.dumps(v, ensure_ascii=False)[:40]
+    return "none" if v is _ABSENT else json.dumps(v, ensure_ascii=True)[:40]
 
 
 _ABSENT = object()
+
+
+def _no_dupes(pairs: list) -> dict:
+    d: dict = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {json.dumps(k)[:40]}")
+        d[k] = v
+    return d
 
 
 @dataclass(frozen=True)
@@ -63,7 +84,10 @@ class HfUndoRecord:
     On disk: compact JSON ``{"v": 1, "header_length": N0, "pad": "<bytes after the JSON>" |
     null (all spaces), "metadata": "<exact original __metadata__ value text>" | null,
     "config": "<original config.json text>", "config_link": "<symlink target>" | null,
-    "link": "<symlink target of this shard>" | null}``, keys in that order.
+    "link": "<symlink target of this shard>" | null, "header_sha256": "<sha256 of the original
+    8 + N0 bytes before the tensor data>", "config_sha256": "<sha256 of the original
+    config.json>"}``, keys in that order. Records written before the two hashes existed have
+    neither: what they do hold is still checked (:meth:`verified_header`).
     """
 
     header_length: int
@@ -72,6 +96,8 @@ class HfUndoRecord:
     config: str
     config_link: str | None
     link: str | None
+    header_sha256: str | None = None
+    config_sha256: str | None = None
 
     @classmethod
     def of_shard(cls, hdr: SafetensorsHeader, config_text: str, link: str | None,
@@ -79,31 +105,32 @@ class HfUndoRecord:
         """The record for the unpatched shard ``hdr`` and the original config.json text."""
         pad = hdr.padding
         return cls(hdr.header_length, None if pad == " " * len(pad) else pad, hdr.metadata_text,
-                   config_text, config_link, link)
+                   config_text, config_link, link, sha256_hex(framed(hdr.header_bytes)),
+                   sha256_hex(config_text.encode("utf-8")))
 
     @classmethod
     def from_json(cls, text: str, shard_path: str) -> HfUndoRecord:
         """Parse and check ``text`` (FormatError naming the shard, the field, what was expected
         and what was found); nothing is sized from a field before it is checked."""
+        where = shown(shard_path)
         try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise FormatError(
-                f"{shard_path}: {hk.RP_ORIGINAL} is not valid JSON ({e.msg}); {_FIX}"
-            ) from None
+            rec = parse_json(text, "", "JSON", object_pairs_hook=_no_dupes)
+        except FormatError as e:
+            detail = str(e).split("not valid JSON: ", 1)[-1]
+            raise FormatError(f"{where}: {hk.RP_ORIGINAL} is not valid JSON ({detail}); {_FIX}") from None
         v = rec.get("v", _ABSENT) if isinstance(rec, dict) else _ABSENT
         if type(v) is not int or v != hk.RP_RECORD_VERSION:
             raise FormatError(
-                f"{shard_path}: {hk.RP_ORIGINAL} is not a version-{hk.RP_RECORD_VERSION} ropepatch "
+                f"{where}: {hk.RP_ORIGINAL} is not a version-{hk.RP_RECORD_VERSION} ropepatch "
                 f"undo record (expected an object with \"v\": {hk.RP_RECORD_VERSION}, found "
                 f"{_found(v if isinstance(rec, dict) else rec)}); upgrade ropepatch or restore the "
                 f"file from its source"
             )
-        fields = {k: rec.get(k, _ABSENT) for k in _FIELDS}
+        fields = {k: rec.get(k, None if k in _OPTIONAL else _ABSENT) for k in _FIELDS}
         for key, (ok, expected) in _FIELDS.items():
             if not ok(fields[key]):
                 raise FormatError(
-                    f"{shard_path}: {hk.RP_ORIGINAL} field {key!r}: expected {expected}, found "
+                    f"{where}: {hk.RP_ORIGINAL} field {key!r}: expected {expected}, found "
                     f"{_found(fields[key])}; {_FIX}"
                 )
         record = cls(**fields)
@@ -115,6 +142,9 @@ class HfUndoRecord:
         rec = {"v": hk.RP_RECORD_VERSION, "header_length": self.header_length, "pad": self.pad,
                "metadata": self.metadata, "config": self.config,
                "config_link": self.config_link, "link": self.link}
+        for k in _OPTIONAL:
+            if getattr(self, k) is not None:
+                rec[k] = getattr(self, k)
         return json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
 
     def without_links(self) -> HfUndoRecord:
@@ -126,28 +156,56 @@ class HfUndoRecord:
         if self.metadata is None:
             return None
         try:
-            meta = json.loads(self.metadata)
-        except json.JSONDecodeError:
+            meta = parse_json(self.metadata, "", "JSON")
+        except FormatError:
             meta = _ABSENT
         if meta is None or (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
             return meta
         raise FormatError(
-            f"{shard_path}: {hk.RP_ORIGINAL} holds malformed original metadata (expected a JSON "
+            f"{shown(shard_path)}: {hk.RP_ORIGINAL} holds malformed original metadata (expected a JSON "
             f"object of strings or null, found {self.metadata[:40]!r}); {_FIX}"
         )
 
     def original_header(self, hdr: SafetensorsHeader) -> bytes:
         """The shard's original N header bytes (``hdr``: the shard's current header)."""
-        json0 = with_metadata_text(hdr, self.metadata).encode("utf-8")
         n0 = self.header_length
+        if n0 > hdr.header_length:  # ropepatch only ever grows a header: bound before allocating
+            raise FormatError(
+                f"{shown(hdr.path)}: {hk.RP_ORIGINAL} records an original header of {n0} bytes, more "
+                f"than the shard's {hdr.header_length}; {_FIX}"
+            )
+        json0 = with_metadata_text(hdr, self.metadata).encode("utf-8")
         pad = self.pad.encode("utf-8") if self.pad is not None else b" " * max(0, n0 - len(json0))
         header = json0 + pad
         if len(header) != n0:
             raise FormatError(
-                f"{hdr.path}: cannot rebuild the original {n0}-byte header exactly (got "
+                f"{shown(hdr.path)}: cannot rebuild the original {n0}-byte header exactly (got "
                 f"{len(header)} bytes); {_FIX}"
             )
         return header
+
+    def verified_header(self, hdr: SafetensorsHeader) -> bytes:
+        """:meth:`original_header`, checked BEFORE anything is written: its recorded sha256 (when
+        the record has one), and that it parses back as a safetensors header with the shard's
+        tensors and the recorded metadata; the recorded config.json text against its sha256."""
+        where = shown(hdr.path)
+        h0 = self.original_header(hdr)
+        if self.header_sha256 is not None and sha256_hex(framed(h0)) != self.header_sha256:
+            raise FormatError(f"{where}: the original header rebuilt from {hk.RP_ORIGINAL} does not "
+                              f"match its recorded sha256 {self.header_sha256[:12]}...: {_CHANGED}")
+        try:
+            back = parse_header(hdr.path, h0, 8 + len(h0) + hdr.data_length, where)
+        except FormatError as e:
+            raise FormatError(f"{where}: the original header rebuilt from {hk.RP_ORIGINAL} does not "
+                              f"parse ({str(e).split(': ', 1)[-1]}); {_FIX}") from None
+        meta = back.metadata if back.metadata is None else dict(back.metadata)
+        if back.tensors != hdr.tensors or meta != self.original_metadata(hdr.path):
+            raise FormatError(f"{where}: the original header rebuilt from {hk.RP_ORIGINAL} does not "
+                              f"hold the shard's tensors and recorded metadata; {_FIX}")
+        if self.config_sha256 is not None and sha256_hex(self.config.encode("utf-8")) != self.config_sha256:
+            raise FormatError(f"{where}: the original config.json text in {hk.RP_ORIGINAL} does not "
+                              f"match its recorded sha256 {self.config_sha256[:12]}...; {_FIX}")
+        return h0
 
 
 def _opt_str(v: object) -> bool:
@@ -162,7 +220,14 @@ def _pad(v: object) -> bool:
     return v is None or (isinstance(v, str) and len(v) <= ST_MAX_HEADER and set(v) <= _WHITESPACE)
 
 
-# field -> (check, what it expects); every field is required
+def _sha(v: object) -> bool:
+    return v is None or (isinstance(v, str) and len(v) == 64 and set(v) <= _HEX)
+
+
+_HEX = frozenset("0123456789abcdef")
+_OPTIONAL = ("header_sha256", "config_sha256")  # absent from records written before them
+
+# field -> (check, what it expects); every field but _OPTIONAL is required
 _FIELDS = {
     "header_length": (_length, f"an integer from 2 to {ST_MAX_HEADER}"),
     "pad": (_pad, "a string of spaces, tabs and line breaks, or null"),
@@ -170,6 +235,8 @@ _FIELDS = {
     "config": (lambda v: isinstance(v, str), "a string"),
     "config_link": (_opt_str, "a string or null"),
     "link": (_opt_str, "a string or null"),
+    "header_sha256": (_sha, "64 lowercase hex digits or null"),
+    "config_sha256": (_sha, "64 lowercase hex digits or null"),
 }
 
 

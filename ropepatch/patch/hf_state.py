@@ -12,11 +12,13 @@ from typing import Iterator
 
 from ropepatch.errors import FormatError, UsageError
 from ropepatch.formats.hf import keys as hk
-from ropepatch.formats.hf.json_doc import ConfigDoc, read_config
-from ropepatch.formats.safetensors import SafetensorsHeader, read_header
+from ropepatch.formats.hf.json_doc import ConfigDoc
+from ropepatch.formats.safetensors import SafetensorsHeader
+from ropepatch.patch.hf_io import read_config_file, read_shard
 from ropepatch.patch.hf_model import HFModel, sha256_hex
 from ropepatch.patch.hf_record import HfUndoRecord
 from ropepatch.safeio import files as fileio
+from ropepatch.safeio.paths import shown
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ModelState:
     headers: dict[str, SafetensorsHeader]
     records: dict[str, HfUndoRecord]  # shard -> its undo record (patched shards only)
     raw_records: dict[str, str]
+    originals: dict[str, bytes]  # shard -> its original header, rebuilt and verified
 
     @property
     def patched(self) -> bool:
@@ -39,7 +42,7 @@ class ModelState:
         texts = {r.config for r in self.records.values()}
         if len(texts) > 1:
             raise FormatError(
-                f"{self.model.root}: the shards record different original config.json texts; "
+                f"{shown(self.model.root)}: the shards record different original config.json texts; "
                 f"the files come from different patch runs: restore them from their source"
             )
         return texts.pop() if texts else self.config_doc.text
@@ -59,23 +62,27 @@ class ModelState:
         known.add(sha256_hex(self.original_config_text().encode("utf-8")))
         if cur not in known:
             raise UsageError(
-                f"{self.model.config_path}: changed since ropepatch patched it (sha256 "
+                f"{shown(self.model.config_path)}: changed since ropepatch patched it (sha256 "
                 f"{cur[:12]} matches neither the patched nor the original text); {what} would "
                 f"discard that change: undo it, or pass --force (force=True) to discard it"
             )
 
 
 def read_state(model: HFModel) -> ModelState:
-    """Read config.json and every shard header of ``model`` (FormatError when malformed)."""
-    cbytes, doc = read_config(model.config_path)
-    headers, records, raws = {}, {}, {}
+    """Read config.json and every shard header of ``model`` (FormatError when malformed). Every
+    undo record is decoded and verified here (:meth:`HfUndoRecord.verified_header`), so a
+    damaged record or a shard changed by another tool stops patch, revert and inspect before
+    anything is written."""
+    cbytes, doc = read_config_file(model.config_path)
+    headers, records, raws, originals = {}, {}, {}, {}
     for s in model.shards:
-        h = read_header(s)
+        h = read_shard(s)
         headers[s] = h
         if h.metadata and hk.RP_ORIGINAL in h.metadata:
             raws[s] = h.metadata[hk.RP_ORIGINAL]
             records[s] = HfUndoRecord.from_json(raws[s], s)
-    return ModelState(model, cbytes, doc, headers, records, raws)
+            originals[s] = records[s].verified_header(h)
+    return ModelState(model, cbytes, doc, headers, records, raws, originals)
 
 
 @contextlib.contextmanager

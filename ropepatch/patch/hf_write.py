@@ -1,24 +1,26 @@
 """Writing a patched or reverted HF model in place: shards first, config.json last, and the
-shards already written restored when a later write fails.
+shards already written restored when a later write fails. Before the first write,
+:func:`preflight_patch` checks the whole run (headers parse back, files replaceable, room for
+every rewrite at once), so a failure part-way is left to what no check can foresee.
 
     is_in_place(hdr, header, linked) -> bool
     write_shard_header(hdr, header, dst=None, in_place_ok=True) -> str   # "in-place" | "rewrite"
+    preflight_patch(model, st, todo, new_headers, new_cfg, cfg_changed, final_headers)
     write_in_place(model, st, new_headers, new_cfg, cfg_changed, final_headers)
-    replace_with_symlink(path, target)
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 from ropepatch.errors import FormatError, RopepatchError
 from ropepatch.formats.hf.keys import ST_MAX_HEADER
-from ropepatch.formats.safetensors import SafetensorsHeader, framed, read_header
+from ropepatch.formats.safetensors import SafetensorsHeader, framed
+from ropepatch.patch.hf_checks import Remedy, check_new_header, check_room, check_writable
+from ropepatch.patch.hf_io import read_shard
 from ropepatch.patch.hf_model import HFModel, is_linked, link_target
 from ropepatch.patch.hf_state import ModelState
 from ropepatch.safeio import files as fileio
 from ropepatch.safeio.commit import commit_header, page_local_run
+from ropepatch.safeio.paths import shown
 
 
 def is_in_place(hdr: SafetensorsHeader, header: bytes, linked: bool) -> bool:
@@ -36,7 +38,7 @@ def write_shard_header(hdr: SafetensorsHeader, header: bytes, dst: str | None = 
     a symlink or hard link there becomes a new regular file). Returns the mode used."""
     if len(header) > ST_MAX_HEADER:
         raise FormatError(
-            f"{hdr.path}: new safetensors header would be {len(header)} bytes, over the "
+            f"{shown(hdr.path)}: new safetensors header would be {len(header)} bytes, over the "
             f"{ST_MAX_HEADER}-byte limit; nothing written"
         )
     done = commit_header(hdr.path, framed(hdr.header_bytes), framed(header), hdr.data_offset,
@@ -44,28 +46,30 @@ def write_shard_header(hdr: SafetensorsHeader, header: bytes, dst: str | None = 
     return done.mode
 
 
-def _space_needed(paths_sizes: list[tuple[str, int, bool]]) -> int:
-    """Bytes the rewrites need at once: linked files keep their old data, others free it."""
-    linked = sum(sz for _, sz, keep in paths_sizes if keep)
-    other = max((sz for _, sz, keep in paths_sizes if not keep), default=0)
-    return linked + other
-
-
-def _check_before_writing(model: HFModel, st: ModelState, todo: list[str],
-                          new_headers: dict[str, bytes | None], new_cfg: bytes,
-                          cfg_changed: bool) -> None:
-    """Refuse before any write: files that cannot be replaced, too little space."""
-    rewrites = []
+def preflight_patch(model: HFModel, st: ModelState, todo: list[str],
+                    new_headers: dict[str, bytes | None], new_cfg: bytes, cfg_changed: bool,
+                    final_headers: dict[str, bytes]) -> None:
+    """Refuse before any write: a header that does not parse back, a file that cannot be
+    replaced, too little space for every rewrite of the run at once."""
+    rewrites: list[int] = []
     for s in todo:
-        fileio.check_can_replace(s)
         hdr, h = st.headers[s], new_headers[s]
-        linked = is_linked(s)
-        if not is_in_place(hdr, h, linked):
-            rewrites.append((s, 8 + len(h) + hdr.data_length, linked))
+        check_new_header(hdr, h)
+        in_place = is_in_place(hdr, h, is_linked(s))
+        check_writable(s, Remedy.PATCH, in_place=in_place)
+        if not in_place:
+            rewrites.append(8 + len(h) + hdr.data_length)
+    later = [0]
+    for s, h in final_headers.items():
+        hdr = st.headers[s]
+        check_new_header(hdr, h)
+        if page_local_run(framed(new_headers[s] or hdr.header_bytes), framed(h)) is None:
+            later.append(8 + len(h) + hdr.data_length)
     if cfg_changed:
-        fileio.check_can_replace(model.config_path)
-    need = _space_needed(rewrites) + len(new_cfg)
-    fileio.check_space(model.root, need, model.config_path if not rewrites else rewrites[0][0])
+        check_writable(model.config_path, Remedy.PATCH)
+        rewrites.append(len(new_cfg))
+    if rewrites or max(later):
+        check_room(model.root, rewrites + [max(later)], shown(model.root), Remedy.PATCH)
 
 
 def write_in_place(model: HFModel, st: ModelState, new_headers: dict[str, bytes | None],
@@ -73,7 +77,7 @@ def write_in_place(model: HFModel, st: ModelState, new_headers: dict[str, bytes 
     """Write the shards whose new header is not None, then config.json, then
     ``final_headers`` (the shards without the transient previous-config entry)."""
     todo = [s for s in model.shards if new_headers[s] is not None]
-    _check_before_writing(model, st, todo, new_headers, new_cfg, cfg_changed)
+    preflight_patch(model, st, todo, new_headers, new_cfg, cfg_changed, final_headers)
     done: list[tuple[str, SafetensorsHeader, str | None]] = []
     try:
         for s in todo:
@@ -89,7 +93,7 @@ def write_in_place(model: HFModel, st: ModelState, new_headers: dict[str, bytes 
     # config.json is final: drop RP_PREVIOUS_CONFIG_SHA256 from the shards (same length, in place)
     try:
         for s, h in final_headers.items():
-            write_shard_header(read_header(s), h)
+            write_shard_header(read_shard(s), h)
     except RopepatchError as e:
         raise type(e)(f"{e}; the model is patched, run the same command again to finish") from None
 
@@ -99,29 +103,14 @@ def _rollback(done: list[tuple[str, SafetensorsHeader, str | None]]) -> str:
     for s, old, link in reversed(done):
         try:
             if link is not None:
-                replace_with_symlink(s, link)
+                fileio.replace_with_symlink(s, link)
             else:
-                cur = read_header(s)
+                cur = read_shard(s)
                 write_shard_header(cur, old.header_bytes)
         except (RopepatchError, OSError):
             bad.append(s)
     if not done:
         return "nothing was written"
     if bad:
-        return f"could not restore {', '.join(bad)}: run ropepatch revert on it"
+        return f"could not restore {shown(', '.join(bad))}: run ropepatch revert on the model"
     return f"the {len(done)} shard(s) already written were restored"
-
-
-def replace_with_symlink(path: str, target: str) -> None:
-    """Atomically make ``path`` a symlink to ``target`` (a temp link renamed over it)."""
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".ropepatch-{os.getpid()}-{os.path.basename(path)}.link")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from ropepatch.errors import UnsupportedModelError, UsageError
 from ropepatch.formats.hf import keys as hk
-from ropepatch.formats.hf.config import load_config, read_rope
+from ropepatch.formats.hf.config import read_rope
 from ropepatch.patch.gguf import ModelInfo
+from ropepatch.patch.hf_io import read_config_file
 from ropepatch.patch.hf_plan import plan_hf_snippets
 from ropepatch.rope.methods import make_plan
 from ropepatch.rope.params import RopeParams, ScalingType
+from ropepatch.safeio.paths import shown
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,12 @@ class HFTranslation:
 
 def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None) -> HFTranslation:
     """The GGUF patch that applies ``config_path``'s rope settings to a model whose ORIGINAL
-    GGUF settings are ``original``. ``ctx`` overrides the target context the config implies."""
-    rope = read_rope(load_config(config_path))
+    GGUF settings are ``original``. ``ctx`` overrides the target context the config implies.
+    ``config_path`` must name a regular file of at most
+    :data:`~ropepatch.formats.hf.keys.CONFIG_MAX_BYTES` (a FIFO or device is refused before it
+    is opened)."""
+    rope = read_rope(read_config_file(config_path)[1])
+    config_path = shown(config_path)
     L, d, b = original.n_ctx_train, original.rope_dim, original.freq_base
     warnings: list[str] = []
     if rope.rope_dim != d:
@@ -81,7 +87,7 @@ def gguf_as_hf(info: ModelInfo) -> dict:
     scaling = None
     if cur.has_freq_factors:
         raise UnsupportedModelError(
-            f"{info.path}: per-pair frequency factors (rope_freqs) have no single HF rope block "
+            f"{shown(info.path)}: per-pair frequency factors (rope_freqs) have no single HF rope block "
             f"ropepatch can derive"
         )
     if cur.scaling_type == ScalingType.LINEAR and cur.freq_scale != 1.0:
@@ -90,7 +96,7 @@ def gguf_as_hf(info: ModelInfo) -> dict:
         scaling = {hk.RS_ROPE_TYPE: hk.RT_YARN, hk.RS_FACTOR: cur.scaling_factor,
                    hk.RS_ORIG_MAX_POS: cur.n_ctx_orig}
     elif cur.scaling_type == ScalingType.LONGROPE:
-        raise UnsupportedModelError(f"{info.path}: longrope needs per-pair factors; no HF block derived")
+        raise UnsupportedModelError(f"{shown(info.path)}: longrope needs per-pair factors; no HF block derived")
     v4 = {hk.ROPE_THETA: cur.freq_base, hk.ROPE_SCALING: scaling,
           hk.MAX_POSITION_EMBEDDINGS: cur.n_ctx_train}
     params = dict(scaling) if scaling else {hk.RS_ROPE_TYPE: hk.RT_DEFAULT}

@@ -113,7 +113,7 @@ def test_out_dir_killed_midway_then_rerun_completes(tmp_path, where):
     locked directory inside OUT and renamed in at the end (config.json last); the re-run clears
     what a killed run left."""
     prep = _prepare_out(tmp_path)
-    n = 3 if where == "staging" else 15  # 15: stage, shard (7 steps), config.json (6), shard renamed in
+    n = 3 if where == "staging" else 17  # 17: stage, shard (8 steps), config.json (7), shard renamed in
     base, d, o = hh._fresh(prep, str(tmp_path), "k-")
     _cli_killed(hh._fmt(prep.scenario.args, d, o), n)
     names = sorted(os.listdir(o))

@@ -572,7 +572,7 @@ def _bad_config_case(d: Path, text: str) -> None:
     "mutate, exc, pattern",
     [
         (lambda d: _bad_config_case(d, '{"model_type": "llama",\n  "rope_theta": 1e4,\n}'), FormatError,
-         r"config\.json: malformed JSON at line 3 column 1 \(Expecting property name enclosed in double quotes\); fix or re-download config\.json"),
+         r"config\.json: not valid JSON: Expecting property name enclosed in double quotes at line 3 column 1; fix or re-download config\.json"),
         (lambda d: _bad_config_case(d, "[1, 2]"), FormatError,
          r"config\.json: expected a JSON object at the top level, found list"),
         (lambda d: write_config(d, llama_config(rope_theta=...)), FormatError,
@@ -675,7 +675,7 @@ def test_index_errors(tmp_path):
     raises_one_line(FormatError, r"model\.safetensors\.index\.json: lists 1 shard\(s\) missing from .*/m: model-00002-of-00002\.safetensors; download them or fix the index", patch_hf, str(d), N, "ntk")
     assert snapshot(d) == before
     (d / hk.INDEX_NAME).write_text('{"weight_map": {"a": "model-00001-of-00002.safetensors",}}')
-    raises_one_line(FormatError, r"model\.safetensors\.index\.json: malformed JSON \(.*\); fix or re-download it", patch_hf, str(d), N, "ntk")
+    raises_one_line(FormatError, r"model\.safetensors\.index\.json: not valid JSON: .*; fix or re-download it", patch_hf, str(d), N, "ntk")
     (d / hk.INDEX_NAME).write_text('{"weight_map": {"a": "../x.safetensors"}}')
     raises_one_line(FormatError, r"shard name '\.\./x\.safetensors' is not a plain file name", patch_hf, str(d), N, "ntk")
 

@@ -2,6 +2,7 @@
 rewrite looks like the original.
 
     parse_config(text: str, path: str) -> ConfigDoc   # FormatError on malformed JSON
+    config_from_bytes(raw: bytes, path: str) -> ConfigDoc
     load_config(path: str) -> ConfigDoc
     read_config(path: str) -> tuple[bytes, ConfigDoc] # the file's bytes too
     dump_config(data: dict, style: JsonStyle) -> str  # in the file's own JSON style
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from ropepatch.errors import FormatError
+from ropepatch.formats.jsontext import parse_json
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,14 @@ def dump_config(data: dict, style: JsonStyle) -> str:
 
 
 def parse_config(text: str, path: str) -> ConfigDoc:
-    """Parse config.json text (FormatError naming the line and column when malformed)."""
+    """Parse config.json text (FormatError naming the line and column when malformed; nesting
+    too deep, integers too long and unpaired surrogates are refused the same way)."""
     try:
-        data = json.loads(text, object_pairs_hook=_no_dupes(path))
-    except json.JSONDecodeError as e:
-        raise FormatError(
-            f"{path}: malformed JSON at line {e.lineno} column {e.colno} ({e.msg}); fix or "
-            f"re-download config.json"
-        ) from None
+        data = parse_json(text, path, "JSON", object_pairs_hook=_no_dupes(path))
+    except FormatError as e:
+        if "duplicate key" in str(e):
+            raise
+        raise FormatError(f"{e}; fix or re-download config.json") from None
     if not isinstance(data, dict):
         raise FormatError(
             f"{path}: expected a JSON object at the top level, found {type(data).__name__}"
@@ -109,20 +111,27 @@ def parse_config(text: str, path: str) -> ConfigDoc:
     return ConfigDoc(path, text, data, detect_style(text))
 
 
+def config_from_bytes(raw: bytes, path: str) -> ConfigDoc:
+    """The document the bytes ``raw`` of config.json parse to (``path``: its name in messages)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{path}: not UTF-8 text (byte {e.start}); expected a JSON config") from None
+    return parse_config(text, path)
+
+
 def read_config(path: str) -> tuple[bytes, ConfigDoc]:
-    """The bytes of config.json at ``path`` and the document they parse to."""
+    """The bytes of config.json at ``path`` and the document they parse to. For trusted paths
+    (tools, tests): ropepatch's commands read config.json through
+    :func:`ropepatch.patch.hf_io.read_config_file` (regular files only, size-capped)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise FormatError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise FormatError(f"{path}: not UTF-8 text (byte {e.start}); expected a JSON config") from None
-    return raw, parse_config(text, path)
+    return raw, config_from_bytes(raw, path)
 
 
 def load_config(path: str) -> ConfigDoc:
-    """Read and parse config.json at ``path``."""
+    """Read and parse config.json at ``path`` (trusted paths; see :func:`read_config`)."""
     return read_config(path)[1]

@@ -26,6 +26,9 @@ CONFIG_NAME = "config.json"
 INDEX_NAME = "model.safetensors.index.json"
 SAFETENSORS_SUFFIX = ".safetensors"
 INDEX_WEIGHT_MAP = "weight_map"  # index.json: {"weight_map": {tensor name: shard file name}}
+# the most bytes ropepatch reads of a config.json / an index (real ones are kilobytes)
+CONFIG_MAX_BYTES = 16 * 2**20
+INDEX_MAX_BYTES = 64 * 2**20
 
 # ---- config.json keys ---------------------------------------------------------------------
 MODEL_TYPE = "model_type"
