@@ -280,9 +280,10 @@ def _original_header(h: GGUFHeader, prov: Provenance) -> tuple[bytes, str]:
     sha = hashlib.sha256(header).hexdigest()
     if len(header) != rec.data_offset or sha != rec.header_sha256:
         raise WriteError(
-            f"{shown(h.path)}: cannot reproduce the original header (sha256 {sha[:12]}..., "
-            f"recorded {rec.header_sha256[:12]}...): the file was changed outside ropepatch after "
-            f"patching; nothing written"
+            f"{shown(h.path)}: cannot reproduce the original header ({len(header)} bytes, sha256 "
+            f"{sha[:12]}...; recorded {rec.data_offset} bytes, {rec.header_sha256[:12]}...): the file "
+            f"was changed outside ropepatch after patching, or its undo record is damaged; nothing "
+            f"written"
         )
     _check_header(h, header, f"the original header rebuilt from the undo record ({K.RP_ORIGINAL!r})")
     return header, sha

@@ -38,7 +38,9 @@ _U64 = 1 << 64
 
 
 def _damaged(path: str, what: str) -> FormatError:
-    return FormatError(f"{shown(path)}: key {K.RP_ORIGINAL!r}: {what}")
+    """A damaged-record error; the one remedy is the original file (revert cannot work)."""
+    return FormatError(f"{shown(path)}: key {K.RP_ORIGINAL!r}: {what}; ropepatch cannot undo this "
+                       f"patch: re-download or re-convert the original model")
 
 
 def _not_a_record(path: str) -> FormatError:

@@ -12,7 +12,7 @@ from ropepatch.formats.gguf.header import KV, GGUFHeader, serialize_header
 from ropepatch.patch.gguf_layout import Change
 from ropepatch.patch.gguf_links import linked
 from ropepatch.safeio.commit import PAGE, Commit, changed_run, commit_header, page_local_run
-from ropepatch.safeio.files import SPACE_REMEDY, locked, remove_stale_temps, replace_with_symlink
+from ropepatch.safeio.files import SPACE_REMEDY, check_can_replace, locked, remove_stale_temps, replace_with_symlink
 from ropepatch.safeio.paths import kind_of, os_error, output_target, shown
 
 
@@ -79,6 +79,8 @@ def commit(h: GGUFHeader, header: bytes, target: str, progress=None,
     one pwrite inside one page, else an atomic rewrite. A symlinked or hard-linked file is
     always rewritten (the link replaced by a regular file), never written through. Stale
     ropepatch temp files in the target's directory are removed first."""
+    if target != h.path:
+        check_can_replace(target, "choose another -o directory")
     with locked(h.path):
         _recheck(h.path, h)
         remove_stale_temps(os.path.dirname(os.path.abspath(target)))

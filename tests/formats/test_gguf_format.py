@@ -102,3 +102,33 @@ def test_first_patch_layout_keeps_block_alignment_and_slack(tmp_path):
     assert keys[n:] == ["ropepatch.original", *touched, "ropepatch.version", "ropepatch.method",
                         "ropepatch.ctx", "ropepatch.alpha", "ropepatch.reserved"]
     assert (24 + sum(len(kv.raw) for kv in new.kvs[: n + 1])) % 4096 == 0
+
+
+@pytest.mark.parametrize("t,value,hexbytes", GOLDEN)
+def test_recorded_value_bytes_must_be_exactly_one_value(t, value, hexbytes):
+    """An undo record's raw value is rebuilt only when it is one whole value of its type: a
+    byte missing or left over would shift every entry after it in the reverted header."""
+    from ropepatch.errors import FormatError
+    from ropepatch.formats.gguf.header import kv_from_value_raw
+
+    value_raw = bytes.fromhex(hexbytes)[len(KEY) // 2 + 4 :]
+    assert kv_from_value_raw("a.b", t, value_raw).raw.hex() == hexbytes
+    for bad in (value_raw + b"\0", value_raw + b"junk", value_raw[:-1]):
+        with pytest.raises(FormatError):
+            kv_from_value_raw("a.b", t, bad)
+
+
+def test_reader_opens_regular_files_only(tmp_path):
+    """The reader's own last line of defence (callers stat first): a FIFO opens non-blocking and
+    is refused, a directory too; messages name the file as the caller shows it."""
+    import os
+
+    from ropepatch.errors import FormatError
+
+    fifo = tmp_path / "f.gguf"
+    os.mkfifo(fifo)
+    for p in (str(fifo), str(tmp_path)):
+        with pytest.raises(FormatError, match="expected a regular .gguf file"):
+            read_header(p)
+    with pytest.raises(FormatError, match=r"^shown\\nname: cannot read the GGUF file: no such file"):
+        read_header(str(tmp_path / "missing"), shown_as="shown\\nname")

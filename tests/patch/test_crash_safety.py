@@ -125,3 +125,10 @@ def test_two_ropepatch_runs_on_one_file(tmp_path):
     """While one run is frozen inside its write (holding the lock), a second patch or revert is
     refused with one clear line, readers see a complete file, and the first run completes."""
     _assert_checks(ch.concurrency_checks(FIXTURE, str(tmp_path), stress=3))
+
+
+def test_links_are_never_written_through_at_any_kill(tmp_path):
+    """kill -9 at every write step of a re-patch through a symlink to a patched (shared) blob and
+    of the revert that puts a symlink back: the blob never changes, the link path is the link or
+    a whole file, and running the command again finishes it, leaving no .ropepatch-* entry."""
+    _assert_checks(ch.link_checks(FIXTURE, str(tmp_path), quick=True))
