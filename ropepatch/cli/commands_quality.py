@@ -18,11 +18,21 @@ class RuntimeCrashReported(RopepatchError):
     exit_code = 1
 
 
+def _model_arg(path: str) -> str:
+    """The model must be a regular file: checked here, before a runtime worker starts (a
+    missing file or a FIFO is one line at once, and never reaches llama.cpp)."""
+    from ropepatch.safeio.paths import regular_input
+
+    regular_input(path, "GGUF file")
+    return path
+
+
 def cmd_validate(args) -> int:
     """Prove in llama.cpp that the file runs with the planned RoPE (exit 1 on a failed check)."""
     from ropepatch.check.isolated import validate_isolated
     from ropepatch.check.validate import format_report
 
+    _model_arg(args.path)
     r = validate_isolated(args.path, ctx=args.ctx, gpu_layers=args.gpu_layers, positions=args.positions,
                           reference_forward=args.reference_forward, n_threads=args.threads)
     out(r.to_json() if args.json else format_report(r))
@@ -43,7 +53,12 @@ def cmd_eval(args) -> int:
     from ropepatch.quality.evaluate import format_table, parse_alphas
     from ropepatch.quality.isolated import evaluate_isolated
 
-    res = evaluate_isolated(args.path, args.ctx, _text_arg(args.text), methods=args.methods,
+    path = _model_arg(args.path)
+    if args.plot:  # before an hour of scoring: a plot that cannot be written is refused now
+        from ropepatch.quality.plot import check_plot_target
+
+        check_plot_target(args.plot)
+    res = evaluate_isolated(path, args.ctx, _text_arg(args.text), methods=args.methods,
                    alphas=parse_alphas(args.alpha), buckets=args.buckets, window=not args.no_window,
                    max_windows=args.windows, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
                    flash_attn=FLASH_ATTN[args.flash_attn], progress=quality_progress(args))
@@ -62,7 +77,8 @@ def cmd_tune(args) -> int:
     from ropepatch.quality.isolated import tune_isolated
     from ropepatch.quality.tune import format_tune
 
-    res = tune_isolated(args.path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
+    path = _model_arg(args.path)
+    res = tune_isolated(path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
                apply=args.apply, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
                flash_attn=FLASH_ATTN[args.flash_attn], progress=quality_progress(args))
     emit(args, res.to_json(), format_tune(res))
@@ -75,7 +91,7 @@ def cmd_passkey(args) -> int:
     from ropepatch.quality.isolated import passkey_isolated
     from ropepatch.quality.passkey import format_passkey
 
-    res = passkey_isolated(args.path, args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
+    res = passkey_isolated(_model_arg(args.path), args.ctx, methods=args.methods, alphas=parse_alphas(args.alpha),
                   depths=args.depths, trials=args.trials, seed=args.seed, n_threads=args.threads,
                   n_gpu_layers=args.gpu_layers, flash_attn=FLASH_ATTN[args.flash_attn],
                   progress=quality_progress(args))
