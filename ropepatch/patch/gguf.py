@@ -40,7 +40,7 @@ from ropepatch.patch.gguf_record import Provenance, original_kvs, read_provenanc
 from ropepatch.patch.gguf_write import check_out, commit, gguf_input, no_record_header, relink
 from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan, method_note
 from ropepatch.rope.params import RopeParams
-from ropepatch.safeio.files import check_can_replace
+from ropepatch.safeio.files import check_can_replace, remove_stale_temps
 from ropepatch.safeio.paths import shown
 
 _F32_MAX = 3.4028234663852886e38
@@ -210,6 +210,7 @@ def patch_gguf(
     layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, keep)
     header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None)
     if header == h.raw and out is None:
+        _tidy(path, dry_run)
         return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
     link = (keep or symlink_of(path)) if out is None else None
     if link != keep:  # a symlink replaced now: record its target so revert restores it
@@ -223,6 +224,13 @@ def patch_gguf(
         return PatchResult(path, target, plan, "dry-run", changes, tuple(warnings))
     done = commit(h, header, target, progress, _space_remedy(prov, out, path))
     return PatchResult(path, target, plan, done.mode, changes, tuple(warnings), done.bytes_written)
+
+
+def _tidy(path: str, dry_run: bool) -> None:
+    """A run that writes nothing still clears the temp files killed runs left next to ``path``
+    (a dry run changes nothing at all)."""
+    if not dry_run:
+        remove_stale_temps(os.path.dirname(os.path.abspath(path)))
 
 
 def _space_remedy(prov: Provenance | None, out: str | None, path: str) -> str:
@@ -239,6 +247,7 @@ def _patch_no_record(h: GGUFHeader, new_kvs, plan: Plan, target: str, dry_run: b
     changes = changed_entries(list(h.kvs), new_kvs)
     body = no_record_header(h, new_kvs, changes, target)
     if not changes:
+        _tidy(target, dry_run)
         return PatchResult(h.path, target, plan, "no-op", (), warnings)
     _check_header(h, body, "the edited header")
     if dry_run:

@@ -382,15 +382,18 @@ def _dead_pid() -> int:
     return p.pid
 
 
-@pytest.mark.parametrize("run", ["first patch", "in-place re-patch", "revert", "no-record"])
+@pytest.mark.parametrize("run", ["first patch", "in-place re-patch", "revert", "no-record", "no-op"])
 def test_every_run_removes_stale_temps(copy_fixture, tmp_path, run):
     p = copy_fixture(FIXTURE)
-    if run in ("in-place re-patch", "revert"):
+    if run in ("in-place re-patch", "revert", "no-op"):
         gp.patch_gguf(p, 512)
     (tmp_path / ".ropepatch-deadbeef.tmp").write_bytes(b"x" * 100)  # a killed rewrite's temp
     os.symlink("../blobs/X", tmp_path / f".ropepatch-{_dead_pid()}-0a1b2c3d.link")  # a killed relink's
     fn = {"first patch": lambda: gp.patch_gguf(p, 512), "in-place re-patch": lambda: gp.patch_gguf(p, 2048),
-          "revert": lambda: gp.revert_gguf(p), "no-record": lambda: gp.patch_gguf(p, 512, record=False)}[run]
+          "revert": lambda: gp.revert_gguf(p), "no-record": lambda: gp.patch_gguf(p, 512, record=False),
+          "no-op": lambda: gp.patch_gguf(p, 512)}[run]
+    dry = gp.revert_gguf(p, dry_run=True) if run == "revert" else gp.patch_gguf(p, 512, dry_run=True)
+    assert dry.mode in ("dry-run", "no-op") and len(os.listdir(tmp_path)) == 3  # a dry run changes nothing
     fn()
     assert [n for n in os.listdir(tmp_path) if n.startswith(".ropepatch")] == []
 
