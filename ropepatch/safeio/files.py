@@ -197,16 +197,16 @@ def _keep_metadata(fd: int, dst: str) -> None:
     try:
         st = os.stat(dst)
     except FileNotFoundError:
-        os.fchmod(fd, 0o666 & ~_umask())
-        return
-    if not stat.S_ISREG(st.st_mode):
-        os.fchmod(fd, 0o666 & ~_umask())
+        st = None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        with contextlib.suppress(OSError):  # best effort on filesystems without modes (vfat)
+            os.fchmod(fd, 0o666 & ~_umask())
         return
     mine = os.fstat(fd)
     if (st.st_uid, st.st_gid) != (mine.st_uid, mine.st_gid):
         try:
             os.fchown(fd, st.st_uid, st.st_gid)
-        except PermissionError:  # not root: keep the group where we may, the owner is us
+        except OSError:  # not root: keep the group where we may, the owner is us
             with contextlib.suppress(OSError):
                 os.fchown(fd, -1, st.st_gid)
     os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which may clear set-id bits
