@@ -39,30 +39,11 @@ from ropepatch.errors import FormatError
 from ropepatch.formats.hf.keys import ST_HEADER_SLACK, ST_MAX_HEADER, ST_METADATA
 
 # element size in bits for every dtype the safetensors format defines
-DTYPE_BITS: Mapping[str, int] = MappingProxyType(
-    {
-        "BOOL": 8,
-        "U8": 8,
-        "I8": 8,
-        "F8_E5M2": 8,
-        "F8_E4M3": 8,
-        "F8_E8M0": 8,
-        "I16": 16,
-        "U16": 16,
-        "F16": 16,
-        "BF16": 16,
-        "I32": 32,
-        "U32": 32,
-        "F32": 32,
-        "C64": 64,
-        "F64": 64,
-        "I64": 64,
-        "U64": 64,
-        "F4": 4,
-        "F6_E2M3": 6,
-        "F6_E3M2": 6,
-    }
-)
+DTYPE_BITS: Mapping[str, int] = MappingProxyType({
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+    "C64": 64, "F64": 64, "I64": 64, "U64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+})
 
 _WS = re.compile(r"[ \t\n\r]*")
 

@@ -26,24 +26,38 @@ class Remedies(NamedTuple):
 
     read_only_dir: str
     read_only_file: str
+    read_only_fs: str
     no_space: str
 
 
 class Remedy:
     PATCH = Remedies("write a patched copy elsewhere with -o OUTDIR",
                      "make it writable (chmod u+w) or write a patched copy elsewhere with -o OUTDIR",
+                     "write a patched copy elsewhere with -o OUTDIR",
                      "free some space, or write a patched copy elsewhere with -o OUTDIR")
     REVERT = Remedies("make the directory writable and run revert again",
                       "make it writable (chmod u+w) and run revert again",
+                      "remount it read-write and run revert again",
                       "free some space and run revert again")
     OUT = Remedies("choose another -o directory", "choose another -o directory",
+                   "choose another -o directory",
                    "free some space, or choose an -o directory on another filesystem")
+
+
+def _read_only_fs(d: str) -> bool:
+    try:
+        return bool(os.statvfs(d).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_writable(path: str, remedy: Remedies, in_place: bool = False) -> None:
     """Refuse when ``path`` could not be written: an in-place write needs the file writable, a
     rewrite (temp file + rename) also its directory."""
     d = os.path.dirname(os.path.abspath(path))
+    if _read_only_fs(d):
+        raise WriteError(f"{shown(path)}: on a read-only file system; {remedy.read_only_fs}; "
+                         f"nothing written")
     if not in_place and not os.access(d, os.W_OK):
         raise WriteError(f"{shown(path)}: directory {shown(d)} is read-only; {remedy.read_only_dir}; "
                          f"nothing written")

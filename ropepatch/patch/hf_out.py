@@ -73,8 +73,9 @@ def check_out(model: HFModel, out: str) -> str:
         raise UsageError(f"-o {shown(out)}: not a valid path (it contains a NUL byte)") from None
     if st is not None:
         if not stat.S_ISDIR(st.st_mode):
-            raise UsageError(f"-o {shown(out)}: exists and is {kind_of(st.st_mode)}, not a directory; "
-                             f"give a new or empty directory")
+            what = "a file" if stat.S_ISREG(st.st_mode) else kind_of(st.st_mode)
+            raise UsageError(f"-o {shown(out)}: exists and is {what}, not a directory; give a new or "
+                             f"empty directory")
         if os.path.samefile(out, model.root):
             raise UsageError(f"-o {shown(out)}: is the model directory itself; omit -o to patch in place")
         _refuse_unless_ours(model, out)

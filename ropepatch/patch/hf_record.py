@@ -212,6 +212,10 @@ def _opt_str(v: object) -> bool:
     return v is None or isinstance(v, str)
 
 
+def _link(v: object) -> bool:
+    return v is None or (isinstance(v, str) and 0 < len(v) <= 4096 and "\0" not in v)
+
+
 def _length(v: object) -> bool:
     return type(v) is int and 2 <= v <= ST_MAX_HEADER
 
@@ -233,8 +237,8 @@ _FIELDS = {
     "pad": (_pad, "a string of spaces, tabs and line breaks, or null"),
     "metadata": (_opt_str, "a string or null"),
     "config": (lambda v: isinstance(v, str), "a string"),
-    "config_link": (_opt_str, "a string or null"),
-    "link": (_opt_str, "a string or null"),
+    "config_link": (_link, "a symlink target (1 to 4096 characters, no NUL) or null"),
+    "link": (_link, "a symlink target (1 to 4096 characters, no NUL) or null"),
     "header_sha256": (_sha, "64 lowercase hex digits or null"),
     "config_sha256": (_sha, "64 lowercase hex digits or null"),
 }

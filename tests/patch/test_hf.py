@@ -735,7 +735,7 @@ def test_registry_rope_types_are_the_hf_spellings():
     ("header_length", "64", r"an integer from 2 to 100000000, found \"64\""),
     ("pad", "x", r"a string of spaces, tabs and line breaks, or null, found \"x\""),
     ("config", None, r"a string, found null"),
-    ("link", 3, r"a string or null, found 3"),
+    ("link", 3, r"a symlink target \(1 to 4096 characters, no NUL\) or null, found 3"),
 ])
 def test_bad_record_field_refused_before_writing(tmp_path, field, value, expected):
     d = make_model(tmp_path / "m")

@@ -162,6 +162,18 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Sanity bounds: a larger value is no model's (and would overflow the float math after it).
+MAX_CONTEXT = 2**40  # max_position_embeddings, original_max_position_embeddings
+MAX_DIM = 2**24  # head_dim, hidden_size, num_attention_heads
+
+
+def _bounded(path: str, key: str, v: int, limit: int) -> int:
+    if v > limit:
+        raise FormatError(f"{path}: {key} must be at most {limit}, found {str(v)[:30]}"
+                          f"{'...' if len(str(v)) > 30 else ''}; fix config.json")
+    return v
+
+
 def _arch_candidates(model_type: str) -> list[str]:
     mt = model_type.lower()
     base = mt[: -len("_text")] if mt.endswith("_text") else mt
@@ -203,7 +215,7 @@ def _block(path: str, where: str, c: dict) -> tuple[str, dict, bool]:
 def _model_type(path: str, where: str, c: dict, data: dict) -> str:
     model_type = c.get(hk.MODEL_TYPE) or data.get(hk.MODEL_TYPE) or "unknown"
     if not isinstance(model_type, str):
-        raise FormatError(f"{path}: {where}model_type must be a string, found {model_type!r}")
+        raise FormatError(f"{path}: {where}model_type must be a string, found {json.dumps(model_type)[:40]}")
     if any(n in NO_ROPE_ARCHS for n in _arch_candidates(model_type)):
         raise UnsupportedModelError(
             f"{path}: model_type {model_type!r} does not use rotary position embeddings; "
@@ -248,7 +260,7 @@ def _max_pos(path: str, where: str, c: dict) -> int:
             f"{path}: {where}max_position_embeddings must be a positive integer, found {what}; "
             f"add the model's training context to config.json"
         )
-    return mpe
+    return _bounded(path, f"{where}max_position_embeddings", mpe, MAX_CONTEXT)
 
 
 def _head_dim(path: str, where: str, c: dict) -> int:
@@ -259,12 +271,13 @@ def _head_dim(path: str, where: str, c: dict) -> int:
             raise FormatError(
                 f"{path}: cannot derive the head size: expected {where}head_dim or "
                 f"{where}hidden_size and {where}num_attention_heads as positive integers, found "
-                f"head_dim=None, hidden_size={hs!r}, num_attention_heads={nh!r}"
+                f"head_dim=None, hidden_size={json.dumps(hs)[:40]}, num_attention_heads={json.dumps(nh)[:40]}"
             )
-        return hs // nh
+        _bounded(path, f"{where}hidden_size", hs, MAX_DIM)
+        return hs // _bounded(path, f"{where}num_attention_heads", nh, MAX_DIM)
     if not _is_int(head_dim) or head_dim <= 0:
-        raise FormatError(f"{path}: {where}head_dim must be a positive integer, found {head_dim!r}")
-    return head_dim
+        raise FormatError(f"{path}: {where}head_dim must be a positive integer, found {json.dumps(head_dim)[:40]}")
+    return _bounded(path, f"{where}head_dim", head_dim, MAX_DIM)
 
 
 def _partial_rotary(path: str, c: dict, block: dict, model_type: str) -> float:
@@ -295,6 +308,8 @@ def _scaling(path: str, bw: str, c: dict, block: dict) -> dict:
             f"{path}: {bw}original_max_position_embeddings must be a positive integer, found "
             f"{json.dumps(omp)[:40]}"
         )
+    if omp is not None:
+        _bounded(path, f"{bw}original_max_position_embeddings", omp, MAX_CONTEXT)
     att = block.get(hk.RS_ATTENTION_FACTOR)
     return {"rope_type": rope_type, "factor": float(factor) if factor is not None else None,
             "original_max_position_embeddings": omp,
