@@ -45,6 +45,25 @@ def _existing_parent(path: str) -> str:
     return path
 
 
+_BUSY = ("another ropepatch process is writing into this directory; wait for it to finish, or choose "
+         "another -o directory")
+
+
+def _busy(out: str) -> bool:
+    """True when a live ropepatch run holds ``out``'s lock (it is writing its copy there)."""
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def _refuse_unless_ours(model: HFModel, out: str) -> None:
     """Refuse an ``out`` holding anything but what a killed ``-o`` run of this model left."""
     try:
@@ -78,6 +97,8 @@ def check_out(model: HFModel, out: str) -> str:
                              f"empty directory")
         if os.path.samefile(out, model.root):
             raise UsageError(f"-o {shown(out)}: is the model directory itself; omit -o to patch in place")
+        if _busy(out):
+            raise WriteError(f"-o {shown(out)}: {_BUSY}")
         _refuse_unless_ours(model, out)
     parent = _existing_parent(out)
     if not os.path.isdir(parent):
@@ -128,8 +149,7 @@ def _lock_out(model: HFModel, out_dir: str) -> tuple[int, bool]:
             _refuse_unless_ours(model, out_dir)
     except BlockingIOError:
         os.close(fd)
-        raise WriteError(f"-o {shown(out_dir)}: another ropepatch process is writing into this "
-                         f"directory; wait for it to finish, or choose another -o directory") from None
+        raise WriteError(f"-o {shown(out_dir)}: {_BUSY}") from None
     except BaseException:
         os.close(fd)
         raise
