@@ -133,8 +133,9 @@ def model_dir(path) -> os.stat_result:
 
 
 def output_target(path, option: str = "-o") -> None:
-    """Refuse an output path (``option`` names it in the message) whose directory is missing or not a directory, or that names an
-    existing FIFO, socket, device or directory (a link is judged by what it points to)."""
+    """Refuse an output path (``option`` names it in the message) whose directory is missing or
+    not a directory, or that names an existing FIFO, socket, device or directory (a link is
+    judged by what it points to)."""
     parent = os.path.dirname(os.path.abspath(path)) or "."
     try:
         pst = os.stat(parent)
