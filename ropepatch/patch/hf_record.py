@@ -174,7 +174,10 @@ class HfUndoRecord:
                 f"{shown(hdr.path)}: {hk.RP_ORIGINAL} records an original header of {n0} bytes, more "
                 f"than the shard's {hdr.header_length}; {_FIX}"
             )
-        json0 = with_metadata_text(hdr, self.metadata).encode("utf-8")
+        try:
+            json0 = with_metadata_text(hdr, self.metadata).encode("utf-8")
+        except FormatError:  # the member ropepatch inserted is no longer where it put it
+            raise FormatError(f"{shown(hdr.path)}: __metadata__ is not where ropepatch put it: {_CHANGED}") from None
         pad = self.pad.encode("utf-8") if self.pad is not None else b" " * max(0, n0 - len(json0))
         header = json0 + pad
         if len(header) != n0:
