@@ -117,9 +117,10 @@ def _root_of(path: str) -> tuple[str, str | None]:
             raise UsageError(f"{shown(path)}: expected a regular file, found {kind_of(st.st_mode)}")
         root = os.path.dirname(os.path.abspath(path))
         return root, (None if name == hk.CONFIG_NAME else os.path.join(root, name))
+    found = "" if stat.S_ISREG(st.st_mode) else f", found {kind_of(st.st_mode)}"
     raise UsageError(
         f"{shown(path)}: expected a Hugging Face model directory (config.json + *.safetensors) or a "
-        f".safetensors file with config.json beside it"
+        f".safetensors file with config.json beside it{found}"
     )
 
 
