@@ -13,6 +13,11 @@ Targets:
   library must open it too and list the same tensors (a disagreement is reported).
 * command-line numbers: ``ropepatch gguf --dry-run`` / ``ropepatch plan`` with hostile --ctx,
   --alpha, --base, --rope-dim values.
+* Hugging Face model directories (``tools/fuzz_hf.py``, issue 12): damaged and forged undo
+  records in shard metadata, hostile config.json and index JSON, through ``inspect_hf``,
+  ``plan_hf``, dry-run patch and revert, the CLI, then a real revert and a real patch on copies
+  (nothing written on an error, readable results, exact round trips, nothing outside the model
+  directory touched).
 
 Inputs come from seeds (the committed fixtures, small synthetic GGUFs built from their metadata,
 patched and --no-record-patched copies, a v2 file, a file with general.alignment) through
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -894,15 +900,44 @@ def corpus_cases() -> dict[str, bytes]:
 
 def write_corpus(d: str) -> None:
     os.makedirs(d, exist_ok=True)
-    for name, data in corpus_cases().items():
+    for name, data in {**corpus_cases(), **_hf().corpus_cases()}.items():
         Path(d, name).write_bytes(data)
 
 
 # ---- driver -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def no_fsync():
+    """``os.fsync`` as a no-op while fuzzing: the fuzzer judges results, not durability (the
+    crash harnesses kill real runs for that), and the HF targets' real patches and reverts would
+    otherwise spend most of their time waiting for the disk."""
+    saved = os.fsync
+    os.fsync = lambda fd: None
+    try:
+        yield
+    finally:
+        os.fsync = saved
+
+
+def _without_fsync(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with no_fsync():
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def _hf():
+    import fuzz_hf  # tools/ is on sys.path (as a script, and in tests/formats/test_fuzz.py)
+
+    return fuzz_hf
+
+
+@_without_fsync
 def fuzz(cases: int, seed: int, save: str | None = None, big: bool = True, log=print, timeout: float = 5.0,
-         deep_every: int = 1, targets=("gguf", "safetensors", "cli")) -> Stats:
+         deep_every: int = 1, targets=("gguf", "safetensors", "cli", "hf")) -> Stats:
     rng = random.Random(seed)
     stats = Stats()
     work = tempfile.mkdtemp(prefix="ropepatch-fuzz-")
@@ -914,6 +949,7 @@ def fuzz(cases: int, seed: int, save: str | None = None, big: bool = True, log=p
         seeds = gguf_seeds(work, big)
         lays = {name: layout(data) for name, data in seeds}
         sts = st_seeds()
+        hfs = _hf().seeds() if "hf" in targets else []
         seed_path = os.path.join(work, "cli-seed.gguf")
         with open(seed_path, "wb") as f:
             f.write(seeds[0][1])
@@ -923,10 +959,13 @@ def fuzz(cases: int, seed: int, save: str | None = None, big: bool = True, log=p
             check_gguf(stats, rng, data, work, save, timeout)
         for name, data in sts if "safetensors" in targets else ():
             check_st(stats, data, work, save, timeout)
-        weights = {"gguf": 0.72, "safetensors": 0.2, "cli": 0.08}
+        for name, files in hfs:
+            _hf().check_hf(sys.modules[__name__], stats, rng, files, work, save, timeout)
+        weights = {"gguf": 0.72, "safetensors": 0.2, "cli": 0.08, "hf": 0.25}
         total = sum(weights[t] for t in targets)
         cut_gguf = weights["gguf"] / total if "gguf" in targets else 0.0
         cut_st = cut_gguf + (weights["safetensors"] / total if "safetensors" in targets else 0.0)
+        cut_cli = cut_st + (weights["cli"] / total if "cli" in targets else 0.0)
         t0 = time.monotonic()
         for i in range(cases):
             r = rng.random()
@@ -936,8 +975,11 @@ def fuzz(cases: int, seed: int, save: str | None = None, big: bool = True, log=p
             elif r < cut_st:
                 name, data = rng.choice(sts)
                 check_st(stats, mutate_st(rng, data), work, save, timeout)
-            else:
+            elif r < cut_cli:
                 check_cli_numbers(stats, rng, seed_path, timeout, save)
+            else:
+                name, files = rng.choice(hfs)
+                _hf().check_hf(sys.modules[__name__], stats, rng, _hf().mutate(rng, files), work, save, timeout)
             if log and (i + 1) % 1000 == 0:
                 log(f"  {i + 1} cases, {stats.calls} calls, {len(stats.findings)} distinct findings, {time.monotonic() - t0:.0f} s")
     finally:
@@ -959,13 +1001,23 @@ def _warm_up(path: str) -> None:
         import safetensors  # noqa: F401
 
         import ropepatch.formats.safetensors  # noqa: F401
+    with contextlib.suppress(Exception), tempfile.TemporaryDirectory() as d:  # the HF targets, once
+        hf = _hf()
+        m = hf.materialize(hf.model("llama"), d)
+        for argv in (["inspect", m, "--json"], ["plan", m, "--ctx", "1024"], ["hf", m, "--ctx", "1024", "--dry-run"],
+                     ["revert", m, "--dry-run"], ["hf", m, "--ctx", "1024"], ["revert", m]):
+            with contextlib.suppress(Exception, SystemExit):
+                _cli(argv)()
+        hf._readable(m)
 
 
 def replay(corpus: str, save: str | None = None, timeout: float = 5.0) -> tuple[Stats, list[str]]:
-    """Run every corpus file through its targets (GGUF: .gguf, safetensors: .safetensors)."""
+    """Run every corpus file through its targets (GGUF: .gguf, safetensors: .safetensors, HF
+    model directories: .hfmodel.json)."""
     return replay_files([os.path.join(corpus, n) for n in sorted(os.listdir(corpus))], save, timeout)
 
 
+@_without_fsync
 def replay_files(paths: list[str], save: str | None = None, timeout: float = 5.0) -> tuple[Stats, list[str]]:
     rng = random.Random(0)
     stats = Stats()
@@ -987,6 +1039,8 @@ def replay_files(paths: list[str], save: str | None = None, timeout: float = 5.0
                 check_gguf(stats, rng, data, work, save, timeout)
             elif name.endswith(".safetensors"):
                 check_st(stats, data, work, save, timeout)
+            elif name.endswith(_hf().EXT):
+                _hf().check_hf(sys.modules[__name__], stats, rng, _hf().unbundle(data), work, save, timeout)
             else:
                 continue
             names.append(name)

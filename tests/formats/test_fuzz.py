@@ -1,4 +1,6 @@
-"""Hostile input (issue 6): a short, deterministic slice of tools/fuzz_headers.py and the replay
+"""Hostile input (issues 6 and 12): a short, deterministic slice of tools/fuzz_headers.py (GGUF,
+safetensors, command-line numbers and, issue 12, Hugging Face model directories with damaged or
+forged undo records and hostile config/index JSON: tools/fuzz_hf.py) and the replay
 of the regression corpus in tests/fuzz_corpus (regenerate it with
 ``python tools/fuzz_headers.py --write-corpus tests/fuzz_corpus``). Every input must end in one
 clean error line or a correct result: no other exception, no hang, no allocation driven by a
@@ -24,6 +26,7 @@ from ropepatch.patch import gguf as gp  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fuzz_corpus"
 FILES = sorted(n for n in os.listdir(CORPUS) if n.endswith((".gguf", ".safetensors")))
+HF_FILES = sorted(n for n in os.listdir(CORPUS) if n.endswith(fz._hf().EXT))
 
 
 
@@ -131,3 +134,80 @@ def test_length_fields_drive_no_allocation():
             assert tracemalloc.get_traced_memory()[1] < 256 * 1024
     finally:
         tracemalloc.stop()
+
+
+# ---- Hugging Face model directories (issue 12) ---------------------------------------------
+
+
+def test_fuzz_slice_hf():
+    """Mutated HF models through inspect/plan/dry runs/the CLI, then a real revert and a real
+    patch on copies: one clean line or a correct, readable result; nothing written on an error;
+    nothing outside the model directory touched."""
+    stats = fz.fuzz(40, seed=6, big=False, log=None, targets=("hf",))
+    assert stats.cases >= 40 and stats.outcomes["ok"] > 40 and stats.outcomes["error"] > 40
+    assert _clean(stats) == []
+
+
+def test_hf_corpus_replay():
+    """Every HF corpus input (one replay: the HF targets share one warm-up)."""
+    assert len(HF_FILES) >= 40
+    stats, names = fz.replay_files([str(CORPUS / n) for n in HF_FILES])
+    assert names == HF_FILES
+    assert _clean(stats) == []
+
+
+@pytest.mark.parametrize("args", [["inspect"], ["inspect", "--json"], ["plan", "--ctx", "4096"],
+                                  ["hf", "--ctx", "4096", "--dry-run", "--json"]])
+def test_hf_corpus_through_the_cli(args, cli, tmp_path):
+    """Every HF corpus input through the command line in process (rendering included: a config
+    with rope_scaling factor 1e308 crashed `ropepatch inspect` in its text output): exit 0, or 2
+    with exactly one error line."""
+    hf = fz._hf()
+    bad = []
+    for n in HF_FILES:
+        m = hf.materialize(hf.unbundle((CORPUS / n).read_bytes()), str(tmp_path / n))
+        try:
+            r = cli(args[0], m, *args[1:])
+        except Exception as e:  # noqa: BLE001 - a traceback is the finding
+            bad.append(f"{n}: {type(e).__name__}: {e}")
+            continue
+        lines = r.stderr.splitlines()
+        if not (r.returncode == 0 or (r.returncode == 2 and len(lines) == 1 and lines[0].startswith("ropepatch: error: "))):
+            bad.append(f"{n}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
+    assert bad == []
+
+
+# the issue's cases: what they say now, and a real revert / patch writes nothing
+EXPECT_HF = {
+    "hf-record-metadata-x": "holds malformed original metadata",
+    "hf-record-metadata-list": "holds malformed original metadata",
+    "hf-record-metadata-object-rehashed": "holds malformed original metadata",
+    "hf-two-shards-second-record-forged": "holds malformed original metadata",
+    "hf-record-header-length-2pow62": "field 'header_length'",
+    "hf-record-header-length-2pow70": "field 'header_length'",
+    "hf-record-header-length-3e8": "field 'header_length'",
+    "hf-record-link-number": "field 'link'",
+    "hf-record-config-link-list": "field 'config_link'",
+    "hf-record-header-sha-wrong": "does not match its recorded sha256",
+    "hf-record-deep-json": "nesting too deep",
+    "hf-config-deep": "nesting too deep",
+    "hf-index-deep": "nesting too deep",
+    "hf-config-5000-digits": "too many digits",
+    "hf-config-surrogate-model-type": "unpaired surrogate",
+    "hf-index-escapes-the-directory": "is not a plain file name",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECT_HF))
+def test_hf_fixed_inputs_give_one_clean_line_and_write_nothing(name, tmp_path):
+    from ropepatch.errors import RopepatchError
+    from ropepatch.patch.hf import patch_hf, revert_hf
+
+    hf = fz._hf()
+    m = hf.materialize(hf.unbundle((CORPUS / (name + hf.EXT)).read_bytes()), str(tmp_path))
+    before = hf.snapshot(str(tmp_path))
+    for call in (lambda: revert_hf(m), lambda: patch_hf(m, 2048, "yarn")):
+        with pytest.raises(RopepatchError) as e:
+            call()
+        assert EXPECT_HF[name] in str(e.value) and "\n" not in str(e.value), str(e.value)
+        assert hf.snapshot(str(tmp_path)) == before
