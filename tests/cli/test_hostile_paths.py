@@ -4,8 +4,9 @@ traceback, no hang, nothing written, and every existing entry left as it was (a 
 keeps its bytes, a FIFO stays a FIFO, a socket a socket, a device node a device node).
 
 The matrix: path classes (missing, FIFO, directory, regular file where a directory is expected,
-/dev/null and /dev/zero, a socket, a symlink loop, a path through a regular file, a 300-character
-name, a name with a newline, an unreadable file) x the commands' inputs (inspect, plan, gguf,
+/dev/null and /dev/zero, a socket, a device node, a symlink loop, a link to a FIFO, a dangling
+link, a path through a regular file, a 300-character name, a name with a newline, an unreadable
+file) x the commands' inputs (inspect, plan, gguf,
 hf, revert, validate, eval/tune/passkey and their --text, gguf --from-hf) and outputs (gguf -o,
 revert -o, hf -o, eval --plot). It runs in process (the ``cli`` fixture) under a SIGALRM
 guard, so a blocking open is a failed test, never a hung suite; a few FIFO cases also run
@@ -54,6 +55,8 @@ def arena(tmp_path_factory):
     os.mkdir(root / "e5")
     (root / "e5" / "x").write_text("x")
     os.symlink(root / "e6", root / "e6")
+    os.symlink(root / "e2", root / "e9")  # a link to the FIFO: judged by what it points to
+    os.symlink(root / "e0", root / "e10")  # a dangling link
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(root / "e7"))
     if IS_ROOT:  # a device node of our own (same device as /dev/null): never a system file
@@ -80,6 +83,8 @@ def _input(a, cls: str, want_dir: bool = False) -> str:
         "/dev/zero": "/dev/zero",
         "socket": f"{r}/e7",
         "symlink-loop": f"{r}/e6",
+        "symlink-to-fifo": f"{r}/e9",
+        "dangling-symlink": f"{r}/e10",
         "through-a-file": f"{r}/e1/x",
         "name-too-long": f"{r}/" + "a" * 300,
         "newline": f"{r}/new\nline",
@@ -99,6 +104,7 @@ def _output(a, cls: str) -> str:
         "missing-dir": f"{r}/e0/out",
         "through-a-file": f"{r}/e1/out",
         "symlink-loop": f"{r}/e6",
+        "symlink-to-fifo": f"{r}/e9",
         "name-too-long": f"{r}/" + "b" * 300,
         "newline": f"{r}/e\n3",  # a FIFO whose name holds a newline
     }
@@ -116,6 +122,8 @@ SAYS = {
     "device": r"device",
     "socket": r"socket|no such device",
     "symlink-loop": r"symbolic links|loop",
+    "symlink-to-fifo": r"FIFO|named pipe",
+    "dangling-symlink": r"no such file|does not exist|not found",
     "through-a-file": r"not a directory",
     "name-too-long": r"too long",
     "newline": r"/new\\nline|/e\\n3",
@@ -124,11 +132,11 @@ SAYS = {
 }
 
 FILE_CLASSES = ["missing", "fifo", "directory", "/dev/null", "/dev/zero", "socket", "symlink-loop",
-                "through-a-file", "name-too-long", "newline", "unreadable"]
+                "symlink-to-fifo", "dangling-symlink", "through-a-file", "name-too-long", "newline", "unreadable"]
 DIR_CLASSES = ["missing", "fifo", "regular-file", "/dev/null", "/dev/zero", "socket", "symlink-loop",
-               "through-a-file", "name-too-long", "newline", "unreadable"]
+               "symlink-to-fifo", "dangling-symlink", "through-a-file", "name-too-long", "newline", "unreadable"]
 OUT_CLASSES = ["fifo", "socket", "device", "directory", "missing-dir", "through-a-file", "symlink-loop",
-               "name-too-long", "newline"]
+               "symlink-to-fifo", "name-too-long", "newline"]
 
 # command -> argv with X where the hostile path goes (G: a good GGUF, P: a patched one, H: a
 # good HF model directory, T: a good text file)
