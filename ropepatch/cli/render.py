@@ -6,7 +6,7 @@ import json
 import sys
 from dataclasses import asdict
 
-from ropepatch.cli.streams import out
+from ropepatch.cli.streams import one_line, out
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeParams, ScalingType
 from ropepatch.rope.serialize import jsonable
@@ -25,7 +25,7 @@ def emit(args, data: dict, text: str) -> None:
 def warn(msgs) -> None:
     """One ``ropepatch: warning:`` line on stderr per message."""
     for m in msgs:
-        print(f"ropepatch: warning: {m}", file=sys.stderr)
+        print(one_line(f"ropepatch: warning: {m}"), file=sys.stderr)
 
 
 def g(x: float) -> str:

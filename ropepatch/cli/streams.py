@@ -17,7 +17,7 @@ import os
 import sys
 
 from ropepatch.errors import WriteError
-from ropepatch.safeio.paths import os_error
+from ropepatch.safeio.paths import os_error, shown
 
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE (13)
 
@@ -52,10 +52,17 @@ def stdout_error(exc: OSError) -> WriteError:
     return WriteError(str(err))
 
 
+def one_line(text: str) -> str:
+    """``text`` with newlines and other control characters (and lone surrogates) as escapes: a
+    message that names a file called ``"a\\nb"`` stays ONE line however it was built."""
+    return shown(text)
+
+
 def say_error(line: str) -> None:
-    """Print one line on stderr; a closed stderr is silenced, never a traceback."""
+    """Print one line on stderr (escaped by :func:`one_line`); a closed stderr is silenced, never
+    a traceback."""
     try:
-        print(line, file=sys.stderr)
+        print(one_line(line), file=sys.stderr)
         sys.stderr.flush()
     except OSError:
         silence(sys.stderr)

@@ -107,3 +107,21 @@ def test_stdout_on_a_full_device_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines() == [
         "ropepatch: error: standard output: cannot write the output: no space left on device"]
+
+
+def test_every_error_and_warning_is_one_line(cli, monkeypatch, capsys):
+    """The CLI's last guarantee: whatever a message holds (a file name with a newline, a tab,
+    undecodable bytes as surrogates), the error or warning it prints is ONE escaped line."""
+    from ropepatch.cli import commands
+    from ropepatch.cli.render import warn
+    from ropepatch.errors import FormatError
+
+    def fails(args):
+        raise FormatError("/tmp/a\nb\r.gguf: bad\tthing \udcff")
+
+    monkeypatch.setitem(commands.COMMANDS, "inspect", (fails, *commands.COMMANDS["inspect"][1:]))
+    r = cli("inspect", "x")
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == ["ropepatch: error: /tmp/a\\nb\\r.gguf: bad\\tthing \\udcff"]
+    warn(["replaced the symlink x -> ../blobs/a\nb"])
+    assert capsys.readouterr().err.splitlines() == ["ropepatch: warning: replaced the symlink x -> ../blobs/a\\nb"]
