@@ -301,6 +301,8 @@ def _config_text(d: Path) -> str:
     (lambda t: t.replace('"head_dim": 16', '"head_dim": ' + "1" + "0" * 400), "head_dim must be at most"),
     (lambda t: t.replace('"max_position_embeddings": 128', '"max_position_embeddings": ' + "9" * 40),
      "max_position_embeddings must be at most"),
+    (lambda t: t.replace('"rope_scaling": null', '"rope_scaling": {"rope_type": "linear", "factor": 1e308}'),
+     "factor must be at most"),
 ])
 def test_hostile_config_json_is_one_line(tmp_path, cli, mutate, found):
     d = model(tmp_path)

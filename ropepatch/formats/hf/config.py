@@ -165,6 +165,7 @@ def _is_int(v: Any) -> bool:
 # Sanity bounds: a larger value is no model's (and would overflow the float math after it).
 MAX_CONTEXT = 2**40  # max_position_embeddings, original_max_position_embeddings
 MAX_DIM = 2**24  # head_dim, hidden_size, num_attention_heads
+MAX_FACTOR = 1e6  # a scaling factor (real ones are 2 to 128)
 
 
 def _bounded(path: str, key: str, v: int, limit: int) -> int:
@@ -300,6 +301,8 @@ def _scaling(path: str, bw: str, c: dict, block: dict) -> dict:
     factor = block.get(hk.RS_FACTOR)
     if factor is not None and (not _is_num(factor) or factor <= 0):
         raise FormatError(f"{path}: {bw}factor must be a positive number, found {json.dumps(factor)[:40]}")
+    if factor is not None and factor > MAX_FACTOR:
+        raise FormatError(f"{path}: {bw}factor must be at most {MAX_FACTOR:g}, found {factor:g}; fix config.json")
     omp = block.get(hk.RS_ORIG_MAX_POS)
     if rope_type in _ORIG_CTX_TYPES and _is_int(c.get(hk.RS_ORIG_MAX_POS)):
         omp = c[hk.RS_ORIG_MAX_POS]  # transformers prefers the top-level value (Phi-3)
