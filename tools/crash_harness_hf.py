@@ -42,8 +42,12 @@ reads every tensor and it equals the pristine tensor, config.json's ``rope_scali
 ``rope_theta`` and ``max_position_embeddings`` equal ``plan_hf`` + ``plan_hf_snippets`` on the
 pristine model, and ``inspect_hf`` reports the method and context.
 
-Models: ``fixtures/hf/tiny-llama`` (one shard) and the same tensors split into two shards with
-an index (built here), so kills between two shards' writes are tried too.
+Models: ``fixtures/hf/tiny-llama`` (one shard), the same tensors split into two shards with
+an index (built here), so kills between two shards' writes are tried too, and the fixture laid
+out as a Hugging Face cache snapshot (``snapshots/rev/config.json -> ../../blobs/<sha>``, the
+shard likewise), so kills while patch replaces the symlinks with regular files and while revert
+puts them back are tried too (issue 12): the shared blobs must never change, and after a revert
+every symlink must be back, pointing where it did.
 
 Usage::
 
@@ -114,7 +118,7 @@ SCENARIOS = [
              done="nothing to revert"),
 ]
 QUICK_SCENARIOS = [SCENARIOS[0], SCENARIOS[2], SCENARIOS[5]]
-MODELS = ["tiny-llama", "tiny-llama-2-shards"]
+MODELS = ["tiny-llama", "tiny-llama-2-shards", "tiny-llama-hf-cache"]
 
 
 def _fmt(args, d, o) -> list[str]:
@@ -125,11 +129,42 @@ def _fmt(args, d, o) -> list[str]:
 
 
 def snap(d: str) -> dict[str, str]:
-    """sha256 of every file in the (flat) model directory, ropepatch temp entries excluded."""
+    """sha256 of every file in the (flat) model directory, ropepatch temp entries excluded; a
+    symlink is ``"<sha256 of what it points to>-><target>"``."""
     if not os.path.isdir(d):
         return {}
-    return {n: sha256(os.path.join(d, n)) for n in sorted(os.listdir(d))
-            if not n.startswith(STRAY) and os.path.isfile(os.path.join(d, n))}
+    out = {}
+    for n in sorted(os.listdir(d)):
+        p = os.path.join(d, n)
+        if n.startswith(STRAY) or not os.path.isfile(p):
+            continue
+        out[n] = sha256(p) + (f"->{os.readlink(p)}" if os.path.islink(p) else "")
+    return out
+
+
+def content(snapshot: dict[str, str]) -> dict[str, str]:
+    """:func:`snap` without the link targets: the bytes each name reads as."""
+    return {n: v.split("->", 1)[0] for n, v in snapshot.items()}
+
+
+def is_cache(d: str) -> bool:
+    """True for a model directory laid out as a Hugging Face cache snapshot."""
+    return os.path.basename(os.path.dirname(os.path.abspath(d))) == "snapshots"
+
+
+def blobs_of(d: str) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(d))), "blobs")
+
+
+def copy_model(src: str, dst: str, ignore=None) -> str:
+    """Copy the model directory ``src`` to ``dst``; a cache snapshot is copied with its whole
+    cache (blobs and relative symlinks kept). Returns the copy's model directory."""
+    if not is_cache(src):
+        shutil.copytree(src, dst, ignore=ignore)
+        return dst
+    cache = os.path.dirname(os.path.dirname(os.path.abspath(src)))
+    shutil.copytree(cache, dst, symlinks=True, ignore=ignore)
+    return os.path.join(dst, os.path.relpath(os.path.abspath(src), cache))
 
 
 def strays(*dirs: str) -> list[str]:
@@ -161,7 +196,15 @@ def make_models(work: str) -> dict[str, str]:
         wm.update({n: fn for n in part})
     with open(os.path.join(two, INDEX), "w") as fh:
         json.dump({"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": wm}, fh, indent=2)
-    return {MODELS[0]: one, MODELS[1]: two}
+    cache = os.path.join(work, "pristine", MODELS[2])
+    snapshot = os.path.join(cache, "snapshots", "rev")
+    os.makedirs(os.path.join(cache, "blobs"))
+    os.makedirs(snapshot)
+    for name in (CONFIG, "model.safetensors"):
+        blob = sha256(FIXTURE / name)
+        shutil.copyfile(FIXTURE / name, os.path.join(cache, "blobs", blob))
+        os.symlink(os.path.join("..", "..", "blobs", blob), os.path.join(snapshot, name))
+    return {MODELS[0]: one, MODELS[1]: two, MODELS[2]: snapshot}
 
 
 # ---- validation ---------------------------------------------------------------------------
@@ -282,14 +325,12 @@ class Prepared:
 
 def prepare(sc: Scenario, model: str, pristine: str, work: str) -> Prepared:
     base = tempfile.mkdtemp(prefix="prep-", dir=work)
-    d = os.path.join(base, "m")
-    shutil.copytree(pristine, d)
+    d = copy_model(pristine, os.path.join(base, "m"))
     run_setup(sc, d, model, _fmt)
     if sc.setup:  # a re-patch or revert starts from a patched model: validate it too
         problem = validate(d, ("patch", int(sc.setup[-1][3]), sc.setup[-1][5]), pristine)
         assert problem is None, f"{model} / {sc.name}: setup result invalid: {problem}"
-    pre_dir = os.path.join(base, "pre")
-    shutil.copytree(d, pre_dir)
+    pre_dir = copy_model(d, os.path.join(base, "pre"))
     o = os.path.join(base, "out")
     secs = run_timed(sc, d, o, model, _fmt)
     target = o if sc.output else d
@@ -297,8 +338,7 @@ def prepare(sc: Scenario, model: str, pristine: str, work: str) -> Prepared:
     assert problem is None, f"{model} / {sc.name}: uninterrupted result invalid: {problem}"
     if sc.output:
         assert snap(d) == snap(pre_dir), f"{model} / {sc.name}: -o changed the input"
-    post_dir = os.path.join(base, "post")
-    shutil.copytree(target, post_dir)
+    post_dir = copy_model(target, os.path.join(base, "post"))
     return Prepared(sc, model, pristine, pre_dir, snap(pre_dir), snap(target), post_dir, secs)
 
 
@@ -317,7 +357,7 @@ def is_new_plus_prev(prep: Prepared, path: str) -> bool:
     except RopepatchError:
         return False
     meta = dict(h.metadata or {})
-    if meta.pop(RP_PREVIOUS_CONFIG_SHA256, None) != prep.pre[CONFIG]:
+    if meta.pop(RP_PREVIOUS_CONFIG_SHA256, None) != content(prep.pre)[CONFIG]:
         return False
     header = pad_header(with_metadata_text(h, layout_metadata(meta)), h.header_length)
     with open(path, "rb") as f:
@@ -330,6 +370,8 @@ def is_new_plus_prev(prep: Prepared, path: str) -> bool:
 def classify(prep: Prepared, d: str, o: str) -> tuple[str, str | None, str | None]:
     """(state, what is wrong for corrupt, mixed kind) of the files after a kill."""
     sc = prep.scenario
+    if is_cache(d) and snap(blobs_of(d)) != snap(blobs_of(prep.pristine)):
+        return "corrupt", "a shared blob changed (written through a symlink)", None
     if sc.output:
         if snap(d) != prep.pre:
             return "corrupt", "the input model changed", None
@@ -392,11 +434,15 @@ def recover(prep: Prepared, state: str, d: str, o: str, base: str) -> str | None
     except RopepatchError as e:
         return f"revert after the re-run failed: {e}"
     want = snap(prep.pristine)  # the -o copy holds config.json, the shards and a copy of the index
-    if snap(target) != want:
+    if sc.output:  # a copy holds regular files where the input had links
+        want = content(want)
+    if (content(snap(target)) if sc.output else snap(target)) != want:
         bad = sorted(n for n in set(want) | set(snap(target)) if snap(target).get(n) != want.get(n))
         return f"revert after the re-run did not restore the pristine bytes of {bad}"
     if strays(d, o, base):
         return f"revert left {strays(d, o, base)}"
+    if is_cache(d) and snap(blobs_of(d)) != snap(blobs_of(prep.pristine)):
+        return "a shared blob changed (written through a symlink)"
     return None
 
 
@@ -405,8 +451,8 @@ def revert_now(prep: Prepared, d: str, base: str) -> str | None:
     from ropepatch.errors import NotPatchedError, RopepatchError
     from ropepatch.patch.hf import revert_hf
 
-    cp = os.path.join(base, "revert-now")
-    shutil.copytree(d, cp, ignore=shutil.ignore_patterns(STRAY + "*"))
+    top = os.path.join(base, "revert-now")
+    cp = copy_model(d, top, ignore=shutil.ignore_patterns(STRAY + "*"))
     try:
         revert_hf(cp)
     except NotPatchedError:
@@ -415,7 +461,7 @@ def revert_now(prep: Prepared, d: str, base: str) -> str | None:
         return f"revert right after the kill failed: {e}"
     finally:
         left = snap(cp)
-        shutil.rmtree(cp, ignore_errors=True)
+        shutil.rmtree(top, ignore_errors=True)
     if left != snap(prep.pristine):
         return "revert right after the kill did not restore the pristine bytes"
     return None
@@ -448,9 +494,8 @@ def _after_kill(prep: Prepared, c: Counts, d: str, o: str, base: str, label: str
 
 def _fresh(prep: Prepared, work: str, prefix: str) -> tuple[str, str, str]:
     base = tempfile.mkdtemp(prefix=prefix, dir=work)
-    d, o = os.path.join(base, "m"), os.path.join(base, "out")
-    shutil.copytree(prep.pre_dir, d)
-    return base, d, o
+    d = copy_model(prep.pre_dir, os.path.join(base, "m"))
+    return base, d, os.path.join(base, "out")
 
 
 def kill_at_step(prep: Prepared, n: int, work: str) -> tuple[Counts, bool]:
@@ -515,7 +560,8 @@ def kill_matrix(models, scenarios, work: str, random_kills: int = 0, jobs: int =
                 for p in c.problems:
                     log(f"    ! {p}")
                 total.add(c)
-                shutil.rmtree(os.path.dirname(prep.pre_dir), ignore_errors=True)
+                shutil.rmtree(os.path.join(work, os.path.relpath(prep.pre_dir, work).split(os.sep)[0]),
+                              ignore_errors=True)
     return total, rows
 
 

@@ -47,6 +47,18 @@ def test_kill_at_every_write_step(tmp_path, scenario):
         assert c.mixed_kinds == {"config.json new, shards old": c.mixed}
 
 
+def test_kill_while_revert_puts_the_cache_symlinks_back(tmp_path):
+    """An HF cache snapshot (config.json and the shard are symlinks into blobs/): patch replaced
+    the links with regular files; a kill at each step of the revert that puts them back leaves
+    each name the patched file or the link, the shared blobs unchanged, and the re-run restores
+    every link (issue 12)."""
+    revert = next(sc for sc in hh.SCENARIOS if sc.name == "revert")
+    c, rows = hh.kill_matrix(["tiny-llama-hf-cache"], [revert], str(tmp_path), jobs=2, log=None)
+    assert c.problems == [] and c.corrupt == 0
+    assert c.kills == rows[0]["steps"] >= 4 and c.recovered == c.kills
+    assert c.mixed_kinds == {"config.json new, shards old": c.mixed} and c.mixed > 0
+
+
 def _model(tmp_path, name="m"):
     d = tmp_path / name
     shutil.copytree(hh.FIXTURE, d)
