@@ -24,7 +24,8 @@ for the config keys per method):
 * every shard's ``__metadata__`` gets ``ropepatch.version``, ``.method``, ``.ctx``, ``.alpha``,
   ``.config_sha256`` (of the config.json written), a ``.reserved`` filler (spaces) and
   ``.original`` (a JSON undo record: the shard's original ``__metadata__`` text and header
-  length, the original config.json text and any symlink targets), in that order after the
+  length, the original config.json text, any symlink targets, and the sha256 of the original
+  header and of the original config.json), in that order after the
   file's own entries (:func:`layout_metadata`); ``"format"`` and every other entry are kept,
   and a file that had no metadata gets ``"format": "pt"`` (transformers refuses safetensors
   metadata without it). The filler keeps the metadata text the same length for every method,
@@ -50,6 +51,15 @@ for the config keys per method):
   then config.json, then the shards again without it. A kill between the shards and
   config.json thus leaves shards that name both config texts, and the re-run or ``revert``
   accepts the old config.json as ropepatch's own instead of refusing it as a hand edit.
+
+Hostile input (issue 12): every path is checked to be a regular file (or the model directory)
+before anything opens it, JSON reads are size-capped, the undo records are decoded and verified
+(the original header rebuilt, hashed and parsed back) before anything is written, a shard
+re-saved by another tool is refused, every header about to be written is parsed back first,
+and a patch or revert checks the whole run (files replaceable, room for every rewrite at once:
+the replaced files stay allocated until the run ends) before its first write
+(:mod:`ropepatch.patch.hf_checks`); ``-o`` locks its directory, so of two runs onto one new
+directory one is refused; every run removes what a killed run left in the directory it writes.
 
 ``force``: config.json edited by hand after ropepatch patched it (its sha256 matches neither the
 recorded patched nor the original text) is refused by patch and revert, since both would discard

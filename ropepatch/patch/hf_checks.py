@@ -4,7 +4,7 @@ operation, and every header it is about to write parses back. Every refusal is o
 remedy is one the command has (``hf`` has ``-o OUTDIR``; ``revert`` of an HF model has none).
 
     Remedy.PATCH / Remedy.REVERT / Remedy.OUT          # the remedies each command can offer
-    check_writable(path, remedy, in_place=False)
+    check_writable(path, remedy, in_place=False, replace=False)
     check_room(directory, sizes, what, remedy)         # sizes: every file rewritten, all at once
     check_new_header(hdr, header)                      # parses back with the shard's tensors
     clear_leftovers(directory)                         # stale temps and link temps of a killed run
@@ -51,9 +51,10 @@ def _read_only_fs(d: str) -> bool:
         return False
 
 
-def check_writable(path: str, remedy: Remedies, in_place: bool = False) -> None:
+def check_writable(path: str, remedy: Remedies, in_place: bool = False, replace: bool = False) -> None:
     """Refuse when ``path`` could not be written: an in-place write needs the file writable, a
-    rewrite (temp file + rename) also its directory."""
+    rewrite (temp file + rename) also its directory; ``replace`` (a symlink put back over it)
+    needs the directory only, as does a symlink replaced by a regular file."""
     d = os.path.dirname(os.path.abspath(path))
     if _read_only_fs(d):
         raise WriteError(f"{shown(path)}: on a read-only file system; {remedy.read_only_fs}; "
@@ -61,7 +62,7 @@ def check_writable(path: str, remedy: Remedies, in_place: bool = False) -> None:
     if not in_place and not os.access(d, os.W_OK):
         raise WriteError(f"{shown(path)}: directory {shown(d)} is read-only; {remedy.read_only_dir}; "
                          f"nothing written")
-    if os.path.lexists(path) and not os.access(path, os.W_OK):
+    if not replace and os.path.isfile(path) and not os.path.islink(path) and not os.access(path, os.W_OK):
         raise WriteError(f"{shown(path)}: file is read-only; {remedy.read_only_file}; nothing written")
 
 

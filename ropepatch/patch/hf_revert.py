@@ -86,7 +86,7 @@ def _preflight(model: HFModel, ops: list[_Op], orig_cfg: bytes) -> None:
             check_writable(model.config_path, Remedy.REVERT)
             sizes.append(len(orig_cfg))
         elif kind == "link":
-            check_writable(arg[0], Remedy.REVERT)
+            check_writable(arg[0], Remedy.REVERT, replace=True)
         else:
             s, hdr, h0, ok = arg
             in_place = ok and is_in_place(hdr, h0, False)

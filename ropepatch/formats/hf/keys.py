@@ -141,8 +141,10 @@ RP_CONFIG_SHA256 = "ropepatch.config_sha256"  # sha256 of the config.json bytes 
 # JSON undo record for THIS shard's header plus the original config.json text:
 #   {"v": 1, "header_length": N0, "pad": "<bytes after the JSON>", "metadata": "<exact original
 #    __metadata__ value text>" | null, "config": "<original config.json text>",
-#    "config_link": "<symlink target>" | null, "link": "<symlink target of this shard>" | null}
-# is the value of RP_ORIGINAL.
+#    "config_link": "<symlink target>" | null, "link": "<symlink target of this shard>" | null,
+#    "header_sha256": "<sha256 of the original 8 + N0 bytes>", "config_sha256": "<sha256 of the
+#    original config.json>"}
+# is the value of RP_ORIGINAL (records written before the two hashes existed lack them).
 # sha256 of the config.json a re-patch replaces (one ropepatch wrote). Present in the shards
 # only while that re-patch runs (ropepatch.patch.hf docstring): the shards are written before
 # config.json, so a re-patch killed in between leaves shards that name the new config next to
