@@ -170,8 +170,7 @@ MAX_FACTOR = 1e6  # a scaling factor (real ones are 2 to 128)
 
 def _bounded(path: str, key: str, v: int, limit: int) -> int:
     if v > limit:
-        raise FormatError(f"{path}: {key} must be at most {limit}, found {str(v)[:30]}"
-                          f"{'...' if len(str(v)) > 30 else ''}; fix config.json")
+        raise FormatError(f"{path}: {key} must be at most {limit}, found {str(v)[:30]}...; fix config.json")
     return v
 
 
