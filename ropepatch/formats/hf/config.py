@@ -162,15 +162,15 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-# Sanity bounds: a larger value is no model's (and would overflow the float math after it).
-MAX_CONTEXT = 2**40  # max_position_embeddings, original_max_position_embeddings
+MAX_CONTEXT = 2**40  # max_position_embeddings and the original one; larger is no model's (floats overflow)
 MAX_DIM = 2**24  # head_dim, hidden_size, num_attention_heads
 MAX_FACTOR = 1e6  # a scaling factor (real ones are 2 to 128)
 
 
 def _bounded(path: str, key: str, v: int, limit: int) -> int:
     if v > limit:
-        raise FormatError(f"{path}: {key} must be at most {limit}, found {str(v)[:30]}...; fix config.json")
+        big = f"{str(v)[:30]}..." if v >= 10**30 else v
+        raise FormatError(f"{path}: {key} must be at most {limit}, found {big}; fix config.json")
     return v
 
 
