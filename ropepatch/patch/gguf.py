@@ -197,6 +197,7 @@ def patch_gguf(
     plan = _checked_plan(path, original, ctx, method, alpha, replace_scaling)
     if note := method_note(plan, "gguf_note"):
         warnings.append(note)
+    warnings.extend(plan.warnings)
     base_kvs = original_kvs(h, prov)
     new_kvs = apply_params(base_kvs, params_to_kvs(plan))
     if not record:

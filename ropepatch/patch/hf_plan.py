@@ -70,4 +70,4 @@ def plan_hf_snippets(plan: Plan) -> dict:
 def method_notes(plan: Plan) -> list[str]:
     """What the user should know about ``plan``'s method after patching (registry text)."""
     note = method_note(plan, "hf_note")
-    return [note] if note else []
+    return ([note] if note else []) + list(plan.warnings)

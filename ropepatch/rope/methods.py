@@ -138,7 +138,7 @@ METHODS: dict[str, Method] = {
             "NTK-aware scaling: raise the rotary base so low frequencies interpolate, high ones extrapolate",
             "bloc97, 'NTK-Aware Scaled RoPE allows LLaMA models to have extended (8k+) context size "
             "without any fine-tuning' (r/LocalLLaMA, 2023)",
-            "alpha: the scale s in b' = b * s^(d/(d-2)); default N/L (often best set above N/L)",
+            "alpha: the scale in b' = b * alpha^(d/(d-2)); default s = N/L (often best set above s)",
             "rope.freq_base, context_length",
             _ntk,
             hf=HFSpelling(None, theta_from_target=True),
@@ -146,10 +146,11 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "dynamic",
-            "Dynamic NTK, frozen at the target length: the base dynamic NTK would use at N tokens",
+            "Dynamic NTK: in a GGUF, the base dynamic NTK would use at N tokens (llama.cpp has no dynamic mode); "
+            "in an HF config, transformers' real dynamic scaling (rope_type dynamic)",
             "emozilla, 'Dynamically Scaled RoPE further increases performance of long context "
             "LLaMA with zero fine-tuning' (r/LocalLLaMA, 2023)",
-            "alpha: the factor a in b * ((a*N/L) - (a-1))^(d/(d-2)); default N/L (HF's rope_scaling.factor)",
+            "alpha: the factor a in b * ((a*N/L) - (a-1))^(d/(d-2)); default s = N/L (HF's rope_scaling.factor)",
             "rope.freq_base, context_length (llama.cpp has no dynamic mode: the base is used at every length)",
             _dynamic,
             hf=HFSpelling("dynamic", max_pos_is_target=False),
@@ -166,10 +167,10 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "linear",
-            "Linear position interpolation: divide every position by s",
+            "Linear position interpolation: divide every position by alpha (default s = N/L)",
             "Chen et al., 'Extending Context Window of Large Language Models via Positional "
             "Interpolation' (arXiv:2306.15595, 2023)",
-            "alpha: the factor s (positions m -> m/s); default N/L",
+            "alpha: the factor positions are divided by (m -> m/alpha); default s = N/L",
             "rope.scaling.type=linear, rope.scaling.factor, context_length",
             _linear,
             hf=HFSpelling("linear", max_pos_is_target=False),
@@ -181,7 +182,7 @@ METHODS: dict[str, Method] = {
             "YaRN: NTK-by-parts interpolation plus attention temperature",
             "Peng et al., 'YaRN: Efficient Context Window Extension of Large Language Models' "
             "(arXiv:2309.00071, 2023)",
-            "alpha: the factor s; default N/L",
+            "alpha: the scale factor; default s = N/L",
             "rope.scaling.type=yarn, rope.scaling.factor, rope.scaling.original_context_length, context_length",
             _yarn,
             hf=HFSpelling("yarn", writes_orig_max_pos=True),
@@ -200,6 +201,7 @@ METHODS: dict[str, Method] = {
 }
 
 DEFAULT_METHOD = "ntk"
+FAR_SCALE = 16.0  # a plan beyond this many times the training context gets a warning
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,16 @@ class Plan:
     def scale(self) -> float:
         """s = N / L."""
         return self.ctx / self.original.n_ctx_train
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the user should know before using this plan (an extreme scale)."""
+        if self.scale <= FAR_SCALE:
+            return ()
+        return (f"--ctx {self.ctx} is {self.scale:.3g}x the training context {self.original.n_ctx_train}: "
+                f"extension without fine-tuning is measured to hold to about 2-4x here (docs/results.md); "
+                f"expect quality to collapse long before {self.ctx} tokens, and memory for the KV cache "
+                f"to grow with the context",)
 
 
 def get_method(name: str) -> Method:
@@ -264,6 +276,9 @@ def make_plan(
         raise UsageError(f"--ctx must fit in 32 bits, found {ctx}")
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 1.0):
         raise UsageError(f"--alpha must be a finite number >= 1, found {alpha}")
+    if alpha is not None and not m.takes_alpha:
+        raise UsageError(f"--alpha does not apply to method {m.name} (it only raises the context length); "
+                         f"drop --alpha, or choose a method that scales")
     check_composable(orig, m.name, replace_scaling)
     base_orig = orig
     if replace_scaling:

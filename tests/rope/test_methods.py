@@ -74,3 +74,23 @@ def test_rope_layer_is_standard_library_only():
                 assert n.split(".")[0] in allowed, f"{path.name} imports {n}"
                 if n.startswith("ropepatch."):
                     assert n.split(".")[1] in ("rope", "errors", "version"), f"{path.name} imports {n}"
+
+
+def test_alpha_for_a_method_without_one_is_refused():
+    with pytest.raises(UsageError, match="--alpha does not apply to method none"):
+        make_plan(ORIG, 16384, "none", 3.0)
+    assert make_plan(ORIG, 16384, "none").alpha_given is False
+
+
+def test_an_extreme_context_carries_a_warning():
+    assert make_plan(ORIG, 16384 * 4, "yarn").warnings == ()
+    (w,) = make_plan(ORIG, 1_000_000, "yarn").warnings
+    assert w.startswith("--ctx 1000000 is 122x the training context 8192")
+
+
+def test_cli_shows_the_extreme_context_warning(copy_fixture, cli):
+    path = copy_fixture("tiny-llama-f32.gguf")
+    r = cli("gguf", path, "--ctx", "1000000", "--dry-run")
+    assert r.returncode == 0 and "is 7.81e+03x the training context 128" in r.stdout + r.stderr
+    r = cli("gguf", path, "--ctx", "1024", "--method", "none", "--alpha", "3")
+    assert r.returncode == 2 and "--alpha does not apply to method none" in r.stderr
