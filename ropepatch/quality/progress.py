@@ -64,25 +64,25 @@ def _clock(seconds: float) -> str:
 
 
 def progress_lines(stream=None, every_s: float = 30.0) -> ProgressFn:
-    """A progress callback for a stderr that is NOT a terminal (nohup, a log file, CI): a whole
-    line every ``every_s`` seconds, and one when done, with the method, tokens done/total,
+    """A progress callback for a stderr that is NOT a terminal (nohup, a log file, CI): once the
+    run has lasted ``ESTIMATE_AFTER_S``, one line with the whole run's estimate; then a whole
+    line every ``every_s`` seconds and one when done, with the method, tokens done/total,
     percent, tokens/s and ETA -- so a long run is never silent and never fills a log with
-    carriage returns."""
+    carriage returns. A run shorter than ``ESTIMATE_AFTER_S`` prints nothing."""
     out = stream or sys.stderr
     last = [0.0]
-    said = {"start": False, "estimate": False}
+    estimated = [False]
 
     def cb(p: Progress) -> None:
         finished = p.done >= p.total
-        if not said["start"]:
-            said["start"] = True
-            out.write(f"progress: {p.total} tokens to decode in all\n")
-        if not said["estimate"] and not finished and p.elapsed_s >= ESTIMATE_AFTER_S and p.tokens_per_s > 0:
-            said["estimate"] = True
-            out.write(f"estimate: about {_clock(p.total / p.tokens_per_s)} in all at "
-                      f"{p.tokens_per_s:.0f} tok/s (measured over the first {_clock(p.elapsed_s)})\n")
-        if not finished and p.elapsed_s - last[0] < every_s:
+        if not estimated[0] and not finished and p.elapsed_s >= ESTIMATE_AFTER_S and p.tokens_per_s > 0:
+            estimated[0] = True
+            out.write(f"estimate: {p.total} tokens to decode, about {_clock(p.total / p.tokens_per_s)} in all "
+                      f"at {p.tokens_per_s:.0f} tok/s (measured over the first {_clock(p.elapsed_s)})\n")
             out.flush()
+        if finished and not estimated[0]:
+            return  # a short run: nothing to report
+        if not finished and p.elapsed_s - last[0] < every_s:
             return
         last[0] = p.elapsed_s
         pct = 100.0 * p.done / p.total if p.total else 100.0

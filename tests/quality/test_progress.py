@@ -19,13 +19,11 @@ def _feed(points, every_s=30.0):
 
 def test_lines_every_interval_with_rate_eta_and_an_estimate():
     lines = _feed([(10, 1), (40, ESTIMATE_AFTER_S + 1), (100, 20), (300, 31), (400, 45), (1000, 3700)])
-    assert lines[0] == "progress: 1000 tokens to decode in all"
-    assert lines[1].startswith("estimate: about 2 min 30 s in all at 7 tok/s")
-    assert lines[2] == "progress: yarn: 300/1000 tokens (30.0%), 9.7 tok/s, elapsed 31 s, ETA 1 min 12 s"
-    assert lines[3].startswith("progress: yarn: 1000/1000 tokens (100.0%)") and lines[3].endswith("ETA done")
-    assert len(lines) == 4 and not any("\r" in ln for ln in lines)
+    assert lines[0].startswith("estimate: 1000 tokens to decode, about 2 min 30 s in all at 7 tok/s")
+    assert lines[1] == "progress: yarn: 300/1000 tokens (30.0%), 9.7 tok/s, elapsed 31 s, ETA 1 min 12 s"
+    assert lines[2].startswith("progress: yarn: 1000/1000 tokens (100.0%)") and lines[2].endswith("ETA done")
+    assert len(lines) == 3 and not any("\r" in ln for ln in lines)
 
 
-def test_a_short_run_prints_no_estimate():
-    lines = _feed([(500, 1), (1000, 2)])
-    assert [ln.split(":")[0] for ln in lines] == ["progress", "progress"]
+def test_a_short_run_prints_nothing():
+    assert _feed([(500, 1), (1000, 2)]) == []
