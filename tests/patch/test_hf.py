@@ -489,7 +489,7 @@ def test_replace_existing_scaling(tmp_path):
               "original_max_position_embeddings": 128, "rope_type": "llama3"}
     d = make_model(tmp_path / "m", llama_config(rope_scaling=llama3, max_position_embeddings=1024))
     before = snapshot(d)
-    with pytest.raises(UnsupportedModelError, match=r"config\.json: rope_scaling\.rope_type is 'llama3' \(factor 8\); yarn cannot compose with an existing llama3 scaling: pass --replace-scaling \(replace_scaling=True\) to discard it and apply yarn to the unscaled model \(original context 128\)"):
+    with pytest.raises(UnsupportedModelError, match=r"config\.json: rope_scaling\.rope_type is 'llama3' \(factor 8\); yarn cannot compose with an existing llama3 scaling: ropepatch hf --replace-scaling \(replace_scaling=True\) discards it and applies yarn to the unscaled model \(original context 128\)"):
         patch_hf(str(d), 4096, "yarn")
     assert snapshot(d) == before
     r = patch_hf(str(d), 4096, "yarn", replace_scaling=True)

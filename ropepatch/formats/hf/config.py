@@ -383,8 +383,8 @@ def check_composable_hf(rope: HFRope, method: str, replace_scaling: bool = False
     fac = f"factor {rope.factor:g}" if rope.factor is not None else "no factor"
     raise UnsupportedModelError(
         f"{p}: {where}.rope_type is {rope.rope_type!r} ({fac}); {method} cannot compose with an "
-        f"existing {rope.rope_type} scaling: pass --replace-scaling (replace_scaling=True) to "
-        f"discard it and apply {method} to the unscaled model (original context {rope.orig_ctx})"
+        f"existing {rope.rope_type} scaling: ropepatch hf --replace-scaling (replace_scaling=True) "
+        f"discards it and applies {method} to the unscaled model (original context {rope.orig_ctx})"
     )
 
 
