@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 from ropepatch.cli.commands_inspect import is_hf
+from ropepatch.cli.commands_plan import next_step_lines
 from ropepatch.cli.progress import byte_progress, show_progress
 from ropepatch.cli.render import emit, file_lines, g, note_lines, plan_dict, warn
 from ropepatch.errors import UsageError
@@ -60,8 +62,22 @@ def cmd_gguf(args) -> int:
         "seconds": secs,
         "warnings": list(res.warnings),
     }
-    emit(args, data, _gguf_text(res, secs))
+    text = _gguf_text(res, secs)
+    data["next_steps"] = _gguf_next_steps(res)
+    if data["next_steps"]:
+        text += "\n".join(["", f"run it at {res.plan.ctx} tokens:", *next_step_lines(data["next_steps"])])
+    emit(args, data, text)
     return 0
+
+
+def _gguf_next_steps(res) -> dict[str, str] | None:
+    """The commands that run the written (or already patched) file; None when no file carries
+    the plan (a dry run; a no-op whose -o file was not written)."""
+    from ropepatch.rope.runtime_flags import next_steps
+
+    if res.mode == "dry-run" or (res.mode == "no-op" and res.out != res.path):
+        return None
+    return next_steps(res.plan.ctx, os.path.abspath(res.out))
 
 
 def _value(v) -> str:

@@ -1,14 +1,17 @@
-"""``ropepatch plan``: what each method would write, and the equivalent runtime flags."""
+"""``ropepatch plan``: what each method would write, the equivalent runtime settings for the
+file as it is, and the commands that run the patched file at N tokens."""
 
 from __future__ import annotations
 
 import json
+import os
 
 from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.render import describe_params, emit, g, note_lines, params_dict, plan_dict
 from ropepatch.errors import UsageError
 from ropepatch.rope.methods import METHODS, Plan, make_plan, method_note
 from ropepatch.rope.params import RopeParams
+from ropepatch.rope.runtime_flags import carries, next_steps
 
 F32_MAX = 3.4028234663852886e38  # the largest float32: a GGUF's rope.freq_base
 _BOTH = "plan: give either PATH or --base/--rope-dim/--orig-ctx, not both"
@@ -18,26 +21,49 @@ def cmd_plan(args) -> int:
     """Plan one method (or all) for a GGUF, an HF model, or bare --base/--rope-dim/--orig-ctx."""
     if args.path and is_hf(args.path):
         return _plan_hf(args)
-    orig, model_path = _plan_original(args)
+    orig, current, model_path = _plan_original(args)
     methods = list(METHODS) if args.method == "all" else [args.method]
     plans = [make_plan(orig, args.ctx, m, args.alpha) for m in methods]
     for p in plans:  # what `ropepatch gguf` refuses to write, plan does not print as a flag
         if p.target.freq_base > F32_MAX:
             raise UsageError(f"{p.method}: the planned rotary base {p.target.freq_base:.4g} is beyond the largest "
                              f"GGUF float32 ({F32_MAX:.4g}); use a smaller --alpha or --ctx")
-    data = {"original": params_dict(orig), "ctx": args.ctx, "plans": {p.method: plan_dict(p) for p in plans}}
-    lines = [
-        f"original: {describe_params(orig)}",
-        f"target ctx {args.ctx} (s = {args.ctx / orig.n_ctx_train:g})",
-        "",
-        *_plan_table(plans),
-    ]
+    # the file patched in place is the one to run (bare parameters: a placeholder name)
+    run_path = os.path.abspath(args.path) if args.path else model_path
+    data = {"original": params_dict(orig), "ctx": args.ctx,
+            "plans": {p.method: plan_dict(p, current, run_path) for p in plans}}
+    lines = [f"original: {describe_params(orig)}"]
+    if current != orig:
+        data["current"] = params_dict(current)
+        lines.append(f"file now: {describe_params(current)} (the runtime settings below are for the file as it is)")
+    lines += [f"target ctx {args.ctx} (s = {args.ctx / orig.n_ctx_train:g})", "", *_plan_table(plans)]
     for p in plans:
         if not METHODS[p.method].takes_alpha and len(plans) > 1:  # the unscaled baseline: table row only
             continue
-        lines += _runtime_lines(p, model_path)
+        lines += _runtime_lines(p, model_path, data["plans"][p.method]["runtime"])
+    ready = len(plans) == 1 and carries(plans[0], current)
+    data["next_steps"], data["patch_first"] = next_steps(args.ctx, run_path), not ready
+    head = (f"run it at {args.ctx} tokens (the file already carries this plan):" if ready else
+            f"run it at {args.ctx} tokens: patch it first (the 'patch the file' line; in place, or with -o OUT "
+            f"and OUT's absolute path below), then:")
+    lines += ["", head, *next_step_lines(data["next_steps"])]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def next_step_lines(steps: dict[str, str]) -> list[str]:
+    """:func:`ropepatch.rope.runtime_flags.next_steps` as indented text (``gguf`` and ``plan``)."""
+    modelfile = steps["ollama_modelfile"].splitlines()
+    lines = [f"  {'llama-server:':23}{steps['llama-server']}",
+             f"  {'llama-cli:':23}{steps['llama-cli']}",
+             f"  {'llama-cpp-python:':23}{steps['llama-cpp-python']}",
+             f"  {'Ollama:':23}a file named Modelfile with the {len(modelfile)} lines"]
+    lines += [f"  {'':25}{line}" for line in modelfile]
+    lines += [f"  {'':23}then: {steps['ollama']}",
+              f"  {'LM Studio:':23}{steps['lm_studio']}",
+              f"  {'koboldcpp:':23}{steps['koboldcpp']}",
+              f"  {'text-generation-webui:':23}{steps['text-generation-webui']}"]
+    return lines
 
 
 def _plan_table(plans: list[Plan]) -> list[str]:
@@ -52,34 +78,38 @@ def _plan_table(plans: list[Plan]) -> list[str]:
     return rows
 
 
-def _runtime_lines(p: Plan, model_path: str) -> list[str]:
-    from ropepatch.formats.gguf.params import override_kv_flags
-    from ropepatch.rope.runtime_flags import llama_cpp_flags, llama_cpp_python_kwargs, ollama_modelfile
-
+def _runtime_lines(p: Plan, model_path: str, runtime: dict) -> list[str]:
+    """A method's patch command and its runtime settings for the file as it is (``runtime``:
+    :func:`ropepatch.formats.gguf.params.runtime_settings`)."""
     lines = [
         "",
         f"[{p.method}] {METHODS[p.method].summary}",
         f"  patch the file:     ropepatch gguf {model_path} --ctx {p.ctx} --method {p.method}"
         + (f" --alpha {g(p.alpha)}" if p.alpha_given else ""),
-        f"  llama.cpp flags:    {' '.join(llama_cpp_flags(p))}",
-        f"  or kv overrides:    {' '.join(override_kv_flags(p))}",
-        f"  llama-cpp-python:   Llama({model_path!r}, "
-        + ", ".join(f"{k}={v!r}" for k, v in llama_cpp_python_kwargs(p).items())
-        + ")",
-        "  Ollama Modelfile:   " + ollama_modelfile(p, model_path).strip().replace("\n", " | "),
     ]
+    if "revert_first" in runtime:
+        lines.append(f"  runtime settings:   {runtime['revert_first']}")
+    else:
+        lines += [
+            f"  llama.cpp flags:    {' '.join(runtime['llama_cpp_flags'])}",
+            f"  or kv overrides:    {' '.join(runtime['override_kv_flags'])}",
+            f"  llama-cpp-python:   Llama({model_path!r}, "
+            + ", ".join(f"{k}={v!r}" for k, v in runtime["llama_cpp_python"].items())
+            + ")",
+        ]
     note = method_note(p, "gguf_plan_note")
     return lines + ([f"  note: {note}"] if note else [])
 
 
-def _plan_original(args) -> tuple[RopeParams, str]:
+def _plan_original(args) -> tuple[RopeParams, RopeParams, str]:
+    """(original, current, path) of the file; bare parameters: (params, params, placeholder)."""
     if args.path:
         if args.base is not None or args.rope_dim is not None or args.orig_ctx is not None:
             raise UsageError(_BOTH)
         from ropepatch.patch.gguf import inspect_gguf
 
         info = inspect_gguf(args.path)
-        return info.original, args.path
+        return info.original, info.current, args.path
     given = (("--base", args.base), ("--rope-dim", args.rope_dim), ("--orig-ctx", args.orig_ctx))
     missing = [n for n, v in given if v is None]
     if missing:
@@ -91,17 +121,9 @@ def _plan_original(args) -> tuple[RopeParams, str]:
                          f"float32), found {args.base:g}")
     if args.rope_dim <= 2 or args.rope_dim % 2:
         raise UsageError(f"--rope-dim must be an even number > 2, found {args.rope_dim}")
-    return (
-        RopeParams(
-            arch=args.arch,
-            n_ctx_train=args.orig_ctx,
-            rope_dim=args.rope_dim,
-            head_dim=args.rope_dim,
-            freq_base=args.base,
-            layout=rope_layout(args.arch),
-        ),
-        "./model.gguf",
-    )
+    params = RopeParams(arch=args.arch, n_ctx_train=args.orig_ctx, rope_dim=args.rope_dim,
+                        head_dim=args.rope_dim, freq_base=args.base, layout=rope_layout(args.arch))
+    return params, params, "./model.gguf"
 
 
 def _plan_hf(args) -> int:

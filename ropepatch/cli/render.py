@@ -40,8 +40,9 @@ def params_dict(p: RopeParams) -> dict:
     return d
 
 
-def plan_dict(plan: Plan) -> dict:
-    """A plan as JSON: inputs, target parameters and the equivalent runtime settings."""
+def plan_dict(plan: Plan, current: RopeParams | None = None, model_path: str = "./model.gguf") -> dict:
+    """A plan as JSON: inputs, target parameters and the equivalent runtime settings for the
+    file as it is (``current``; default: unpatched), its Modelfile naming ``model_path``."""
     from ropepatch.formats.gguf.params import runtime_settings
 
     return {
@@ -50,7 +51,7 @@ def plan_dict(plan: Plan) -> dict:
         "alpha": plan.alpha,
         "scale": plan.scale,
         "params": params_dict(plan.target),
-        "runtime": runtime_settings(plan),
+        "runtime": runtime_settings(plan, model_path, current),
     }
 
 

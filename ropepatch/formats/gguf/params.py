@@ -3,9 +3,11 @@
 * :func:`params_from_kvs` - the RoPE parameters llama.cpp would read from a file's entries.
 * :func:`params_to_kvs` - the entries (key -> (type, value)) that make a file carry a plan's
   target; a patch writes exactly these.
-* :func:`kv_overrides`, :func:`override_kv_flags`, :func:`runtime_settings` - the same entries
-  as llama.cpp kv overrides for the UNPATCHED file, derived from :func:`params_to_kvs` so the
-  key <-> field mapping is written once. Pure: no I/O.
+* :func:`kv_overrides`, :func:`override_kv_flags`, :func:`llama_cpp_run_flags`,
+  :func:`runtime_settings` - the plan as llama.cpp kv overrides / flags for the file AS IT IS
+  (its current parameters; default: unpatched), setting every RoPE key that differs from the
+  target (:func:`ropepatch.rope.runtime_flags.rope_delta`), with the same key names
+  (:mod:`.keys`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from ropepatch.formats.gguf.keys import ValueType, k
 from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
-from ropepatch.rope.runtime_flags import llama_cpp_flags, llama_cpp_python_kwargs, ollama_modelfile
+from ropepatch.rope.runtime_flags import (
+    llama_cpp_flags,
+    llama_cpp_python_kwargs,
+    ollama_modelfile,
+    recipe_problem,
+    revert_first,
+    rope_delta,
+)
 
 FREQ_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 
@@ -187,30 +196,69 @@ def params_to_kvs(plan: Plan, *, reset_scaling: bool = True) -> dict[str, tuple[
 # ---- the same entries as runtime overrides -------------------------------------------------
 
 
-def kv_overrides(plan: Plan) -> dict[str, object]:
-    """GGUF metadata overrides with the same effect (typed as llama.cpp's --override-kv wants):
-    :func:`params_to_kvs` without the scaling reset, floats as ``float``."""
-    return {
-        key: float(v) if t == ValueType.FLOAT32 else v
-        for key, (t, v) in params_to_kvs(plan, reset_scaling=False).items()
-    }
+def kv_overrides(plan: Plan, current: RopeParams | None = None) -> dict[str, object]:
+    """GGUF metadata overrides (typed as llama.cpp's --override-kv wants, floats as ``float``)
+    that give the file as it is (``current``; default: unpatched) the plan's target: the
+    context length, and every RoPE key :func:`rope_delta` says differs -- a scaling the file
+    has and the target drops is reset to ``none`` (factor 1), so nothing stacks.
+
+    llama.cpp src/llama-model-loader.cpp ``GGUFMeta::GKV::set``: an override applies whether
+    or not the file has the key; the loader (llama_model::load_hparams) then reads it as if
+    the file said so -- e.g. ``original_context_length`` for YaRN."""
+    t, arch = plan.target, plan.target.arch
+    d = rope_delta(plan, current)
+    out: dict[str, object] = {k(K.CONTEXT_LENGTH, arch): t.n_ctx_train}
+    if d.freq_base is not None:
+        out[k(K.ROPE_FREQ_BASE, arch)] = float(d.freq_base)
+    if d.scaling is not None:
+        out[k(K.ROPE_SCALING_TYPE, arch)] = d.scaling.value
+        out[k(K.ROPE_SCALING_FACTOR, arch)] = float(d.factor)
+    if d.orig_ctx is not None:
+        out[k(K.ROPE_SCALING_ORIG_CTX, arch)] = d.orig_ctx
+    return out
 
 
-def override_kv_flags(plan: Plan) -> list[str]:
-    """``--override-kv KEY=TYPE:VALUE`` flags for :func:`kv_overrides`."""
+def _override_flags(kvs: dict[str, object]) -> list[str]:
     out = []
-    for key, v in kv_overrides(plan).items():
+    for key, v in kvs.items():
         kind = "str" if isinstance(v, str) else "float" if isinstance(v, float) else "int"
         out += ["--override-kv", f"{key}={kind}:{v}"]
     return out
 
 
-def runtime_settings(plan: Plan, model_path: str = "./model.gguf") -> dict[str, object]:
-    """The plan as runtime settings in one JSON-friendly mapping: llama.cpp flags, kv override
-    flags, llama-cpp-python arguments and an Ollama Modelfile."""
-    return {
-        "llama_cpp_flags": llama_cpp_flags(plan),
-        "override_kv_flags": override_kv_flags(plan),
-        "llama_cpp_python": llama_cpp_python_kwargs(plan),
+def override_kv_flags(plan: Plan, current: RopeParams | None = None) -> list[str]:
+    """``--override-kv KEY=TYPE:VALUE`` flags for :func:`kv_overrides` (common/arg.cpp
+    string_parse_kv_override: int via atol, float via atof, str up to 127 chars)."""
+    return _override_flags(kv_overrides(plan, current))
+
+
+def llama_cpp_run_flags(plan: Plan, current: RopeParams | None = None) -> list[str]:
+    """llama-server / llama-cli flags: :func:`llama_cpp_flags` plus, when the file's
+    context_length is below the target, that key as an override -- llama-server
+    (tools/server/server-context.cpp n_ctx_slot(), which llama-cli runs too) caps every slot
+    at the model's training context, whatever ``-c`` says (a custom YaRN scale re-adjusts
+    it in llama_init_from_model; the other methods do not)."""
+    c, t = current or plan.original, plan.target
+    flags = llama_cpp_flags(plan, current)
+    if c.n_ctx_train < plan.ctx:
+        flags += _override_flags({k(K.CONTEXT_LENGTH, t.arch): plan.ctx})
+    return flags
+
+
+def runtime_settings(plan: Plan, model_path: str = "./model.gguf",
+                     current: RopeParams | None = None) -> dict[str, object]:
+    """The plan as runtime settings for the file as it is (``current``; default: unpatched),
+    in one JSON-friendly mapping: llama.cpp flags, kv override flags, llama-cpp-python
+    arguments, and an Ollama Modelfile for the patched file at ``model_path``. When no runtime
+    setting can do it (:func:`recipe_problem`), the three recipes are ``None`` and
+    ``revert_first`` says why, as one line."""
+    problem = recipe_problem(plan, current)
+    out: dict[str, object] = {
+        "llama_cpp_flags": None if problem else llama_cpp_run_flags(plan, current),
+        "override_kv_flags": None if problem else override_kv_flags(plan, current),
+        "llama_cpp_python": None if problem else llama_cpp_python_kwargs(plan, current),
         "ollama_modelfile": ollama_modelfile(plan, model_path),
     }
+    if problem:
+        out["revert_first"] = revert_first(problem, model_path)
+    return out
