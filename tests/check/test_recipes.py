@@ -365,3 +365,14 @@ def test_llama_server_slots_get_the_target_context(states, method):
     assert _slot_ctx(binary, states["unpatched"], llama_cpp_run_flags(plan, info.current)) == PATCHED_CTX
     rope_only = _slot_ctx(binary, states["unpatched"], llama_cpp_flags(plan, info.current))
     assert rope_only == (PATCHED_CTX if method == "yarn" else info.original.n_ctx_train)
+
+
+def test_the_readme_shows_what_gguf_prints():
+    from ropepatch.cli.commands_plan import next_step_lines
+
+    readme = (ROOT / "README.md").read_text()
+    block = "\n".join(["run it at 16384 tokens:",
+                       *next_step_lines(next_steps(16384, "/models/SmolLM2-135M-Instruct.Q4_1.gguf"))])
+    assert f"  ...\n{block}\n```" in readme
+    methods = (ROOT / "docs" / "methods.md").read_text()
+    assert "-c 16384 --rope-freq-base 100000.0 --rope-scaling linear --rope-scale 2.0" in methods
