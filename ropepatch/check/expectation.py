@@ -16,7 +16,7 @@ from ropepatch.check.ggml_args import ggml_rope_args
 from ropepatch.check.report import g
 from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
 from ropepatch.patch.gguf import ModelInfo, inspect_gguf
-from ropepatch.rope.methods import Plan, make_plan
+from ropepatch.rope.methods import Plan, alpha_for, make_plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
 from ropepatch.rope.serialize import jsonable
 
@@ -70,9 +70,10 @@ def _recorded_plan(info: ModelInfo, ctx: int | None, notes: list[str]):
     plan, problem = None, ""
     try:
         try:
-            plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha)
+            alpha = alpha_for(prov.method, prov.alpha)
+            plan = make_plan(info.original, prov.ctx, prov.method, alpha)
         except UnsupportedModelError:
-            plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha, replace_scaling=True)
+            plan = make_plan(info.original, prov.ctx, prov.method, alpha, replace_scaling=True)
             notes.append("the recorded plan replaces the model's own scaling (--replace-scaling)")
     except RopepatchError as exc:
         problem = (f"the recorded plan (method {prov.method!r}, ctx {prov.ctx}, alpha {g(prov.alpha)}) "

@@ -9,7 +9,7 @@ import os
 from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.render import describe_params, emit, g, note_lines, params_dict, plan_dict
 from ropepatch.errors import UsageError
-from ropepatch.rope.methods import METHODS, Plan, make_plan, method_note
+from ropepatch.rope.methods import METHODS, Plan, alpha_for, make_plan, method_note
 from ropepatch.rope.params import RopeParams
 from ropepatch.rope.runtime_flags import carries, next_steps
 
@@ -23,7 +23,8 @@ def cmd_plan(args) -> int:
         return _plan_hf(args)
     orig, current, model_path = _plan_original(args)
     methods = list(METHODS) if args.method == "all" else [args.method]
-    plans = [make_plan(orig, args.ctx, m, args.alpha) for m in methods]
+    plans = [make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if args.method == "all" else args.alpha)
+             for m in methods]
     for p in plans:  # what `ropepatch gguf` refuses to write, plan does not print as a flag
         if p.target.freq_base > F32_MAX:
             raise UsageError(f"{p.method}: the planned rotary base {p.target.freq_base:.4g} is beyond the largest "

@@ -15,7 +15,7 @@ from ropepatch.formats.hf.config import read_rope
 from ropepatch.patch.gguf import ModelInfo
 from ropepatch.patch.hf_io import read_config_file
 from ropepatch.patch.hf_plan import plan_hf_snippets
-from ropepatch.rope.methods import make_plan
+from ropepatch.rope.methods import alpha_for, make_plan
 from ropepatch.rope.params import RopeParams, ScalingType
 from ropepatch.safeio.paths import shown
 
@@ -82,7 +82,7 @@ def gguf_as_hf(info: ModelInfo) -> dict:
     """The Hugging Face config keys equivalent to a GGUF's current rope settings."""
     prov, cur = info.provenance, info.current
     if prov is not None:
-        plan = make_plan(info.original, prov.ctx, prov.method, prov.alpha)
+        plan = make_plan(info.original, prov.ctx, prov.method, alpha_for(prov.method, prov.alpha))
         return plan_hf_snippets(plan)
     scaling = None
     if cur.has_freq_factors:

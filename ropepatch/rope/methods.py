@@ -259,6 +259,13 @@ def check_composable(orig: RopeParams, method: str, replace_scaling: bool = Fals
         )
 
 
+def alpha_for(method: str, alpha: float | None) -> float | None:
+    """``alpha`` if ``method`` takes one, else None: for rebuilding a recorded plan (records
+    carry the alpha that was in effect, the default s for ``none``) or applying one alpha to
+    every method."""
+    return alpha if get_method(method).takes_alpha else None
+
+
 def make_plan(
     orig: RopeParams,
     ctx: int,
