@@ -1,4 +1,4 @@
-"""Progress bars on an interactive stderr (never with ``--json``)."""
+"""Progress on stderr: bars on an interactive stderr, whole lines on any other."""
 
 from __future__ import annotations
 
@@ -40,9 +40,13 @@ def byte_progress(enabled: bool):
 
 
 def quality_progress(args):
-    """The eval/tune/passkey progress bar, unless ``--json``, ``-q`` or a non-tty stderr."""
-    if args.json or args.quiet or not sys.stderr.isatty():
+    """The eval/tune/passkey progress report on stderr (stdout stays clean for ``--json``): the
+    self-overwriting bar on an interactive stderr, whole lines every 30 s with tok/s and ETA on
+    any other (nohup, a log file, CI; silent for short runs); nothing with ``-q``."""
+    if args.quiet:
         return None
-    from ropepatch.quality.evaluate import progress_bar
+    from ropepatch.quality.progress import progress_bar, progress_lines
 
-    return progress_bar()
+    if sys.stderr.isatty() and not args.json:
+        return progress_bar(sys.stderr)
+    return progress_lines(sys.stderr)
