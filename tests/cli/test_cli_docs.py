@@ -17,9 +17,11 @@ README = (ROOT / "README.md").read_text()
 
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
-    test_cmd = ci[-1]
-    assert "pytest" in test_cmd
+    test_cmd = next(line for line in ci if line.startswith("python3 -m venv"))
+    assert "pytest" in test_cmd and "hf-test" not in test_cmd  # the default suite installs no torch
     assert f"   {test_cmd}\n" in README
+    live = ci[-1]  # then the live transformers comparison, also as the README states it
+    assert "-m transformers" in live and live in README
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

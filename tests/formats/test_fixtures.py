@@ -388,6 +388,7 @@ def test_hf_numpy_reference_detects_a_wrong_permutation() -> None:
     assert np.abs(got - wrong).max() > 0.5
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_hf_fixture_equals_gguf_transformers(arch: str) -> None:
     torch = require("torch")

@@ -819,6 +819,7 @@ def default_rope(cfg, model_type):
     return cls.compute_default_rope_parameters(cfg)
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-qwen2", "partial"])
 @pytest.mark.parametrize("method", METHODS)
 def test_reference_matches_transformers(tmp_path, name, method):
@@ -850,6 +851,7 @@ def test_reference_matches_transformers(tmp_path, name, method):
     assert transformers.__version__
 
 
+@pytest.mark.transformers
 def test_transformers_loads_patched_model(tmp_path):
     require("transformers")
     torch = require("torch")

@@ -219,7 +219,8 @@ def _resave_torch(p: str, drop: bool) -> None:
     tsave(t, p, metadata=meta)
 
 
-@pytest.mark.parametrize("resave", [_resave_numpy, _resave_torch], ids=["numpy", "torch"])
+@pytest.mark.parametrize("resave", [pytest.param(_resave_numpy, id="numpy"),
+                                    pytest.param(_resave_torch, id="torch", marks=pytest.mark.transformers)])
 def test_shard_resaved_by_another_tool_is_refused_not_restored(tmp_path, cli, resave):
     """The metadata (with ropepatch's record) survives a re-save that drops a tensor: revert must
     see that the shard is no longer the one it patched, and neither claim a restore nor write."""

@@ -216,6 +216,7 @@ def test_change_across_a_page_boundary_is_an_atomic_rewrite(tmp_path, pwrites):
     assert _shas(d) == pristine
 
 
+@pytest.mark.transformers
 def test_transformers_loads_a_repatched_model(tmp_path):
     require("torch")
     transformers = require("transformers")
