@@ -312,13 +312,15 @@ def test_each_recipe_gives_the_target_in_the_runtime(states, state, method, ctx)
 
 
 def _server_binary() -> str:
+    """The llama-server the README's test command builds: a missing one FAILS, never skips."""
     try:
         version = importlib.metadata.version("llama-cpp-python")
     except importlib.metadata.PackageNotFoundError:
         version = "none"
     path = ROOT / ".cache" / "llama-server" / version / "bin" / "llama-server"
     if not path.is_file():
-        pytest.skip(f"no llama-server at {path} (build it: .venv/bin/python tools/build_llama_server.py)")
+        pytest.fail(f"llama-server is not built ({path} is missing); build it: "
+                    f".venv/bin/python tools/build_llama_server.py", pytrace=False)
     return str(path)
 
 
