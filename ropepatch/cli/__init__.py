@@ -11,9 +11,12 @@ A reader that closes stdout early (``| head -1``) ends the command quietly with 
 
 from __future__ import annotations
 
+import sys
+
 from ropepatch.cli.commands import COMMANDS
 from ropepatch.cli.parser import build_parser
-from ropepatch.cli.streams import EXIT_PIPE_CLOSED, flush_stdout, pipe_closed, say_error
+from ropepatch.cli.render import dumps
+from ropepatch.cli.streams import EXIT_PIPE_CLOSED, flush_stdout, out, pipe_closed, say_error
 from ropepatch.errors import RopepatchError
 
 __all__ = ["COMMANDS", "EXIT_PIPE_CLOSED", "build_parser", "main"]
@@ -43,7 +46,11 @@ def _run(argv: list[str] | None) -> int:
         return COMMANDS[args.command][0](args)
     except RopepatchError as e:
         say_error(f"ropepatch: error: {e}")
+        if getattr(args, "json", False):  # a --json caller gets the error as JSON on stdout too
+            out(dumps({"error": {"message": str(e), "type": type(e).__name__, "exit_code": e.exit_code}}))
         return e.exit_code
     except KeyboardInterrupt:
+        if sys.stderr is not None and sys.stderr.isatty():  # a progress bar may be mid-line
+            sys.stderr.write("\n")
         say_error("ropepatch: interrupted; the original file is intact")
         return 130

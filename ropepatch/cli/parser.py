@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ropepatch.cli.commands import COMMANDS
 from ropepatch.cli.options import FLASH_ATTN, number, positions, positive_int, seed, thread_count, trial_count
+from ropepatch.cli.streams import say_error
 from ropepatch.rope.methods import DEFAULT_METHOD, METHODS
 from ropepatch.version import __version__
 
@@ -13,9 +15,28 @@ _ALPHA_HELP = "alpha / factor (default: ctx / original ctx)"
 _DRY_RUN_HELP = "show the changes, write nothing"
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are ONE line (not argparse's usage block), naming the
+    command's ``-h``; exit status 2. Subparsers are of this class too."""
+
+    def error(self, message: str, command: str | None = None):
+        words = self.prog.split()
+        command = command or (words[1] if len(words) > 1 else None)
+        see = f"ropepatch {command} -h" if command else "ropepatch -h"
+        say_error(f"ropepatch: error: {message}; see '{see}'")
+        sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, with unrecognized arguments naming the command they were given to."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}", getattr(parsed, "command", None))
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ropepatch`` parser with every command of :data:`COMMANDS`."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="ropepatch",
         description="Extend a local LLM's context by patching its RoPE settings, safely and reversibly.",
         epilog="quick start:\n  ropepatch inspect model.gguf\n  ropepatch gguf model.gguf --ctx 16384\n"
@@ -135,7 +156,7 @@ def _passkey_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", help="alpha for every scaled method, or method=alpha,...")
     p.add_argument("--depths", default=None, help="key depths as fractions (default 0.1,0.5,0.9)")
     p.add_argument("--trials", type=trial_count, default=5, help="keys per depth (default 5)")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random 5-digit keys (default 0)")
 
 
 def _revert_args(p: argparse.ArgumentParser) -> None:

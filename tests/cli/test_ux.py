@@ -68,3 +68,58 @@ def test_short_run_off_a_terminal_is_silent(monkeypatch):
     monkeypatch.setattr(sys, "stderr", err)
     _feed(quality_progress(_args()), seconds=(0.5, 1.0))
     assert err.getvalue() == ""
+
+
+def test_interrupt_starts_on_a_new_line_after_a_bar(cli, monkeypatch):
+    import ropepatch.cli as cli_mod
+
+    def boom(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli_mod.COMMANDS, "plan", (boom, *cli_mod.COMMANDS["plan"][1:]))
+    for tty, expected in ((True, "\nropepatch: interrupted"), (False, "ropepatch: interrupted")):
+        err = _Stream(tty=tty)
+        monkeypatch.setattr(sys, "stderr", err)
+        assert cli_mod.main(["plan", "x", "--ctx", "4096"]) == 130
+        assert err.getvalue().startswith(expected), err.getvalue()
+
+
+@pytest.mark.parametrize("args,see", [
+    (["gguf"], "ropepatch gguf -h"),
+    (["plan", "x", "--ctx", "1e5"], "ropepatch plan -h"),
+    (["passkey", "x", "--ctx", "512", "--bogus"], "ropepatch passkey -h"),
+    (["nope"], "ropepatch -h"),
+])
+def test_argument_errors_are_one_line(cli, args, see):
+    r = cli(*args)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropepatch: error: ") and lines[0].endswith(f"; see '{see}'"), r.stderr
+
+
+def test_json_errors_are_json_on_stdout(cli, tmp_path):
+    r = cli("inspect", str(tmp_path / "missing.gguf"), "--json")
+    assert r.returncode == 2
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("ropepatch: error: ")
+    err = json.loads(r.stdout)["error"]
+    assert err["exit_code"] == 2 and err["type"] == "UsageError" and "missing.gguf" in err["message"]
+    r = cli("inspect", str(tmp_path / "missing.gguf"))
+    assert r.stdout == ""
+
+
+def _options(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {o}", h) for o, h in _options(sub))
+        else:
+            yield "/".join(action.option_strings) or action.dest, action.help
+
+
+def test_every_option_has_help():
+    from ropepatch.cli import build_parser
+
+    seen = list(_options(build_parser()))
+    assert any(name == "passkey --seed" for name, _ in seen)
+    missing = [name for name, h in seen if not h or not h.strip()]
+    assert not missing, missing
