@@ -216,12 +216,17 @@ def argv(a, template, hostile: str) -> list[str]:
     return [sub.get(t, t) for t in template]
 
 
-def assert_one_line(r, says: str | None = None):
+def assert_one_line(r, says: str | None = None, json_out: bool = False):
     assert "Traceback" not in r.stderr, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("ropepatch: error: "), r.stderr
     assert r.returncode == 2, (r.returncode, r.stderr)
-    assert r.stdout == ""
+    if json_out and r.stdout:  # --json may also give the error as one JSON object on stdout
+        import json
+
+        assert set(json.loads(r.stdout)) == {"error"}, r.stdout
+    else:
+        assert r.stdout == ""
     if says:
         import re
 
@@ -240,7 +245,7 @@ def test_hostile_path(arena, cli, kind, command, cls):
     hostile = _output(arena, cls) if kind == "out" else _input(arena, cls, want_dir=kind == "dir")
     before = snapshot(arena["root"])
     r = guarded(cli, argv(arena, template, hostile))
-    assert_one_line(r, SAYS.get(cls))
+    assert_one_line(r, SAYS.get(cls), json_out="--json" in template)
     assert snapshot(arena["root"]) == before
 
 
