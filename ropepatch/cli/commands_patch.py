@@ -140,11 +140,12 @@ def cmd_revert(args) -> int:
         "seconds": secs,
         "messages": list(res.messages),
     }
-    text = (
-        f"{res.path}: restored the original header (sha256 {res.sha256_header[:16]}...), "
-        f"{len(res.changes)} keys changed back"
-        + (" (dry run: nothing written)" if res.mode == "dry-run" else f", {res.mode} in {secs:.2f} s")
-    )
+    head = f"the original header (sha256 {res.sha256_header[:16]}...)"
+    if res.mode == "dry-run":
+        text = (f"{res.path}: would restore {head}, {len(res.changes)} keys would change back "
+                "(dry run: nothing written)")
+    else:
+        text = f"{res.path}: restored {head}, {len(res.changes)} keys changed back, {res.mode} in {secs:.2f} s"
     emit(args, data, text)
     return 0
 
@@ -155,7 +156,11 @@ def _revert_hf(args) -> int:
     if args.output:
         raise UsageError(f"{args.path}: -o is for GGUF files; Hugging Face models are reverted in place")
     res = revert_hf(args.path, dry_run=args.dry_run, force=args.force)
-    done = "restored the original config.json and safetensors headers" if res.changed else "nothing to restore"
+    what = "the original config.json and safetensors headers"
+    if not res.changed:
+        done = "nothing to restore"
+    else:
+        done = f"would restore {what}" if res.dry_run else f"restored {what}"
     lines = [f"{res.path}: " + done + (" (dry run: nothing written)" if res.dry_run else "")]
     lines += file_lines(res.files)
     lines += note_lines(res.messages)

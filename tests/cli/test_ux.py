@@ -94,7 +94,8 @@ def test_argument_errors_are_one_line(cli, args, see):
     r = cli(*args)
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("ropepatch: error: ") and lines[0].endswith(f"; see '{see}'"), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("ropepatch: error: "), r.stderr
+    assert lines[0].endswith(f"; see '{see}'"), r.stderr
 
 
 def test_json_errors_are_json_on_stdout(cli, tmp_path):
@@ -123,3 +124,28 @@ def test_every_option_has_help():
     assert any(name == "passkey --seed" for name, _ in seen)
     missing = [name for name, h in seen if not h or not h.strip()]
     assert not missing, missing
+
+
+def _hf_copy(tmp_path, name="tiny-llama"):
+    import shutil
+
+    from conftest import FIXTURES
+
+    dst = tmp_path / name
+    shutil.copytree(FIXTURES / "hf" / name, dst)
+    return str(dst)
+
+
+def test_revert_dry_run_says_would_restore(cli, copy_fixture, tmp_path):
+    g = copy_fixture("tiny-llama-f32.gguf")
+    assert cli("gguf", g, "--ctx", "1024").returncode == 0
+    r = cli("revert", g, "--dry-run")
+    assert r.returncode == 0 and "would restore" in r.stdout and "restored" not in r.stdout, r.stdout
+    r = cli("revert", g)
+    assert r.returncode == 0 and "restored" in r.stdout and "would restore" not in r.stdout
+    hf = _hf_copy(tmp_path)
+    assert cli("hf", hf, "--ctx", "8192").returncode == 0
+    r = cli("revert", hf, "--dry-run")
+    assert r.returncode == 0 and "would restore" in r.stdout and "restored " not in r.stdout, r.stdout
+    r = cli("revert", hf)
+    assert r.returncode == 0 and "restored the original" in r.stdout and "would restore" not in r.stdout
