@@ -47,6 +47,7 @@ def cmd_gguf(args) -> int:
         record=not args.no_record,
         replace_scaling=args.replace_scaling,
         progress=byte_progress(show_progress(args)),
+        force=args.force,
     )
     secs = time.perf_counter() - t0
     if args.from_hf and method_note(res.plan, "gguf_note"):  # the patch's own note says the same

@@ -78,6 +78,7 @@ def _gguf_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-hf", metavar="CONFIG", help="apply the rope settings of a Hugging Face config.json")
     p.add_argument("--alpha", type=number, help=_ALPHA_HELP)
     p.add_argument("-o", "--output", help="write a patched copy here and leave PATH untouched")
+    p.add_argument("--force", action="store_true", help="let -o replace a file that already exists")
     p.add_argument("--dry-run", action="store_true", help=_DRY_RUN_HELP)
     p.add_argument(
         "--no-record", action="store_true",

@@ -180,13 +180,17 @@ def patch_gguf(
     record: bool = True,
     replace_scaling: bool = False,
     progress=None,
+    force: bool = False,
 ) -> PatchResult:
     """Extend the GGUF model at ``path`` to ``ctx`` tokens with ``method``.
 
-    Writes in place (or to ``out``); ``record=False`` edits existing same-size values in place
-    without provenance (no revert, no protection against compounding).
+    Writes in place (or to ``out``: a file that already exists is replaced only with
+    ``force``); ``record=False`` edits existing same-size values in place without provenance
+    (no revert, no protection against compounding).
     """
     target = check_out(path, out)
+    if out is not None and not force and os.path.lexists(out):
+        raise UsageError(f"-o {shown(out)}: exists; give --force to replace it, or a new file name")
     h, prov, current, original = _load(path)
     warnings: list[str] = []
     if not record:

@@ -149,3 +149,21 @@ def test_revert_dry_run_says_would_restore(cli, copy_fixture, tmp_path):
     assert r.returncode == 0 and "would restore" in r.stdout and "restored " not in r.stdout, r.stdout
     r = cli("revert", hf)
     assert r.returncode == 0 and "restored the original" in r.stdout and "would restore" not in r.stdout
+
+
+def test_gguf_output_onto_an_existing_file_needs_force(cli, copy_fixture, tmp_path):
+    from conftest import sha256
+
+    g = copy_fixture("tiny-llama-f32.gguf")
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"keep me")
+    r = cli("gguf", g, "--ctx", "1024", "-o", str(other))
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and "--force" in r.stderr, r.stderr
+    assert other.read_bytes() == b"keep me"
+    before = sha256(g)
+    r = cli("gguf", g, "--ctx", "1024", "-o", str(other), "--force")
+    assert r.returncode == 0, r.stderr
+    assert other.read_bytes()[:4] == b"GGUF" and sha256(g) == before
+    r = cli("gguf", g, "--ctx", "1024", "-o", str(tmp_path / "new.gguf"))
+    assert r.returncode == 0, r.stderr
