@@ -30,12 +30,48 @@ class HFTranslation:
 
 def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None) -> HFTranslation:
     """The GGUF patch that applies ``config_path``'s rope settings to a model whose ORIGINAL
-    GGUF settings are ``original``. ``ctx`` overrides the target context the config implies.
+    GGUF settings are ``original``. The config states its own target context: a ``ctx`` that
+    differs is refused, and so is a config of another architecture (its ``model_type``).
     ``config_path`` must name a regular file of at most
     :data:`~ropepatch.formats.hf.keys.CONFIG_MAX_BYTES` (a FIFO or device is refused before it
     is opened)."""
     rope = read_rope(read_config_file(config_path)[1])
     config_path = shown(config_path)
+    _check_arch(config_path, rope.model_type, original.arch)
+    tr = _translate(config_path, rope, original)
+    if ctx is not None and ctx != tr.ctx:
+        raise UsageError(
+            f"--ctx {ctx}: {config_path} states its own context ({tr.ctx} tokens); drop --ctx, or "
+            f"give --ctx/--method/--alpha without --from-hf"
+        )
+    return tr
+
+
+# Hugging Face model_type -> the GGUF general.architecture llama.cpp's converter writes for it,
+# where the two differ (after lower-casing and dropping '_' and '-')
+_GGUF_ARCH = {"mistral": "llama", "mixtral": "llama", "deepseekv2": "deepseek2", "deepseekv3": "deepseek2"}
+
+
+def _arch_key(name: str) -> str:
+    key = name.lower().replace("_", "").replace("-", "")
+    return _GGUF_ARCH.get(key, key)
+
+
+def _check_arch(config_path: str, model_type: str | None, arch: str | None) -> None:
+    """Refuse a config whose model_type names another architecture than the GGUF's (a qwen2
+    config on a llama GGUF); names that are a prefix of each other (llama, llama4) pass."""
+    if not model_type or not arch:
+        return
+    a, b = _arch_key(model_type), _arch_key(arch)
+    if not (a.startswith(b) or b.startswith(a)):
+        raise UsageError(
+            f"{config_path}: model_type {model_type!r} does not match the GGUF's architecture "
+            f"{arch!r}; the config belongs to a different model"
+        )
+
+
+def _translate(config_path: str, rope, original: RopeParams) -> HFTranslation:
+    """The translation of ``rope`` (read from ``config_path``) onto ``original``."""
     L, d, b = original.n_ctx_train, original.rope_dim, original.freq_base
     warnings: list[str] = []
     if rope.rope_dim != d:
@@ -61,10 +97,10 @@ def plan_from_hf(config_path: str, original: RopeParams, ctx: int | None = None)
                 f"{b:g}; that is not an NTK extension ropepatch can express"
             )
         method, alpha = "ntk", (rope.rope_theta / b) ** ((d - 2) / d)
-        target = ctx or (rope.max_position_embeddings if rope.max_position_embeddings > L else round(L * alpha))
+        target = (rope.max_position_embeddings if rope.max_position_embeddings > L else round(L * alpha))
     elif t in hk.ROPE_TYPE_METHOD:  # the rope types a method writes
         method, alpha = hk.ROPE_TYPE_METHOD[t], float(rope.factor or 1.0)
-        target = ctx or round(L * alpha)
+        target = round(L * alpha)
         if t == hk.RT_DYNAMIC:
             warnings.append(
                 f"dynamic: llama.cpp has no dynamic NTK mode; the GGUF gets the static base dynamic "

@@ -167,3 +167,23 @@ def test_gguf_output_onto_an_existing_file_needs_force(cli, copy_fixture, tmp_pa
     assert other.read_bytes()[:4] == b"GGUF" and sha256(g) == before
     r = cli("gguf", g, "--ctx", "1024", "-o", str(tmp_path / "new.gguf"))
     assert r.returncode == 0, r.stderr
+
+
+def test_from_hf_refuses_another_ctx_and_another_architecture(cli, copy_fixture, tmp_path):
+    from conftest import sha256
+
+    g = copy_fixture("tiny-llama-f32.gguf")
+    before = sha256(g)
+    llama, qwen = _hf_copy(tmp_path), _hf_copy(tmp_path, "tiny-qwen2")
+    assert cli("hf", llama, "--ctx", "1024", "--method", "yarn").returncode == 0
+    assert cli("hf", qwen, "--ctx", "1024", "--method", "yarn").returncode == 0
+    r = cli("gguf", g, "--from-hf", f"{llama}/config.json", "--ctx", "2048")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "--ctx 2048" in r.stderr and "1024" in r.stderr and sha256(g) == before
+    r = cli("gguf", g, "--from-hf", f"{qwen}/config.json")
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "'qwen2'" in r.stderr and "'llama'" in r.stderr and sha256(g) == before
+    r = cli("gguf", g, "--from-hf", f"{llama}/config.json", "--ctx", "1024", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    r = cli("gguf", g, "--from-hf", f"{llama}/config.json")
+    assert r.returncode == 0, r.stderr
