@@ -155,7 +155,8 @@ def _revert_hf(args) -> int:
     from ropepatch.patch.hf import revert_hf
 
     if args.output:
-        raise UsageError(f"{args.path}: -o is for GGUF files; Hugging Face models are reverted in place")
+        raise UsageError(f"{args.path}: revert -o is for GGUF files only; Hugging Face models are reverted in "
+                         f"place: to keep the patched model, copy its directory (cp -a) and revert one copy")
     res = revert_hf(args.path, dry_run=args.dry_run, force=args.force)
     what = "the original config.json and safetensors headers"
     if not res.changed:

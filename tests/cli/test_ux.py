@@ -187,3 +187,16 @@ def test_from_hf_refuses_another_ctx_and_another_architecture(cli, copy_fixture,
     assert r.returncode == 0, r.stderr
     r = cli("gguf", g, "--from-hf", f"{llama}/config.json")
     assert r.returncode == 0, r.stderr
+
+
+def test_hf_revert_output_is_refused_naming_the_alternative(cli, tmp_path):
+    from ropepatch.cli import build_parser
+
+    hf = _hf_copy(tmp_path)
+    assert cli("hf", hf, "--ctx", "8192").returncode == 0
+    r = cli("revert", hf, "-o", str(tmp_path / "restored"))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "GGUF files only" in r.stderr and "cp -a" in r.stderr
+    assert not (tmp_path / "restored").exists()
+    helps = dict(_options(build_parser()))
+    assert "GGUF only" in helps["revert -o/--output"]
