@@ -46,7 +46,7 @@ def _run(argv: list[str] | None) -> int:
         return COMMANDS[args.command][0](args)
     except RopepatchError as e:
         say_error(f"ropepatch: error: {e}")
-        if getattr(args, "json", False):  # a --json caller gets the error as JSON on stdout too
+        if getattr(args, "json", False) and not getattr(e, "reported", False):  # JSON on stdout too, once
             out(dumps({"error": {"message": str(e), "type": type(e).__name__, "exit_code": e.exit_code}}))
         return e.exit_code
     except KeyboardInterrupt:

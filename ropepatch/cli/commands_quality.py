@@ -16,6 +16,7 @@ class RuntimeCrashReported(RopepatchError):
     """validate's runtime crashed after its report was printed: the crash line, exit 1."""
 
     exit_code = 1
+    reported = True  # the --json report already holds it (``crash``): no second JSON document
 
 
 def _model_arg(path: str) -> str:
