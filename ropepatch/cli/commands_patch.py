@@ -154,10 +154,7 @@ def cmd_revert(args) -> int:
 def _revert_hf(args) -> int:
     from ropepatch.patch.hf import revert_hf
 
-    if args.output:
-        raise UsageError(f"{args.path}: revert -o is for GGUF files only; Hugging Face models are reverted in "
-                         f"place: to keep the patched model, copy its directory (cp -a) and revert one copy")
-    res = revert_hf(args.path, dry_run=args.dry_run, force=args.force)
+    res = revert_hf(args.path, dry_run=args.dry_run, force=args.force, out=args.output)
     what = "the original config.json and safetensors headers"
     if not res.changed:
         done = "nothing to restore"

@@ -164,8 +164,8 @@ def _revert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a file or HF model ropepatch patched")
     p.add_argument("--force", action="store_true", help="HF: discard hand edits made to config.json after patching")
     p.add_argument("-o", "--output",
-                   help="GGUF only: write the restored original here and leave PATH untouched "
-                        "(HF models are reverted in place)")
+                   help="write the restored original here and leave PATH untouched (a GGUF file, or a "
+                        "new directory for an HF model)")
     p.add_argument("--dry-run", action="store_true", help="check that revert is possible, write nothing")
 
 

@@ -18,6 +18,7 @@ from ropepatch.formats.hf.config import read_rope
 from ropepatch.formats.hf.json_doc import parse_config
 from ropepatch.patch.hf_checks import Remedy, check_room, check_writable, clear_leftovers
 from ropepatch.patch.hf_model import HFModel, is_linked, link_target, nlink, resolve_model
+from ropepatch.patch.hf_out import check_out, other_files, write_out
 from ropepatch.patch.hf_results import FileAction, HFInspectResult, HFRevertResult, ShardInfo
 from ropepatch.patch.hf_state import ModelState, lock_all, read_state
 from ropepatch.patch.hf_write import is_in_place, write_shard_header
@@ -108,9 +109,28 @@ def _carry_out(model: HFModel, ops: list[_Op], orig_cfg: bytes) -> None:
             write_shard_header(hdr, h0, in_place_ok=ok)
 
 
-def revert_hf(path: str, dry_run: bool = False, force: bool = False) -> HFRevertResult:
+def _revert_out(model: HFModel, st: ModelState, out: str, orig_cfg: bytes, dry_run: bool,
+                restored) -> HFRevertResult:
+    """``revert -o OUTDIR``: the original model (config.json and every shard with its original
+    header, the other files copied) written into a new directory; the patched model is left as
+    it is. Every original header was rebuilt and verified by ``read_state``."""
+    out_dir = check_out(model, out)
+    headers = {s: st.originals.get(s, st.headers[s].header_bytes) for s in model.shards}
+    copies = other_files(model)
+    files = [FileAction(os.path.join(out_dir, os.path.basename(s)), "rewrite", "original header")
+             for s in model.shards]
+    files.append(FileAction(os.path.join(out_dir, hk.CONFIG_NAME), "rewrite", "original config.json"))
+    files += [FileAction(os.path.join(out_dir, n), "copied", f"from {os.path.join(model.root, n)}") for n in copies]
+    if not dry_run:
+        write_out(model, st, out_dir, headers, orig_cfg, copies)
+    return HFRevertResult(out_dir, os.path.join(out_dir, hk.CONFIG_NAME), tuple(files), True, dry_run,
+                          (f"the patched model in {shown(model.root)} is left as it is",), restored)
+
+
+def revert_hf(path: str, dry_run: bool = False, force: bool = False, out: str | None = None) -> HFRevertResult:
     """Restore config.json and every shard of a ropepatch-patched model byte-identically.
 
+    ``out``: write the original model into that new directory instead (the patched one stays).
     Every record is verified and every step checked (files writable, room for all rewrites at
     once) before the first write, so revert writes nothing unless it can finish. config.json is
     restored first and the shards after it (their records stay until then), so a revert
@@ -131,6 +151,8 @@ def revert_hf(path: str, dry_run: bool = False, force: bool = False) -> HFRevert
         orig_text = st.original_config_text()
         orig_cfg = orig_text.encode("utf-8")
         restored = read_rope(parse_config(orig_text, shown(model.config_path)))
+        if out is not None:
+            return _revert_out(model, st, out, orig_cfg, dry_run, restored)
         files: list[FileAction] = []
         messages: list[str] = []
         ops = _config_ops(model, st, orig_cfg, files, messages)

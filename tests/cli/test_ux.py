@@ -11,6 +11,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from pathlib import Path
 
 from ropepatch.quality.progress import Progress
 
@@ -189,14 +190,25 @@ def test_from_hf_refuses_another_ctx_and_another_architecture(cli, copy_fixture,
     assert r.returncode == 0, r.stderr
 
 
-def test_hf_revert_output_is_refused_naming_the_alternative(cli, tmp_path):
+def test_hf_revert_output_writes_the_original_into_a_new_directory(cli, tmp_path):
+    """revert -o for an HF model: the original model, byte for byte, in a new directory; the
+    patched model is left as it is."""
+    import hashlib
+
+    from conftest import FIXTURES
+
     from ropepatch.cli import build_parser
+
+    def shas(d):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(d).iterdir())}
 
     hf = _hf_copy(tmp_path)
     assert cli("hf", hf, "--ctx", "8192").returncode == 0
+    patched = shas(hf)
     r = cli("revert", hf, "-o", str(tmp_path / "restored"))
+    assert r.returncode == 0, r.stderr
+    assert shas(tmp_path / "restored") == shas(FIXTURES / "hf" / "tiny-llama") and shas(hf) == patched
+    r = cli("revert", hf, "-o", str(tmp_path / "restored"))  # an existing directory ropepatch did not stage
     assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
-    assert "GGUF files only" in r.stderr and "cp -a" in r.stderr
-    assert not (tmp_path / "restored").exists()
     helps = dict(_options(build_parser()))
-    assert "GGUF only" in helps["revert -o/--output"]
+    assert "new directory for an HF model" in helps["revert -o/--output"]
