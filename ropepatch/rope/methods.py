@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from ropepatch.errors import UnsupportedModelError, UsageError
+from ropepatch.rope import factors as ff
 from ropepatch.rope.params import RopeParams, ScalingType
 
 # ---- formulas -----------------------------------------------------------------------------
@@ -61,6 +62,17 @@ class HFSpelling:
 
 
 @dataclass(frozen=True)
+class MethodOption:
+    """A parameter a method takes besides alpha (e.g. ntk-parts' beta_fast): its name in
+    ``Plan.options`` and records, the CLI flag, its default and what it means."""
+
+    name: str
+    flag: str
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
 class Method:
     """One context-extension method: everything about it that is not per-format I/O."""
 
@@ -69,31 +81,46 @@ class Method:
     reference: str
     alpha_help: str
     writes: str  # the GGUF fields this method writes, for help text and docs
-    _apply: Callable[[RopeParams, int, float], RopeParams]
+    _apply: Callable[[RopeParams, int, float, Mapping[str, Any]], RopeParams]
     hf: HFSpelling = HFSpelling(None)
     takes_alpha: bool = True  # False: alpha is meaningless (none)
+    options: tuple[MethodOption, ...] = ()  # parameters besides alpha
+    writes_factors: bool = False  # writes per-pair divisors (rope_freqs.weight): GGUF, llama-family only
     # notes shown after planning/patching, str.format()-ed with :func:`note_values` of the plan
     gguf_note: str = ""  # the GGUF file / llama.cpp
     hf_note: str = ""  # the HF config / transformers / vLLM, after patching
     hf_plan_note: str = ""  # the same, for ``plan`` on an HF model
     gguf_plan_note: str = ""  # for ``plan`` on a GGUF model (or bare parameters)
 
-    def apply(self, orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
-        """Parameters to write for target context ``ctx`` given the ORIGINAL params."""
-        return self._apply(orig, ctx, alpha)
+    def apply(self, orig: RopeParams, ctx: int, alpha: float, options: Mapping[str, Any] | None = None
+              ) -> RopeParams:
+        """Parameters to write for target context ``ctx`` given the ORIGINAL params; ``options``
+        (name -> value) override :attr:`options`' defaults."""
+        return self._apply(orig, ctx, alpha, self.resolve_options(options))
+
+    def resolve_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Every option's value: the given one, else its default (UsageError for unknown names)."""
+        given = {k: v for k, v in (options or {}).items() if v is not None}
+        known = {o.name for o in self.options}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            flags = ", ".join(o.flag for o in self.options) or "none"
+            raise UsageError(f"method {self.name} does not take {unknown[0]}: its options are {flags}")
+        return {o.name: given.get(o.name, o.default) for o in self.options}
 
 
 def note_values(plan: "Plan") -> dict:
     """The fields a method's note templates may use."""
     L = plan.original.n_ctx_train
+    f = plan.target.freq_factors or (1.0,)
     return {"ctx": plan.ctx, "L": L, "alpha": plan.alpha, "base": plan.target.freq_base,
-            "orig_base": plan.original.freq_base, "runtime_len": int(L * plan.alpha)}
+            "orig_base": plan.original.freq_base, "runtime_len": int(L * plan.alpha),
+            "method": plan.method, "n_pairs": len(plan.target.freq_factors), "ff_min": min(f), "ff_max": max(f)}
 
 
 def method_note(plan: "Plan", which: str) -> str:
     """The method's ``which`` note (``"gguf_note"``, ``"hf_note"``, ``"hf_plan_note"``,
-    ``"gguf_plan_note"``) for
-    ``plan``, filled in; "" when the method has none."""
+    ``"gguf_plan_note"``) for ``plan``, filled in; "" when the method has none."""
     template = getattr(get_method(plan.method), which)
     return template.format(**note_values(plan)) if template else ""
 
@@ -104,24 +131,24 @@ def _unscaled(orig: RopeParams, ctx: int) -> RopeParams:
     )
 
 
-def _none(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+def _none(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
     return _unscaled(orig, ctx)
 
 
-def _ntk(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+def _ntk(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
     return _unscaled(orig, ctx).with_(freq_base=ntk_base(orig.freq_base, orig.rope_dim, alpha))
 
 
-def _dynamic(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+def _dynamic(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
     base = dynamic_ntk_base(orig.freq_base, orig.rope_dim, alpha, ctx, orig.n_ctx_train)
     return _unscaled(orig, ctx).with_(freq_base=base)
 
 
-def _linear(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+def _linear(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
     return orig.with_(n_ctx_train=ctx, scaling_type=ScalingType.LINEAR, scaling_factor=alpha, orig_ctx=0)
 
 
-def _yarn(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
+def _yarn(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
     return orig.with_(
         n_ctx_train=ctx,
         scaling_type=ScalingType.YARN,
@@ -129,6 +156,39 @@ def _yarn(orig: RopeParams, ctx: int, alpha: float) -> RopeParams:
         orig_ctx=orig.n_ctx_train,
     )
 
+
+def _factors_target(orig: RopeParams, ctx: int, new: tuple[float, ...]) -> RopeParams:
+    """The unscaled model at ``ctx`` whose rope_freqs is the file's factors times ``new``."""
+    return _unscaled(orig, ctx).with_(has_freq_factors=True, freq_factors=ff.compose(orig.freq_factors, new))
+
+
+def _ntk_parts(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
+    new = ff.ntk_parts_factors(orig.rope_dim, orig.freq_base, orig.n_ctx_train, alpha,
+                               float(opts["beta_fast"]), float(opts["beta_slow"]))
+    return _factors_target(orig, ctx, new)
+
+
+def _profile(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
+    pts = opts["points"]
+    if pts is None:  # the search's start: the ntk-parts ramp for alpha, read at a few points
+        pts = ff.sample_points(ff.ntk_parts_factors(orig.rope_dim, orig.freq_base, orig.n_ctx_train, alpha))
+    return _factors_target(orig, ctx, ff.profile_factors(orig.rope_dim // 2, pts))
+
+
+_BETAS = (
+    MethodOption("beta_fast", "--beta-fast", ff.DEFAULT_BETA_FAST,
+                 "pairs turning more than this many times in L keep their frequency (YaRN's beta_fast)"),
+    MethodOption("beta_slow", "--beta-slow", ff.DEFAULT_BETA_SLOW,
+                 "pairs turning fewer times than this in L are divided by alpha (YaRN's beta_slow)"),
+)
+_POINTS = (
+    MethodOption("points", "--factors", None,
+                 "control points P1,...,PK: per-pair divisors from the highest to the lowest frequency, "
+                 "never decreasing, interpolated in log space (default: the ntk-parts ramp for alpha "
+                 f"at {ff.DEFAULT_POINTS} points; `tune --method factors` searches them)"),
+)
+_FACTORS_NOTE = ("{method}: rope_freqs.weight holds {n_pairs} per-pair divisors {ff_min:.4g}..{ff_max:.4g}; "
+                 "llama.cpp applies them only for llama-family architectures")
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -189,6 +249,32 @@ METHODS: dict[str, Method] = {
             hf_plan_note="attention factor defaults to 0.1*ln(factor)+1 (not written)",
         ),
         Method(
+            "ntk-parts",
+            "NTK-by-parts: per-pair divisors ramping from 1 (high frequencies) to alpha (low ones), "
+            "written as rope_freqs.weight; YaRN's frequencies without its attention temperature",
+            "Peng et al., 'YaRN: Efficient Context Window Extension of Large Language Models' "
+            "(arXiv:2309.00071, 2023), section 3.2; bloc97's 'NTK-by-parts' (2023)",
+            "alpha: the divisor of the lowest frequencies; default s = N/L",
+            "rope_freqs.weight (F32, d/2; multiplies any factors already there), context_length",
+            _ntk_parts,
+            options=_BETAS,
+            writes_factors=True,
+            gguf_note=_FACTORS_NOTE,
+        ),
+        Method(
+            "factors",
+            "Searched per-pair divisors: a monotone profile over a few control points (LongRoPE-style), "
+            "written as rope_freqs.weight; `tune --method factors` finds it on your text",
+            "Ding et al., 'LongRoPE: Extending LLM Context Window Beyond 2 Million Tokens' "
+            "(arXiv:2402.13753, 2024)",
+            "alpha: the scale the starting profile (the ntk-parts ramp) is built for; default s = N/L",
+            "rope_freqs.weight (F32, d/2; multiplies any factors already there), context_length",
+            _profile,
+            options=_POINTS,
+            writes_factors=True,
+            gguf_note=_FACTORS_NOTE,
+        ),
+        Method(
             "none",
             "No scaling: only raise the context length (the baseline; quality collapses past L)",
             "-",
@@ -214,6 +300,11 @@ class Plan:
     alpha_given: bool
     original: RopeParams
     target: RopeParams
+    options: tuple[tuple[str, Any], ...] = ()  # the method's options (name, value), defaults filled in
+
+    def option(self, name: str) -> Any:
+        """The value of the method option ``name``."""
+        return dict(self.options)[name]
 
     @property
     def scale(self) -> float:
@@ -242,14 +333,18 @@ def get_method(name: str) -> Method:
 
 
 def check_composable(orig: RopeParams, method: str, replace_scaling: bool = False) -> None:
-    """Refuse to stack a method on top of a scaling the model already ships with."""
+    """Refuse to stack a method on top of a scaling the model already ships with. Per-pair
+    factor methods compose with a rope_freqs tensor whose values were read (its factors
+    multiply the new ones), not with longrope's pair of tensors."""
     if replace_scaling:
         return
-    if orig.has_freq_factors:
+    m = get_method(method)
+    if orig.has_freq_factors and not (m.writes_factors and orig.freq_factors):
         raise UnsupportedModelError(
             f"the model already uses per-pair rope frequency factors (rope_freqs tensor, "
             f"llama3/longrope style); {method} cannot compose with them: pass --replace-scaling "
             f"to apply {method} anyway"
+            + ("" if m.writes_factors else ", or use --method ntk-parts or factors, which multiply them")
         )
     if orig.freq_scale != 1.0 or orig.scaling_type not in (ScalingType.NONE, ScalingType.LINEAR):
         raise UnsupportedModelError(
@@ -272,13 +367,14 @@ def make_plan(
     method: str = DEFAULT_METHOD,
     alpha: float | None = None,
     replace_scaling: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """Plan extending the ORIGINAL model ``orig`` to ``ctx`` tokens with ``method``."""
+    """Plan extending the ORIGINAL model ``orig`` to ``ctx`` tokens with ``method``;
+    ``options``: the method's parameters besides alpha (:attr:`Method.options`)."""
     m = get_method(method)
+    opts = m.resolve_options(options)
     if not isinstance(ctx, int) or ctx <= orig.n_ctx_train:
-        raise UsageError(
-            f"--ctx must be larger than the model's original context {orig.n_ctx_train}, found {ctx}"
-        )
+        raise UsageError(f"--ctx must be larger than the model's original context {orig.n_ctx_train}, found {ctx}")
     if ctx > 0xFFFFFFFF:
         raise UsageError(f"--ctx must fit in 32 bits, found {ctx}")
     if alpha is not None and not (math.isfinite(alpha) and alpha >= 1.0):
@@ -291,12 +387,14 @@ def make_plan(
     if replace_scaling:
         base_orig = orig.with_(scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0,
                                has_freq_factors=orig.has_freq_factors)
+        if m.writes_factors:  # the new factors replace the file's
+            base_orig = base_orig.with_(has_freq_factors=False, freq_factors=())
     a = alpha if alpha is not None else ctx / orig.n_ctx_train
     try:
-        target = m.apply(base_orig, ctx, a)
+        target = m.apply(base_orig, ctx, a, opts)
     except OverflowError:  # e.g. ntk with --alpha 1e300: b * alpha^(d/(d-2)) leaves the floats
         raise UsageError(f"--alpha {a:g} is too large for {m.name}: the result overflows") from None
     if not (math.isfinite(target.freq_base) and math.isfinite(target.scaling_factor)):  # b * a^x -> inf
         raise UsageError(f"--alpha {a:g} is too large for {m.name} with rotary base {base_orig.freq_base:g}: "
                          f"the result overflows")
-    return Plan(m.name, ctx, a, alpha is not None, orig, target)
+    return Plan(m.name, ctx, a, alpha is not None, orig, target, tuple(opts.items()))

@@ -48,6 +48,9 @@ class RopeParams:
     attn_factor: float = 1.0  # {arch}.rope.scaling.attn_factor
     layout: RopeLayout = RopeLayout.NORM
     has_freq_factors: bool = False  # per-pair divisors (rope_freqs tensor: llama3 / longrope)
+    # the per-pair divisors themselves (rope_freqs.weight, float32 values, rope_dim/2 of them):
+    # () = none, or not read (longrope's rope_factors_long/short)
+    freq_factors: tuple[float, ...] = ()
 
     @property
     def freq_scale(self) -> float:
