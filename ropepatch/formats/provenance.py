@@ -13,6 +13,8 @@ RP_VERSION = "ropepatch.version"  # ropepatch version that wrote the file (GGUF:
 RP_METHOD = "ropepatch.method"  # method name from the registry (GGUF: STRING)
 RP_CTX = "ropepatch.ctx"  # target context (GGUF: UINT32; HF: decimal)
 RP_ALPHA = "ropepatch.alpha"  # alpha / factor used (GGUF: FLOAT64; HF: repr() of the float)
+RP_OPTIONS = "ropepatch.options"  # the method's options besides alpha, JSON object (GGUF: STRING; only when
+# the method has options, e.g. ntk-parts' beta_fast/beta_slow, factors' points)
 RP_ORIGINAL = "ropepatch.original"  # JSON undo record (format-specific layout)
 # Filler that keeps header slack for in-place re-patches (GGUF: ARRAY[UINT8] of zeros; HF: a
 # string of spaces)

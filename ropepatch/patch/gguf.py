@@ -22,11 +22,13 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from ropepatch.errors import FormatError, NotPatchedError, RopepatchError, UsageError, WriteError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import ArrayValue, GGUFHeader, parse_header, read_header, serialize_header
 from ropepatch.formats.gguf.params import params_from_kvs, params_to_kvs
+from ropepatch.formats.gguf.tensors import ROPE_FREQS, rope_freqs_data
 from ropepatch.patch.gguf_layout import (  # noqa: F401 - MIN_SLACK, Change: part of this module's API
     MIN_SLACK,
     Change,
@@ -37,8 +39,9 @@ from ropepatch.patch.gguf_layout import (  # noqa: F401 - MIN_SLACK, Change: par
 )
 from ropepatch.patch.gguf_links import holds_original, linked, patch_note, refuse_no_record, revert_notes, symlink_of
 from ropepatch.patch.gguf_record import Provenance, original_kvs, read_provenance
-from ropepatch.patch.gguf_write import check_out, commit, gguf_input, no_record_header, relink
-from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan, method_note
+from ropepatch.patch.gguf_tensors import TensorLayout, freqs_layout, original_freqs, wanted_bytes
+from ropepatch.patch.gguf_write import check_out, commit, commit_with_data, gguf_input, no_record_header, relink
+from ropepatch.rope.methods import DEFAULT_METHOD, Plan, get_method, make_plan, method_note
 from ropepatch.rope.params import RopeParams
 from ropepatch.safeio.files import check_can_replace, remove_stale_temps
 from ropepatch.safeio.paths import shown
@@ -87,19 +90,29 @@ def _load(path: str) -> tuple[GGUFHeader, Provenance | None, RopeParams, RopePar
     h = read_header(path, shown(path))
     prov = read_provenance(h)
     names = [t.name for t in h.tensors]
-    current = params_from_kvs({kv.key: kv for kv in h.kvs}, names, shown(path))
+    cur_freqs = rope_freqs_data(path, h, shown(path))
+    current = params_from_kvs({kv.key: kv for kv in h.kvs}, names, shown(path), cur_freqs and cur_freqs[1])
     orig_kvs = original_kvs(h, prov)
-    original = params_from_kvs({kv.key: kv for kv in orig_kvs}, names, shown(path))
+    rec = prov.record.rope_freqs if prov is not None else None
+    if rec is None:  # the tensor is the original's
+        orig_names, orig_freqs = names, cur_freqs and cur_freqs[1]
+    elif rec.raw is None:  # ropepatch added it
+        orig_names, orig_freqs = [n for n in names if n != ROPE_FREQS], None
+    else:
+        orig_names, orig_freqs = names, rec.raw
+    original = params_from_kvs({kv.key: kv for kv in orig_kvs}, orig_names, shown(path), orig_freqs)
     return h, prov, current, original
 
 
-def _check_header(h: GGUFHeader, header: bytes, what: str) -> None:
+def _check_header(h: GGUFHeader, header: bytes, what: str, tensors: TensorLayout | None = None) -> None:
     """Refuse, before anything is written, a header ``header`` (to go in front of ``h``'s tensor
-    data) that ropepatch's own reader would reject: it must parse, end where the data starts and
-    carry RoPE values of the right type and range for each key."""
+    data, or the data ``tensors`` lays out) that ropepatch's own reader would reject: it must
+    parse, end where the data starts, place every tensor inside the data and carry RoPE values
+    of the right type and range for each key."""
     name = shown(h.path)
+    length = h.data_length if tensors is None else tensors.keep + len(tensors.trailing)
     try:
-        new = parse_header(header, h.path, len(header) + h.data_length, name)
+        new = parse_header(header, h.path, len(header) + length, name)
         if new.data_offset != len(header):
             raise FormatError(f"{name}: tensor data would start at {new.data_offset}, not {len(header)}")
         params_from_kvs({kv.key: kv for kv in new.kvs}, [t.name for t in new.tensors], name)
@@ -141,6 +154,8 @@ class PatchResult:
     changes: tuple[Change, ...]
     warnings: tuple[str, ...] = field(default=())
     bytes_written: int = 0
+    tensor_change: str = ""  # what happens to rope_freqs.weight ("" = nothing)
+    data_bytes: int = 0  # in place: bytes of the one tensor-data pwrite
 
 
 def _no_record_warning(path: str, prov: Provenance | None) -> str:
@@ -154,10 +169,10 @@ def _no_record_warning(path: str, prov: Provenance | None) -> str:
 
 
 def _checked_plan(path: str, original: RopeParams, ctx: int, method: str, alpha: float | None,
-                  replace_scaling: bool) -> Plan:
+                  replace_scaling: bool, options: Mapping[str, Any] | None = None) -> Plan:
     """The plan, refused (errors prefixed with ``path``) when a value leaves GGUF's float32."""
     try:
-        plan = make_plan(original, ctx, method, alpha, replace_scaling)
+        plan = make_plan(original, ctx, method, alpha, replace_scaling, options)
     except RopepatchError as e:
         raise type(e)(f"{shown(path)}: {e}") from None
     for what, v in (("rope.freq_base", plan.target.freq_base), ("rope.scaling.factor", plan.target.scaling_factor)):
@@ -181,16 +196,21 @@ def patch_gguf(
     replace_scaling: bool = False,
     progress=None,
     force: bool = False,
+    options: Mapping[str, Any] | None = None,
 ) -> PatchResult:
-    """Extend the GGUF model at ``path`` to ``ctx`` tokens with ``method``.
+    """Extend the GGUF model at ``path`` to ``ctx`` tokens with ``method`` (``options``: the
+    method's parameters besides alpha, e.g. ``{"beta_fast": 16}`` for ntk-parts).
 
     Writes in place (or to ``out``: a file that already exists is replaced only with
     ``force``); ``record=False`` edits existing same-size values in place without provenance
-    (no revert, no protection against compounding).
+    (no revert, no protection against compounding; refused for per-pair factor methods).
     """
     target = check_out(path, out)
     if out is not None and not force and os.path.lexists(out):
         raise UsageError(f"-o {shown(out)}: exists; give --force to replace it, or a new file name")
+    if not record and get_method(method).writes_factors:
+        raise UsageError(f"{shown(path)}: --no-record cannot write {method}'s per-pair factors: without an "
+                         f"undo record the original {ROPE_FREQS} state cannot be restored; drop --no-record")
     h, prov, current, original = _load(path)
     warnings: list[str] = []
     if not record:
@@ -198,7 +218,7 @@ def patch_gguf(
         if out is None:
             refuse_no_record(path)
         original = current
-    plan = _checked_plan(path, original, ctx, method, alpha, replace_scaling)
+    plan = _checked_plan(path, original, ctx, method, alpha, replace_scaling, options)
     if note := method_note(plan, "gguf_note"):
         warnings.append(note)
     warnings.extend(plan.warnings)
@@ -211,24 +231,36 @@ def patch_gguf(
             f"{shown(path)}: has ropepatch.* keys but no undo record ({K.RP_ORIGINAL!r}); the "
             f"provenance is damaged, so ropepatch cannot tell the original values"
         )
+    return _patch_recorded(h, prov, plan, new_kvs, base_kvs, out, target, dry_run, warnings, progress)
+
+
+def _patch_recorded(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs, base_kvs, out: str | None,
+                    target: str, dry_run: bool, warnings: list[str], progress) -> PatchResult:
+    """A patch with provenance: lay out the header (and rope_freqs), then commit it."""
+    path = h.path
+    freqs = original_freqs(path, h, prov, plan)
+    tensors = freqs_layout(path, h, freqs, wanted_bytes(plan, freqs) if freqs is not None else None)
+    infos = (tensors.info_raw, tensors.n_tensors)
     keep = prov.record.link if prov is not None and out is None else None  # a copy has no link
-    layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, keep)
-    header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None)
-    if header == h.raw and out is None:
+    layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, keep, freqs)
+    header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None, tensors=infos)
+    if header == h.raw and tensors.data_unchanged(h) and out is None:
         _tidy(path, dry_run)
         return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
     link = (keep or symlink_of(path)) if out is None else None
     if link != keep:  # a symlink replaced now: record its target so revert restores it
-        layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, link)
-        header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None)
+        layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, link, freqs)
+        header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None, tensors=infos)
     changes = changed_entries(list(h.kvs), layout_kvs)
-    _check_header(h, header, "the patched header")
+    _check_header(h, header, "the patched header", tensors)
     if out is None and (note := patch_note(path)):
         warnings.append(note)
+    what = tensors.describe()
     if dry_run:
-        return PatchResult(path, target, plan, "dry-run", changes, tuple(warnings))
-    done = commit(h, header, target, progress, _space_remedy(prov, out, path))
-    return PatchResult(path, target, plan, done.mode, changes, tuple(warnings), done.bytes_written)
+        return PatchResult(path, target, plan, "dry-run", changes, tuple(warnings), tensor_change=what)
+    done = commit_with_data(h, header, tensors, target, progress, _space_remedy(prov, out, path))
+    return PatchResult(path, target, plan, done.mode, changes, tuple(warnings), done.bytes_written, what,
+                       done.data_bytes)
 
 
 def _tidy(path: str, dry_run: bool) -> None:
@@ -277,14 +309,16 @@ class RevertResult:
     sha256_header: str
     changes: tuple[Change, ...]
     messages: tuple[str, ...] = ()  # notes for the user (links restored or replaced)
+    tensor_change: str = ""  # what happens to rope_freqs.weight ("" = nothing)
 
 
-def _original_header(h: GGUFHeader, prov: Provenance) -> tuple[bytes, str]:
-    """The original header bytes the undo record describes, and their sha256; refused (one
-    line, before anything is written) when they cannot be reproduced exactly or would not be a
-    header ropepatch itself accepts (a forged or damaged record)."""
+def _original_header(h: GGUFHeader, prov: Provenance, tensors: TensorLayout) -> tuple[bytes, str]:
+    """The original header bytes the undo record describes (with the original tensor infos
+    ``tensors`` gives), and their sha256; refused (one line, before anything is written) when
+    they cannot be reproduced exactly or would not be a header ropepatch itself accepts (a
+    forged or damaged record)."""
     rec = prov.record
-    body = serialize_header(h.version, original_kvs(h, prov), h.tensor_info_raw, len(h.tensors))
+    body = serialize_header(h.version, original_kvs(h, prov), tensors.info_raw, tensors.n_tensors)
     if rec.data_offset > h.data_offset:  # a first patch only ever grows the header
         raise FormatError(
             f"{shown(h.path)}: key {K.RP_ORIGINAL!r}: recorded original data offset "
@@ -299,7 +333,7 @@ def _original_header(h: GGUFHeader, prov: Provenance) -> tuple[bytes, str]:
             f"was changed outside ropepatch after patching, or its undo record is damaged; nothing "
             f"written"
         )
-    _check_header(h, header, f"the original header rebuilt from the undo record ({K.RP_ORIGINAL!r})")
+    _check_header(h, header, f"the original header rebuilt from the undo record ({K.RP_ORIGINAL!r})", tensors)
     return header, sha
 
 
@@ -310,16 +344,19 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
     target = check_out(path, out)
     _check_first_split(path)
     h = read_header(path, shown(path))
-    prov = read_provenance(h)
+    prov = read_provenance(h, options=False)
     if prov is None:
         raise NotPatchedError(
             f"{shown(path)}: no ropepatch provenance (key {K.RP_ORIGINAL!r} is absent): the file "
             f"was not patched by ropepatch, or was patched with --no-record; nothing to revert"
         )
-    header, sha = _original_header(h, prov)
+    freqs = prov.record.rope_freqs
+    tensors = freqs_layout(path, h, freqs, freqs.raw if freqs is not None else None)
+    header, sha = _original_header(h, prov, tensors)
     changes = changed_entries(list(h.kvs), original_kvs(h, prov))
     recorded = prov.record.link if out is None else None
-    back = recorded is not None and holds_original(path, recorded, header, len(header) + h.data_length)
+    size = len(header) + tensors.keep + len(tensors.trailing)
+    back = recorded is not None and holds_original(path, recorded, header, size)
     notes = tuple(revert_notes(path, recorded, back)) if out is None else ()
     if dry_run:
         return RevertResult(path, target, "dry-run", sha, changes, notes)
@@ -329,5 +366,5 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
         return RevertResult(path, target, "restored-symlink", sha, changes, notes)
     remedy = ("free some space or choose another -o directory" if out is not None
               else "free some space or write the original elsewhere with -o OUT")
-    done = commit(h, header, target, progress, remedy)
-    return RevertResult(path, target, done.mode, sha, changes, notes)
+    done = commit_with_data(h, header, tensors, target, progress, remedy)
+    return RevertResult(path, target, done.mode, sha, changes, notes, tensors.describe())

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import KV, GGUFHeader, filler_kv, filler_overhead, make_kv, serialize_header
 from ropepatch.formats.gguf.keys import ValueType, k
-from ropepatch.patch.gguf_record import Provenance, new_record, record_kv
+from ropepatch.patch.gguf_record import FreqsRecord, Provenance, new_record, options_text, record_kv
 from ropepatch.rope.methods import Plan
 from ropepatch.version import __version__
 
@@ -73,22 +73,24 @@ def changed_entries(before: list[KV], after: list[KV]) -> tuple[Change, ...]:
 
 
 def recorded_layout(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs: list[KV],
-                    base_kvs: list[KV], link: str | None = None) -> list[KV]:
+                    base_kvs: list[KV], link: str | None = None, freqs: FreqsRecord | None = None) -> list[KV]:
     """The entries of a patch with provenance, in the order the module docstring gives (the
     filler excluded). ``new_kvs``: the original entries ``base_kvs`` with the plan applied;
     ``link``: the symlink target the undo record names (a patch that replaces a symlink records
-    it; a copy written with -o records none). The record entry is kept byte for byte when it
-    already says all that."""
+    it; a copy written with -o records none); ``freqs``: the original rope_freqs state, recorded
+    once a factor method touches it. The record entry is kept byte for byte when it already
+    says all that."""
     arch = plan.target.arch
     touched = [(t, k(t, arch)) for t in K.TOUCHED_KEYS]
     touched_keys = {key for _, key in touched}
     kept = [kv for kv in new_kvs if kv.key not in touched_keys]
-    reuse = prov is not None and prov.record.at is not None and prov.record.link == link
+    reuse = (prov is not None and prov.record.at is not None and prov.record.link == link
+             and prov.record.rope_freqs == freqs)
     rec_kv = h.entry(K.RP_ORIGINAL) if reuse else None
-    if rec_kv is None:  # first patch, a file patched before keys moved, or the link changes
+    if rec_kv is None:  # first patch, a file patched before keys moved, the link or rope_freqs changes
         rec = new_record(h, arch) if prov is None else prov.record
         at = {kv.key: i for i, kv in enumerate(base_kvs) if kv.key in touched_keys}
-        rec = dataclasses.replace(rec, at=rec.at if rec.at is not None else at, link=link)
+        rec = dataclasses.replace(rec, at=rec.at if rec.at is not None else at, link=link, rope_freqs=freqs)
         rec_kv = record_kv(rec, 24 + sum(len(kv.raw) for kv in kept))
     by_key = {kv.key: kv for kv in new_kvs}
     slots = [by_key.get(key) or make_kv(K.RP_UNSET + t.replace("{arch}.", ""), ValueType.UINT8, 0)
@@ -99,15 +101,19 @@ def recorded_layout(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs:
         make_kv(K.RP_CTX, ValueType.UINT32, plan.ctx),
         make_kv(K.RP_ALPHA, ValueType.FLOAT64, float(plan.alpha)),
     ]
+    if plan.options:  # only methods with options write the key (the others' bytes stay as before)
+        rp.append(make_kv(K.RP_OPTIONS, ValueType.STRING, options_text(plan.options)))
     return kept + [rec_kv] + slots + rp
 
 
-def layout_header(h: GGUFHeader, kvs: list[KV], rewrite_layout: bool) -> tuple[bytes, int]:
-    """Serialise ``kvs`` + a filler; return (header bytes incl. padding, data offset). The data
-    offset stays unless the entries outgrow it or ``rewrite_layout`` (a first patch) asks for
+def layout_header(h: GGUFHeader, kvs: list[KV], rewrite_layout: bool,
+                  tensors: tuple[bytes, int] | None = None) -> tuple[bytes, int]:
+    """Serialise ``kvs`` + a filler (+ the tensor infos ``tensors`` = (raw block, count);
+    default ``h``'s); return (header bytes incl. padding, data offset). The data offset stays
+    unless the entries outgrow it or ``rewrite_layout`` (a first patch) asks for
     :data:`MIN_SLACK` bytes of slack."""
-    n_t = len(h.tensors)
-    body0 = serialize_header(h.version, kvs, h.tensor_info_raw, n_t)
+    info_raw, n_t = tensors if tensors is not None else (h.tensor_info_raw, len(h.tensors))
+    body0 = serialize_header(h.version, kvs, info_raw, n_t)
     h0 = len(body0) + filler_overhead(K.RP_RESERVED)
     if not rewrite_layout and h.data_offset - h0 >= 0:
         new_off = h.data_offset
@@ -117,6 +123,6 @@ def layout_header(h: GGUFHeader, kvs: list[KV], rewrite_layout: bool) -> tuple[b
             new_off += BLOCK
     else:  # exotic alignment: just round up
         new_off = -(-(h0 + MIN_SLACK) // h.alignment) * h.alignment
-    body = serialize_header(h.version, kvs + [filler_kv(K.RP_RESERVED, new_off - h0)], h.tensor_info_raw, n_t)
+    body = serialize_header(h.version, kvs + [filler_kv(K.RP_RESERVED, new_off - h0)], info_raw, n_t)
     assert len(body) == new_off
     return body, new_off

@@ -9,6 +9,10 @@ data offset, any non-zero padding and the sha256 of the original header, as one 
      "keys":{"llama.context_length":{"raw":"00100000","type":4},"llama.rope.freq_base":null,...},
      "padding":"..."}
 
+``rope_freqs`` is present once a per-pair factor method (ntk-parts, factors) has touched the
+``rope_freqs.weight`` tensor: ``{"raw": hex}`` its original data bytes (a llama3 file), or
+``{"data_length": N}`` when the file had none (ropepatch appended it; N = the original data
+section's length, which revert truncates back to). Absent: the tensor is as it was.
 ``at`` is absent in records written before touched keys moved to the header's tail,
 ``padding`` when the original padding was all zeros, and ``link`` (the symlink target text of a
 file that was a symlink, replaced by a patched regular file) unless the file was a link.
@@ -23,12 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ropepatch.errors import FormatError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import KV, GGUFHeader, kv_from_value_raw, make_kv, serialize_header
 from ropepatch.formats.gguf.keys import ValueType, k
+from ropepatch.formats.gguf.tensors import GGML_F32, MAX_FACTOR_PAIRS, ROPE_FREQS, find_tensor
 from ropepatch.formats.jsontext import parse_json
 from ropepatch.safeio.commit import PAGE
 from ropepatch.safeio.paths import shown
@@ -82,6 +87,40 @@ def _link(d: dict, path: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class FreqsRecord:
+    """The original state of ``rope_freqs.weight``: ``raw``, its data bytes; None when the file
+    had no such tensor (then ``data_length`` is the original data section's length)."""
+
+    raw: bytes | None
+    data_length: int = 0
+
+    def to_dict(self) -> dict:
+        return {"raw": self.raw.hex()} if self.raw is not None else {"data_length": self.data_length}
+
+
+def _freqs(d: dict, path: str) -> FreqsRecord | None:
+    """The recorded ``rope_freqs`` field (see the module docstring); None when absent."""
+    if "rope_freqs" not in d:
+        return None
+    f = d["rope_freqs"]
+    bad = _damaged(path, "the recorded original rope_freqs tensor is damaged; the provenance is damaged")
+    if not isinstance(f, dict) or len(f) != 1:
+        raise bad
+    if "data_length" in f:
+        n = f["data_length"]
+        if type(n) is not int or not 0 <= n < _U64:
+            raise bad
+        return FreqsRecord(None, n)
+    raw = f.get("raw")
+    if not isinstance(raw, str) or not 0 < len(raw) <= MAX_FACTOR_PAIRS * 8 or len(raw) % 8:
+        raise bad
+    try:
+        return FreqsRecord(bytes.fromhex(raw))
+    except ValueError:
+        raise bad from None
+
+
+@dataclass(frozen=True)
 class GgufUndoRecord:
     """The parsed ``ropepatch.original`` record of one GGUF file."""
 
@@ -92,7 +131,7 @@ class GgufUndoRecord:
     at: dict[str, int] | None = None  # original index of each touched key; None: legacy layout
 
     link: str | None = None  # symlink target text of a file that was a symlink; None: was not
-
+    rope_freqs: FreqsRecord | None = None  # original rope_freqs state; None: never touched
     @classmethod
     def from_json(cls, text, path: str) -> GgufUndoRecord:
         """Parse and check a record; FormatError (one line, starting with ``path``) when any
@@ -115,7 +154,7 @@ class GgufUndoRecord:
                 bytes.fromhex(padding)
         except ValueError:
             raise _damaged(path, "the recorded padding is not hex; the provenance is damaged") from None
-        return cls(recorded, off, sha, padding, at, _link(d, path))
+        return cls(recorded, off, sha, padding, at, _link(d, path), _freqs(d, path))
 
     def to_json(self) -> str:
         """The record as ropepatch writes it (before the page-alignment spaces)."""
@@ -132,6 +171,8 @@ class GgufUndoRecord:
             d["at"] = self.at
         if self.link is not None:
             d["link"] = self.link
+        if self.rope_freqs is not None:
+            d["rope_freqs"] = self.rope_freqs.to_dict()
         return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
     def original_padding(self, header_len: int) -> bytes:
@@ -148,6 +189,7 @@ class Provenance:
     ctx: int
     alpha: float
     record: GgufUndoRecord  # the undo record (ropepatch.original)
+    options: dict = field(default_factory=dict)  # the method's options (ropepatch.options); {}: none
 
 
 def _finite(v) -> float | int:
@@ -157,8 +199,47 @@ def _finite(v) -> float | int:
     return v if ok else 0
 
 
-def read_provenance(h: GGUFHeader) -> Provenance | None:
-    """The provenance of a file ropepatch patched; None when it carries no undo record."""
+_MAX_OPTIONS_TEXT = 1 << 16
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_options(h: GGUFHeader) -> dict:
+    """The recorded method options (``ropepatch.options``: a JSON object of names to a finite
+    number, a list of up to 65536 finite numbers, or null); {} when absent. FormatError (one
+    line) when damaged: a plan rebuilt without them would not be the one written."""
+    kv = h.entry(K.RP_OPTIONS)
+    if kv is None:
+        return {}
+    bad = FormatError(f"{shown(h.path)}: key {K.RP_OPTIONS!r}: expected the method options ropepatch "
+                      f"wrote (a JSON object of numbers), found something else; the provenance is "
+                      f"damaged ('ropepatch revert' still restores the original)")
+    if kv.type != ValueType.STRING or len(kv.value) > _MAX_OPTIONS_TEXT:
+        raise bad
+    try:
+        d = parse_json(kv.value, "<options>", "JSON")
+    except FormatError:
+        raise bad from None
+    ok = isinstance(d, dict) and len(d) <= 16 and all(
+        isinstance(name, str) and (v is None or _number(v) or (
+            isinstance(v, list) and len(v) <= MAX_FACTOR_PAIRS and all(_number(x) for x in v)))
+        for name, v in d.items())
+    if not ok:
+        raise bad
+    return {name: tuple(float(x) for x in v) if isinstance(v, list) else v for name, v in d.items()}
+
+
+def options_text(options) -> str:
+    """``ropepatch.options``' value for a plan's options ((name, value) pairs)."""
+    d = {name: list(v) if isinstance(v, tuple) else v for name, v in options}
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
+
+def read_provenance(h: GGUFHeader, options: bool = True) -> Provenance | None:
+    """The provenance of a file ropepatch patched; None when it carries no undo record.
+    ``options=False`` (revert, which needs only the undo record): skip the method options."""
     raw = h.get(K.RP_ORIGINAL)
     if raw is None:
         return None
@@ -168,6 +249,7 @@ def read_provenance(h: GGUFHeader) -> Provenance | None:
         ctx=int(_finite(h.get(K.RP_CTX))),
         alpha=float(_finite(h.get(K.RP_ALPHA))),
         record=_bounded(GgufUndoRecord.from_json(raw, h.path), h),
+        options=read_options(h) if options else {},
     )
 
 
@@ -190,7 +272,23 @@ def _bounded(rec: GgufUndoRecord, h: GGUFHeader) -> GgufUndoRecord:
     if rec.at is not None and not (set(rec.at) <= set(rec.keys)
                                    and all(i <= len(h.kvs) for i in rec.at.values())):
         raise _damaged(h.path, "the recorded key positions are damaged; the provenance cannot be used")
+    if rec.rope_freqs is not None and not _freqs_fit(rec.rope_freqs, h):
+        raise _damaged(h.path, "the recorded original rope_freqs tensor does not fit the file's; the "
+                               "provenance is damaged")
     return rec
+
+
+def _freqs_fit(f: FreqsRecord, h: GGUFHeader) -> bool:
+    """Whether the file can hold what ``f`` says: the same-size F32 tensor for recorded bytes;
+    for an added one, an original data length within the data, and the tensor, if present, the
+    last one (where a patch appends it), F32, past that length."""
+    t = find_tensor(h, ROPE_FREQS)
+    if f.raw is not None:
+        return t is not None and t.ggml_type == GGML_F32 and t.shape == (len(f.raw) // 4,)
+    if f.data_length > h.data_length:
+        return False
+    return t is None or (h.tensors[-1] is t and t.ggml_type == GGML_F32 and len(t.shape) == 1
+                         and t.offset >= f.data_length)
 
 
 def original_kvs(h: GGUFHeader, prov: Provenance | None) -> list[KV]:

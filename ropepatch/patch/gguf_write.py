@@ -11,7 +11,7 @@ from ropepatch.errors import UsageError, WriteError
 from ropepatch.formats.gguf.header import KV, GGUFHeader, serialize_header
 from ropepatch.patch.gguf_layout import Change
 from ropepatch.patch.gguf_links import linked
-from ropepatch.safeio.commit import PAGE, Commit, changed_run, commit_header, page_local_run
+from ropepatch.safeio.commit import PAGE, Commit, changed_run, commit_header, commit_model, page_local_run
 from ropepatch.safeio.files import SPACE_REMEDY, check_can_replace, locked, remove_stale_temps, replace_with_symlink
 from ropepatch.safeio.paths import kind_of, os_error, output_target, shown
 
@@ -88,6 +88,21 @@ def commit(h: GGUFHeader, header: bytes, target: str, progress=None,
         return commit_header(h.path, h.raw, header, h.data_offset, h.data_length, h.file_size,
                              dst=target, allow_in_place=in_place_ok, progress=progress,
                              space_remedy=space_remedy)
+
+
+def commit_with_data(h: GGUFHeader, header: bytes, tensors, target: str, progress=None,
+                     space_remedy: str = SPACE_REMEDY) -> Commit:
+    """:func:`commit` of a change that also touches tensor data (``tensors``: a
+    :class:`gguf_tensors.TensorLayout`), by :func:`safeio.commit.commit_model`: the header
+    (with the undo record) first, then the data in one pwrite; else one atomic rewrite."""
+    if target != h.path:
+        check_can_replace(target, "choose another -o directory")
+    with locked(h.path):
+        _recheck(h.path, h)
+        remove_stale_temps(os.path.dirname(os.path.abspath(target)))
+        return commit_model(h.path, h.raw, header, h.data_offset, h.data_length, h.file_size,
+                            keep=tensors.keep, trailing=tensors.trailing, span=tensors.span, dst=target,
+                            allow_in_place=not linked(h.path), progress=progress, space_remedy=space_remedy)
 
 
 def relink(h: GGUFHeader, target: str) -> None:

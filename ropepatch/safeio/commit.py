@@ -9,6 +9,14 @@ another destination, or a caller that forbids in-place writes, e.g. for a symlin
 hard-linked file) is an atomic rewrite: temp file in the target's directory + new header +
 kernel copy of the tensor bytes + fsync + rename (:func:`ropepatch.safeio.files.rewrite`).
 
+A change of tensor DATA as well (a GGUF's ``rope_freqs.weight``: a few hundred bytes) goes by
+the same rule, :func:`commit_model`: when the tensors keep their places and the changed data
+bytes also lie inside one page, the header run is written first (it carries the undo record, so
+whatever happens next can be reverted), then the data run by ONE ``pwrite``, each followed by
+``fsync``; anything else (a tensor added or removed, a run across pages) is one atomic rewrite
+carrying both. A kill between the two in-place writes leaves the new header with the old data
+bytes: revertable, and finished by running the same command again.
+
 Callers hold :func:`ropepatch.safeio.files.locked` on the file and have checked it did not
 change since they read it; this module does neither.
 """
@@ -69,6 +77,7 @@ class Commit(NamedTuple):
 
     mode: str  # "in-place" | "rewrite"
     bytes_written: int  # in place: the run's length (0: nothing changed); rewrite: the new file's
+    data_bytes: int = 0  # in place: the length of the one data pwrite (commit_model); 0: none
 
 
 def commit_header(
@@ -109,3 +118,58 @@ def commit_header(
     rewrite(path, dst or path, new, data_offset, data_length, progress=progress,
             space_remedy=space_remedy)
     return Commit("rewrite", len(new) + data_length)
+
+
+def _data_run(data_offset: int, span) -> tuple[int, bytes] | None:
+    """The one in-place write of a data span ``(offset in the data, old, new)``: ``(absolute
+    offset, bytes)`` of its changed run when that lies inside one page (``(0, b"")`` when
+    nothing changes); else None."""
+    if span is None:
+        return 0, b""
+    rel, old, new = span
+    if len(old) != len(new):
+        return None
+    run = changed_run(old, new)
+    if run is None:
+        return 0, b""
+    first, end = run
+    start = data_offset + rel + first
+    if start // PAGE != (start + end - first - 1) // PAGE:
+        return None
+    return start, new[first:end]
+
+
+def commit_model(
+    path: str,
+    old: bytes,
+    new: bytes,
+    data_offset: int,
+    data_length: int,
+    file_size: int,
+    *,
+    keep: int,
+    trailing: bytes = b"",
+    span: tuple[int, bytes, bytes] | None = None,
+    dst: str | None = None,
+    allow_in_place: bool = True,
+    progress=None,
+    space_remedy: str = SPACE_REMEDY,
+) -> Commit:
+    """:func:`commit_header` for a change that may also touch tensor data: put ``new`` in
+    front of the first ``keep`` bytes of ``path``'s data (``data_length`` of them at
+    ``data_offset`` now), then ``trailing``; ``span`` = (offset in the data, current bytes, new
+    bytes) replaces bytes in place. The module's rule: in place (header run, then one data
+    pwrite) when the data keep their size and both runs are page-local, else one atomic
+    rewrite. Returns :class:`Commit` (``data_bytes``: the data pwrite's length)."""
+    same = dst is None or os.path.abspath(dst) == os.path.abspath(path)
+    head = page_local_run(old, new) if same and allow_in_place and keep == data_length and not trailing else None
+    data = _data_run(data_offset, span) if head is not None else None
+    if head is not None and data is not None:
+        for off, run in (head, data):  # the header (with the undo record) first
+            if run:
+                write_spans_in_place(path, [(off, run)], file_size)
+        return Commit("in-place", len(head[1]) + len(data[1]), len(data[1]))
+    spans = [] if span is None else [(len(new) + span[0], span[2])]
+    rewrite(path, dst or path, new, data_offset, keep, trailing=trailing, spans=spans, progress=progress,
+            space_remedy=space_remedy)
+    return Commit("rewrite", len(new) + keep + len(trailing))

@@ -163,8 +163,9 @@ def _kernel_copy(src_fd: int, dst_fd: int, src_off: int, dst_off: int, length: i
 
 
 def _fill_temp(fd: int, src_fd: int, header: bytes, data_offset: int, data_length: int,
-               trailing: bytes, progress) -> None:
-    """Write ``header`` + the kernel-copied data (+ ``trailing``) into the temp file ``fd``."""
+               trailing: bytes, progress, spans=()) -> None:
+    """Write ``header`` + the kernel-copied data (+ ``trailing``) into the temp file ``fd``,
+    then ``spans`` = [(offset in the new file, bytes)] over it."""
     written = os.pwrite(fd, header, 0)
     if written != len(header):  # pragma: no cover
         raise OSError(errno.EIO, "short header write")
@@ -172,6 +173,9 @@ def _fill_temp(fd: int, src_fd: int, header: bytes, data_offset: int, data_lengt
     _kernel_copy(src_fd, fd, data_offset, len(header), data_length, progress)
     if trailing:
         os.pwrite(fd, trailing, len(header) + data_length)
+        crash_point()
+    for offset, data in spans:
+        os.pwrite(fd, data, offset)
         crash_point()
     os.ftruncate(fd, len(header) + data_length + len(trailing))
     crash_point()
@@ -220,11 +224,13 @@ def rewrite(
     data_length: int,
     *,
     trailing: bytes = b"",
+    spans=(),
     progress=None,
     space_remedy: str = SPACE_REMEDY,
 ) -> None:
     """Write ``header`` + ``src[data_offset : data_offset + data_length]`` (+ ``trailing``) to
-    ``dst`` atomically. ``src`` may equal ``dst``. The original ``dst`` survives any failure;
+    ``dst`` atomically, ``spans`` = [(offset in the new file, bytes)] written over that.
+    ``src`` may equal ``dst``. The original ``dst`` survives any failure;
     a symlink or hard link at ``dst`` is replaced by a new regular file, never written through.
     The new file keeps the replaced file's owner, group and mode; a new file gets 0666 less the
     umask. ``progress(done, total)`` is called after each copied chunk; ``space_remedy`` ends
@@ -246,7 +252,7 @@ def rewrite(
             # held until the rename: tells remove_stale_temps this temp file is alive
             fcntl.flock(fd, fcntl.LOCK_EX)
             crash_point()
-            _fill_temp(fd, src_fd, header, data_offset, data_length, trailing, progress)
+            _fill_temp(fd, src_fd, header, data_offset, data_length, trailing, progress, spans)
             _keep_metadata(fd, dst)
             crash_point()
             os.fsync(fd)

@@ -10,7 +10,16 @@ from __future__ import annotations
 from enum import IntEnum
 
 # re-exported: the provenance keys both formats share
-from ropepatch.formats.provenance import RP_ALPHA, RP_CTX, RP_METHOD, RP_ORIGINAL, RP_PREFIX, RP_RESERVED, RP_VERSION  # noqa: F401
+from ropepatch.formats.provenance import (  # noqa: F401
+    RP_ALPHA,
+    RP_CTX,
+    RP_METHOD,
+    RP_OPTIONS,
+    RP_ORIGINAL,
+    RP_PREFIX,
+    RP_RESERVED,
+    RP_VERSION,
+)
 
 
 class ValueType(IntEnum):

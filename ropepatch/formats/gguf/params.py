@@ -18,6 +18,7 @@ from ropepatch.errors import FormatError, UnsupportedModelError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import KV, ArrayValue
 from ropepatch.formats.gguf.keys import ValueType, k
+from ropepatch.formats.gguf.tensors import ROPE_FREQS, usable_factors
 from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
@@ -30,7 +31,7 @@ from ropepatch.rope.runtime_flags import (
     rope_delta,
 )
 
-FREQ_FACTOR_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+FREQ_FACTOR_TENSORS = (ROPE_FREQS, "rope_factors_long.weight", "rope_factors_short.weight")
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -139,10 +140,19 @@ def _scaling(kvs: dict[str, KV], arch: str, path: str) -> tuple[ScalingType, flo
     return scaling, float(factor)
 
 
-def params_from_kvs(kvs: dict[str, KV], tensor_names, path: str) -> RopeParams:
+def params_from_kvs(kvs: dict[str, KV], tensor_names, path: str, rope_freqs: bytes | None = None) -> RopeParams:
     """The RoPE parameters llama.cpp would read from these metadata entries (``kvs``: key ->
-    entry; ``tensor_names`` tell whether per-pair frequency factors ship with the model).
-    Raises FormatError / UnsupportedModelError (one line, starting with ``path``)."""
+    entry; ``tensor_names`` tell whether per-pair frequency factors ship with the model;
+    ``rope_freqs``: the data of an F32 one-dimensional rope_freqs.weight, see
+    :func:`.tensors.rope_freqs_data`). Raises FormatError / UnsupportedModelError (one line,
+    starting with ``path``).
+
+    ``freq_factors`` is filled only from a rope_freqs.weight of exactly rope_dim/2 finite
+    values > 0; any other (another type or shape, a zero, NaN or inf, or longrope's
+    rope_factors_long/short) leaves it () with ``has_freq_factors`` True. That is the safer
+    choice over refusing the file: inspect, validate and revert still work on it, and every
+    plan that would build on the factors is refused (check_composable: a factor method composes
+    only with factors that were read)."""
     arch, layout = _arch(kvs, path)
     n_ctx = _train_ctx(kvs, arch, path)
     rope_dim, head_dim = _dims(kvs, arch, path)
@@ -166,7 +176,14 @@ def params_from_kvs(kvs: dict[str, KV], tensor_names, path: str) -> RopeParams:
         attn_factor=1.0 if attn is None else float(attn),
         layout=layout,
         has_freq_factors=any(n in FREQ_FACTOR_TENSORS for n in tensor_names),
+        freq_factors=_factors(rope_freqs, rope_dim),
     )
+
+
+def _factors(raw: bytes | None, rope_dim: int) -> tuple[float, ...]:
+    if raw is None or len(raw) != rope_dim // 2 * 4:
+        return ()
+    return usable_factors(raw)
 
 
 # ---- writing --------------------------------------------------------------------------------
