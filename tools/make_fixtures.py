@@ -12,6 +12,8 @@ Writes, from one fixed numpy seed:
     DIR/tiny-qwen2-q8_0.gguf    same weights, 2-D matrices in Q8_0 (norms, biases F32)
     DIR/hf/tiny-llama/{config.json,model.safetensors}   LlamaForCausalLM, same model
     DIR/hf/tiny-qwen2/{config.json,model.safetensors}   Qwen2ForCausalLM, same model
+    DIR/tiny-exaone-f32.gguf    architecture "exaone" (NEOX rope): the tiny-qwen2 tensors plus
+                                per-pair frequency factors (rope_freqs.weight, llama3-style)
 
 All models share one set of random weights ("HF layout"). The llama GGUF files
 store q/k weights permuted exactly like llama.cpp's convert_hf_to_gguf.py does
@@ -58,6 +60,12 @@ ROPE_THETA = 10000.0
 RMS_EPS = 1e-5
 
 SPACE_PIECE = "\u2581"  # SentencePiece whitespace marker
+
+# Llama-3-style per-pair frequency factors of tiny-exaone (HF rope_type "llama3", as
+# convert_hf_to_gguf.py turns it into rope_freqs.weight), for the training context N_CTX_TRAIN.
+LLAMA3_FACTOR = 4.0
+LLAMA3_LOW_FREQ_FACTOR = 1.0
+LLAMA3_HIGH_FREQ_FACTOR = 4.0
 
 
 def build_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -179,8 +187,29 @@ def gguf_tensors(weights: dict[str, np.ndarray], arch: str) -> list[tuple[str, n
     return out
 
 
+def llama3_rope_factors(n_rot: int = N_ROT, base: float = ROPE_THETA, orig_ctx: int = N_CTX_TRAIN,
+                        factor: float = LLAMA3_FACTOR, low_freq_factor: float = LLAMA3_LOW_FREQ_FACTOR,
+                        high_freq_factor: float = LLAMA3_HIGH_FREQ_FACTOR) -> np.ndarray:
+    """rope_freqs.weight as convert_hf_to_gguf.py writes it for rope_type "llama3": per pair,
+    1 for wavelengths below orig_ctx/high_freq_factor, ``factor`` above orig_ctx/low_freq_factor,
+    a smooth mix in between (float32, n_rot/2 values)."""
+    freqs = 1.0 / (base ** (np.arange(0, n_rot, 2, dtype=np.float64) / n_rot))
+    low_wavelen, high_wavelen = orig_ctx / low_freq_factor, orig_ctx / high_freq_factor
+    out = []
+    for freq in freqs:
+        wavelen = 2 * np.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (orig_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, dtype=np.float32)
+
+
 def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], qtype: str) -> None:
-    assert arch in ("llama", "qwen2") and qtype in ("f32", "q8_0")
+    assert arch in ("llama", "qwen2", "exaone") and qtype in ("f32", "q8_0")
     ftype = LlamaFileType.ALL_F32 if qtype == "f32" else LlamaFileType.MOSTLY_Q8_0
     w = GGUFWriter(path, arch)  # adds general.architecture
     w.add_type("model")
@@ -214,7 +243,10 @@ def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], qtype: str
     w.add_add_eos_token(False)
     w.add_add_space_prefix(False)
 
-    for name, arr in gguf_tensors(weights, arch):
+    tensors = gguf_tensors(weights, "qwen2" if arch == "exaone" else arch)
+    if arch == "exaone":  # first, as convert_hf_to_gguf.py's generate_extra_tensors puts it
+        tensors.insert(0, ("rope_freqs.weight", llama3_rope_factors()))
+    for name, arr in tensors:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if qtype == "q8_0" and arr.ndim == 2:
             q = gguf.quants.quantize(arr, GGMLQuantizationType.Q8_0)
@@ -284,11 +316,13 @@ GGUF_FILES = [
     ("tiny-qwen2-q8_0.gguf", "qwen2", "q8_0"),
 ]
 HF_DIRS = [("hf/tiny-llama", "llama"), ("hf/tiny-qwen2", "qwen2")]
+# models with per-pair frequency factors (kept out of GGUF_FILES: not every method applies to them)
+FACTOR_FILES = [("tiny-exaone-f32.gguf", "exaone", "f32")]
 
 # Every generated path, relative to the output directory (fixtures/README.md is hand-written).
 GENERATED_FILES = [name for name, _, _ in GGUF_FILES] + [
     f"{d}/{f}" for d, _ in HF_DIRS for f in ("config.json", "model.safetensors")
-]
+] + [name for name, _, _ in FACTOR_FILES]
 
 
 def generate(out: Path) -> list[Path]:
@@ -298,6 +332,8 @@ def generate(out: Path) -> list[Path]:
         write_gguf(out / name, arch, weights, qtype)
     for d, arch in HF_DIRS:
         write_hf(out / d, arch, weights)
+    for name, arch, qtype in FACTOR_FILES:
+        write_gguf(out / name, arch, weights, qtype)
     return [out / f for f in GENERATED_FILES]
 
 

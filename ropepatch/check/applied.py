@@ -4,7 +4,9 @@ The probe decodes a few (meaningless, deterministic) tokens per run of consecuti
 captures the ROPE nodes of the chosen layers (:func:`ropepatch.runtime.probe.probe`). Check b:
 the parameters of the ROPE ops the runtime built (n_dims, mode, n_ctx_orig, freq_base,
 freq_scale, ext_factor, attn_factor, beta_fast, beta_slow) equal :func:`ggml_rope_args` of the
-expected parameters, exactly as float32.
+expected parameters, exactly as float32, and the per-pair frequency factors each ROPE op divides
+by (its src[2], llama.cpp's ``rope_freqs``) equal the expected factors exactly as float32 -- or
+are absent (src[2] NULL) when none are expected.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ropepatch.check.factors import compare_factors
 from ropepatch.check.report import FAILED, LABEL, NAMES, PASSED, CheckResult, fmt_val, mode_name
 from ropepatch.errors import RopepatchError, UsageError
 
@@ -112,9 +115,33 @@ def op_diffs(got: Mapping, want: Mapping) -> list[str]:
     return out
 
 
+def _factor_diffs(captures, want_ff, file_ff, diffs: dict) -> tuple[dict, bool]:
+    """Compare each capture's src[2] with the expected factors (``want_ff``: () none, None
+    unknown); return the figures and whether the runtime's factors are the file's."""
+    runtime, max_rel, follows_file = {}, 0.0, True
+    for cap, _ in captures:
+        got = () if cap.freq_factors is None else tuple(float(v) for v in cap.freq_factors)
+        runtime.setdefault(cap.name, list(got) if got else None)
+        if file_ff is None or compare_factors(got, file_ff).problem:
+            follows_file = False
+        if want_ff is None:
+            continue
+        cmp = compare_factors(got, want_ff, "runtime", "{src}")
+        max_rel = max(max_rel, cmp.max_rel)
+        line = f"freq factors (src[2]): {cmp.problem}"
+        if cmp.problem and line not in diffs.get(cap.name, ()):
+            diffs.setdefault(cap.name, []).append(line)
+    fig = {"expected": None if want_ff is None else list(want_ff), "runtime": runtime,
+           "max_rel_diff": None if want_ff is None else max_rel,
+           "judged": want_ff is not None}
+    return fig, follows_file
+
+
 def check_applied(captures, expected_op: Mapping, file_op: Mapping | None, src: str, seconds: float,
-                  n_threads: int) -> CheckResult:
-    """Check b: every captured ROPE op carries the expected parameters."""
+                  n_threads: int, want_ff: tuple | None = (), file_ff: tuple | None = ()) -> CheckResult:
+    """Check b: every captured ROPE op carries the expected parameters and divides by the
+    expected per-pair factors (``want_ff``: () = none, src[2] must be NULL; None = not known
+    to ropepatch (longrope): reported, not judged; ``file_ff``: the file's)."""
     diffs: dict[str, list[str]] = {}
     runtime_ops = {}
     follows_file = True
@@ -126,7 +153,10 @@ def check_applied(captures, expected_op: Mapping, file_op: Mapping | None, src: 
             diffs.setdefault(cap.name, d)
         if file_op is None or op_diffs(got, file_op):
             follows_file = False
-    figs = {"expected": dict(expected_op), "runtime": runtime_ops, "n_captures": len(captures), "n_threads": n_threads}
+    ff_fig, ff_follows = _factor_diffs(captures, want_ff, file_ff, diffs)
+    follows_file = follows_file and ff_follows
+    figs = {"expected": dict(expected_op), "runtime": runtime_ops, "n_captures": len(captures), "n_threads": n_threads,
+            "freq_factors": ff_fig}
     if not diffs:
         return CheckResult("b", NAMES["b"], PASSED, "", figs, seconds)
     name, d = next(iter(diffs.items()))

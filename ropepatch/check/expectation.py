@@ -3,8 +3,9 @@
 The expected parameters: ``inspect_gguf(path).current`` (what the file says, as ropepatch reads
 it); when the file carries ropepatch provenance, the recorded plan's target
 (``make_plan(original, ctx, method, alpha).target``: what the user asked for); a caller's
-overrides (``expect``) replace either. Their ROPE op parameters (:func:`ggml_rope_args`) are what
-checks b-d compare the runtime with. Pure Python: reads the header, never loads the runtime.
+overrides (``expect``) replace either. Their ROPE op parameters (:func:`ggml_rope_args`) and their
+per-pair frequency factors (:attr:`Expectation.factors`) are what checks b-d compare the runtime
+with. Pure Python: reads the header, never loads the runtime.
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
+import numpy as np
+
+from ropepatch.check.factors import factors_of, file_factors
 from ropepatch.check.ggml_args import ggml_rope_args
 from ropepatch.check.report import g
 from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
+from ropepatch.formats.gguf.header import read_header
 from ropepatch.patch.gguf import ModelInfo, inspect_gguf
 from ropepatch.rope.methods import Plan, alpha_for, make_plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
@@ -37,6 +42,9 @@ class Expectation:
     op_problem: str  # why op is None
     file_op: Mapping[str, object] | None  # ggml_rope_args(current), None when there is none
     notes: tuple[str, ...] = ()
+    # the per-pair divisors the runtime should apply (factors_of(params)): () none, the values,
+    # None when the file's factor tensors are not read by ropepatch (longrope): use the runtime's
+    factors: tuple[float, ...] | None = ()
 
     @property
     def arch(self) -> str:
@@ -94,6 +102,9 @@ def with_overrides(params: RopeParams, expect: Mapping[str, object]) -> RopePara
         ov["layout"] = RopeLayout(ov["layout"])
     if "scaling_type" in ov:
         ov["scaling_type"] = ScalingType(ov["scaling_type"])
+    if "freq_factors" in ov:  # a list of divisors (float32 values); [] = none
+        ov["freq_factors"] = tuple(float(np.float32(v)) for v in (ov["freq_factors"] or ()))
+        ov.setdefault("has_freq_factors", bool(ov["freq_factors"]))
     return params.with_(**ov)
 
 
@@ -116,10 +127,21 @@ def unextended_warning(path: str, ctx: int, file_ctx: int) -> str:
             f"extend it first: ropepatch gguf {path} --ctx {ctx}")
 
 
+def current_params(info: ModelInfo) -> RopeParams:
+    """The file's parameters, with the values of its ``rope_freqs.weight`` when the reader left
+    them out (read straight from the tensor; unreadable values stay out)."""
+    cur = info.current
+    if cur.has_freq_factors and not cur.freq_factors:
+        values, _ = file_factors(info.path, read_header(info.path))
+        if values:
+            cur = cur.with_(freq_factors=values)
+    return cur
+
+
 def expectation(info: ModelInfo, ctx: int | None, expect: Mapping[str, object] | None) -> Expectation:
     """What to expect of the runtime for the file ``info`` describes, validated to ``ctx``
     (default: the file's context length) with the caller's overrides ``expect``."""
-    cur = info.current
+    cur = current_params(info)
     notes: list[str] = []
     prov_d, plan, plan_problem = _recorded_plan(info, ctx, notes)
     if ctx is not None and int(ctx) > cur.n_ctx_train:
@@ -133,5 +155,5 @@ def expectation(info: ModelInfo, ctx: int | None, expect: Mapping[str, object] |
         current=cur, original_ctx=info.original.n_ctx_train,
         target_ctx=int(ctx) if ctx is not None else cur.n_ctx_train, provenance=prov_d,
         plan=plan, plan_problem=plan_problem, params=params, source=source, op=op,
-        op_problem=op_problem, file_op=rope_op(cur)[0], notes=tuple(notes),
+        op_problem=op_problem, file_op=rope_op(cur)[0], notes=tuple(notes), factors=factors_of(params),
     )

@@ -1,5 +1,6 @@
-"""Check d of ``ropepatch validate``: for small llama / qwen2 models with F32 or Q8_0 weights,
-the NumPy reference forward pass vs the runtime's logits over a sequence longer than the
+"""Check d of ``ropepatch validate``: for small llama / qwen2 / exaone models with F32 or Q8_0
+weights, the NumPy reference forward pass -- with the expected RoPE parameters and per-pair
+frequency factors (the plan's, not the file's) -- vs the runtime's logits over a sequence longer than the
 original context that ends at ``ctx - 1`` (max abs error, top-1 agreement, KL), within the
 tolerances measured in tests/check/test_reference_forward.py. Skipped, with the reason, for other
 models unless forced."""
@@ -26,7 +27,7 @@ FORWARD_TOL = {
 #: check d runs automatically when (weight elements) x (tokens) is at most this many
 #: multiply-adds (a few seconds of NumPy float64); ``reference_forward=True`` forces it
 FORWARD_AUTO_BUDGET = 2e9
-FORWARD_ARCHS = ("llama", "qwen2")
+FORWARD_ARCHS = ("llama", "qwen2", "exaone")
 _F32_TYPES = {0}  # ggml type ids: F32
 _Q8_0_TYPES = {0, 8}  # F32 and Q8_0
 
@@ -115,7 +116,7 @@ def _judge(cmp, tol: tuple, start: int, n_tok: int) -> str:
             f"{start}..{start + n_tok - 1}: " + ", ".join(bad))
 
 
-def _figures(plan: ForwardPlan, cmp, L: int, tol_class: str, on_gpu: bool) -> dict:
+def _figures(plan: ForwardPlan, cmp, L: int, tol_class: str, on_gpu: bool, want_ff: tuple | None) -> dict:
     max_abs, kl_max, kl_mean, top1 = FORWARD_TOL[tol_class]
     n_tok = plan.tokens
     return {
@@ -131,13 +132,16 @@ def _figures(plan: ForwardPlan, cmp, L: int, tol_class: str, on_gpu: bool) -> di
         "tolerance_class": tol_class + (" (gpu: not established)" if on_gpu else ""),
         "tolerance": {"max_abs": max_abs, "kl_max": kl_max, "kl_mean": kl_mean, "top1_min": top1},
         "runtime": "F32 KV cache, flash attention off",
+        "freq_factors": "file's" if want_ff is None else len(want_ff),
     }
 
 
 def check_forward(path: str, plan: ForwardPlan, expected_op: Mapping, L: int, gpu_layers: int, on_gpu: bool,
-                  n_threads: int) -> CheckResult:
+                  n_threads: int, want_ff: tuple | None = ()) -> CheckResult:
     """Check d: decode ``plan``'s tokens in the runtime (F32 KV cache, no flash attention) and
-    compare its logits with the reference forward's."""
+    compare its logits with the reference forward's, whose rotary divides by ``want_ff`` (the
+    expected per-pair factors; () none; None: the file's own, when ropepatch does not know
+    what to expect)."""
     from ropepatch.check.reference_forward import compare_logits, forward, load_model  # noqa: PLC0415
     from ropepatch.runtime.probe import probe  # noqa: PLC0415
 
@@ -153,9 +157,10 @@ def check_forward(path: str, plan: ForwardPlan, expected_op: Mapping, L: int, gp
         return CheckResult("d", NAMES["d"], FAILED, f"the runtime failed to decode {n_tok} tokens: {exc}",
                            seconds=time.perf_counter() - t0)
     ref = forward(m, toks, start, rope_op=expected_op, rope_dtype=np.float32,
-                  ggml_q8_0_activations=(plan.tol_class == "q8_0" and not on_gpu))
+                  ggml_q8_0_activations=(plan.tol_class == "q8_0" and not on_gpu),
+                  freq_factors="file" if want_ff is None else want_ff)
     cmp = compare_logits(ref, res.logits)
     tol_class = "q8_0" if on_gpu else plan.tol_class  # GPU kernels (F16/MMQ paths) are not emulated
     reason = _judge(cmp, FORWARD_TOL[tol_class], start, n_tok)
     return CheckResult("d", NAMES["d"], FAILED if reason else PASSED, reason,
-                       _figures(plan, cmp, L, tol_class, on_gpu), time.perf_counter() - t0)
+                       _figures(plan, cmp, L, tol_class, on_gpu, want_ff), time.perf_counter() - t0)

@@ -6,7 +6,10 @@ The runtime's training context (``llama_model_n_ctx_train``), rotary type
 read (``llama_model_meta_val_str``) for every RoPE key and every ``ropepatch.*`` scalar equal the
 file's; when the file carries ropepatch provenance, the file's RoPE settings equal the recorded
 plan, i.e. nobody changed them behind ropepatch's back: the entries the patch wrote
-(:func:`params_to_kvs`) and those it kept (the undo record) are still there.
+(:func:`params_to_kvs`) and those it kept (the undo record) are still there. Per-pair frequency
+factors: the values of the file's ``rope_freqs.weight`` (read straight from the tensor data)
+equal the plan's (or the caller's expected) factors exactly as float32, and what ropepatch's
+reader returns for them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ropepatch.check.expectation import Expectation
+from ropepatch.check.factors import compare_factors, file_factors, fmt_factors
 from ropepatch.check.report import FAILED, LABEL, NAMES, PASSED, CheckResult, fmt_val, g
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import GGUFHeader
@@ -206,6 +210,33 @@ def _plan_problems(exp: Expectation, header: GGUFHeader, problems: list[str]) ->
     return consistent
 
 
+def _factor_problems(exp: Expectation, header: GGUFHeader, problems: list[str]) -> dict | None:
+    """Compare the file's rope_freqs values with what ropepatch's reader returns and with the
+    recorded plan's (or the caller's expected) factors; return the figures, None when neither
+    the file nor the expectation has factors."""
+    values, why = file_factors(header.path, header)
+    if why:
+        problems.append(f"file {why}")
+    file_ff = values or ()
+    want = exp.factors
+    if not file_ff and not want and not why:
+        return None
+    fig: dict = {"file": list(file_ff), "expected_source": exp.source}
+    reader = tuple(exp.current.freq_factors)
+    if values is not None and reader and compare_factors(reader, file_ff).problem:
+        problems.append(f"ropepatch reads rope_freqs.weight as {fmt_factors(reader)}, the tensor holds "
+                        f"{fmt_factors(file_ff)}")
+    if want is None:  # longrope: the expectation has factor tensors whose values are not read
+        fig.update(expected=None, same=None, max_rel_diff=None)
+        return fig
+    cmp = compare_factors(file_ff, want, "the file", LABEL[exp.source])
+    fig.update(expected=list(want), same=cmp.same, max_rel_diff=cmp.max_rel)
+    if not cmp.same:
+        where = "changed behind ropepatch's back: " if exp.source == "plan" else ""
+        problems.append(f"{where}rope_freqs.weight: {cmp.problem}")
+    return fig
+
+
 def check_metadata(exp: Expectation, header: GGUFHeader, rt: RuntimeInfo, keys: Sequence[str],
                    t0: float) -> CheckResult:
     """Check a, once the runtime loaded the file (``rt``); ``t0``: when the check began."""
@@ -213,6 +244,11 @@ def check_metadata(exp: Expectation, header: GGUFHeader, rt: RuntimeInfo, keys: 
     meta_fig = _metadata_problems(header, rt, keys, problems)
     figs = _runtime_problems(exp, rt, problems)
     consistent = _plan_problems(exp, header, problems)
+    ff_fig = _factor_problems(exp, header, problems)
+    if ff_fig is not None:
+        figs["freq_factors"] = ff_fig
+        if consistent and exp.source == "plan" and ff_fig["same"] is False:
+            consistent = False
     figs.update({"metadata": meta_fig, "plan_consistent": consistent, "n_params": rt.n_params})
     return CheckResult("a", NAMES["a"], FAILED if problems else PASSED, "; ".join(problems), figs,
                        time.perf_counter() - t0)

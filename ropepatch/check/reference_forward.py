@@ -8,7 +8,7 @@ would use (:func:`ropepatch.check.ggml_args.ggml_rope_args`, optionally with run
 overrides), so its logits can be compared with a runtime probe's -- including at
 positions and distances beyond the training context.
 
-Scope: dense llama / qwen2 blocks (RMSNorm, attention with GQA and optional q/k/v biases,
+Scope: dense llama / qwen2 / exaone blocks (RMSNorm, attention with GQA and optional q/k/v biases,
 SwiGLU MLP, output norm and head; tied embeddings when ``output.weight`` is absent).
 One sequence, decoded from an empty cache: a causal mask over the given positions.
 """
@@ -31,7 +31,8 @@ from ropepatch.formats.gguf.keys import k
 from ropepatch.formats.gguf.params import params_from_kvs
 from ropepatch.rope.params import RopeLayout, RopeParams
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+# exaone: the qwen2 block (NEOX rope, optional q/k/v biases) that loads rope_freqs like llama
+SUPPORTED_ARCHS = ("llama", "qwen2", "exaone")
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,7 @@ def forward(
     rope_op: Mapping | None = None,
     rope_dtype=np.float64,
     ggml_q8_0_activations: bool = False,
+    freq_factors="file",
     **overrides,
 ) -> np.ndarray:
     """Logits (n_tokens, n_vocab), float64, for ``tokens`` at ``positions`` (a start position
@@ -225,8 +227,13 @@ def forward(
 
     ``ggml_q8_0_activations``: mimic ggml's CPU matmul with Q8_0 weights, which quantizes the
     activations to Q8_0 first (:func:`quantize_q8_0_activations`). Off, the reference is the
-    exact product with the dequantized weights."""
+    exact product with the dequantized weights.
+
+    ``freq_factors``: the per-pair divisors of the rotary: ``"file"`` (default) the model's
+    ``rope_freqs.weight``, None or () none, else the given values (e.g. a recorded plan's)."""
     toks, pos = _tokens_and_positions(model, tokens, positions)
+    ff = model.freq_factors if isinstance(freq_factors, str) and freq_factors == "file" else freq_factors
+    ff = None if ff is None or len(ff) == 0 else np.asarray(ff, dtype=np.float32).reshape(-1)
     op = dict(rope_op) if rope_op is not None else ggml_rope_args(model.rope, **overrides)
     if rope_op is not None and overrides:
         raise UsageError("reference forward: give rope_op or overrides, not both")
@@ -236,7 +243,7 @@ def forward(
     # token embeddings: rows of token_embd
     x = model.w("token_embd.weight")[toks]
     for il in range(model.n_layer):
-        x = _block(model, x, f"blk.{il}.", pos, op, lin, rope_dtype)
+        x = _block(model, x, f"blk.{il}.", pos, (op, ff), lin, rope_dtype)
     # output norm and head (tied to the embeddings when output.weight is absent)
     x = rms_norm(x, model.w("output_norm.weight"), model.rms_eps)
     return lin(x, "output.weight" if model.w("output.weight") is not None else "token_embd.weight")
@@ -269,17 +276,19 @@ def _matmul(model: ReferenceModel, ggml_q8_0_activations: bool):
     return lin
 
 
-def _block(model: ReferenceModel, x: np.ndarray, b: str, pos: np.ndarray, op: Mapping, lin, rope_dtype) -> np.ndarray:
-    """One transformer block (tensor names prefixed ``b``): attention, then the SwiGLU MLP."""
+def _block(model: ReferenceModel, x: np.ndarray, b: str, pos: np.ndarray, rope: tuple, lin, rope_dtype) -> np.ndarray:
+    """One transformer block (tensor names prefixed ``b``): attention, then the SwiGLU MLP;
+    ``rope``: (ROPE op parameters, per-pair factors or None)."""
     n_tok, w = x.shape[0], model.w
+    op, ff = rope
     # --- attention ---
     h = rms_norm(x, w(b + "attn_norm.weight"), model.rms_eps)
     q = lin(h, b + "attn_q.weight", b + "attn_q.bias").reshape(n_tok, model.n_head, model.head_dim)
     k = lin(h, b + "attn_k.weight", b + "attn_k.bias").reshape(n_tok, model.n_head_kv, model.head_dim)
     v = lin(h, b + "attn_v.weight", b + "attn_v.bias").reshape(n_tok, model.n_head_kv, model.head_dim)
     # rotary position embedding on q and k, exactly as the ROPE op
-    q = apply_rope_op(q, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
-    k = apply_rope_op(k, pos, op, freq_factors=model.freq_factors, dtype=rope_dtype).astype(np.float64)
+    q = apply_rope_op(q, pos, op, freq_factors=ff, dtype=rope_dtype).astype(np.float64)
+    k = apply_rope_op(k, pos, op, freq_factors=ff, dtype=rope_dtype).astype(np.float64)
     att = attention(q, k, v, pos, 1.0 / np.sqrt(model.head_dim))
     x = x + lin(att, b + "attn_output.weight", b + "attn_output.bias")
     # --- SwiGLU MLP ---

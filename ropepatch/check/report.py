@@ -125,17 +125,27 @@ def mode_name(mode: int) -> str:
 
 
 def _summary_a(f) -> str:
+    ff = f.get("freq_factors")
     return (f"n_ctx_train {f['n_ctx_train']['runtime']}, rope type {str(f['rope_type']['runtime']).upper()}, "
             f"{len(f['metadata'])} keys read back"
+            + ("" if not ff else f", rope_freqs.weight: {len(ff['file'])} factors"
+               + ("" if ff["expected"] is None else f" = {LABEL[ff['expected_source']]}'s"))
             + ("" if f.get("plan_consistent") is None else
                f", file {'matches' if f['plan_consistent'] else 'differs from'} the recorded plan"))
 
 
 def _summary_b(f) -> str:
     e = f["expected"]
+    ff = f.get("freq_factors") or {}
+    if ff.get("expected"):
+        fac = f", freq factors = expected ({len(ff['expected'])}, max rel diff {ff['max_rel_diff']:.2g})"
+    elif ff.get("judged") is False:
+        fac = ", freq factors: the runtime's own (not read by ropepatch)"
+    else:
+        fac = ""
     return (f"{f['n_captures']} ROPE ops: n_dims {e['n_dims']} {mode_name(e['mode'])} base {g(e['freq_base'])} "
             f"scale {g(e['freq_scale'])} ext {g(e['ext_factor'])} attn {g(e['attn_factor'])} "
-            f"n_ctx_orig {e['n_ctx_orig']}")
+            f"n_ctx_orig {e['n_ctx_orig']}{fac}")
 
 
 def _summary_c(f) -> str:

@@ -1,6 +1,8 @@
 """Check c of ``ropepatch validate``: the NumPy reference rotary, driven by the expected
-parameters, applied to the captured un-rotated Q/K reproduces the runtime's rotated Q/K at every
-captured position, within a stated float32 tolerance (:data:`ROTARY_TOLERANCE`)."""
+parameters and the expected per-pair frequency factors (the plan's, not the ones the runtime
+used: wrong factors in the file must fail here), applied to the captured un-rotated Q/K
+reproduces the runtime's rotated Q/K at every captured position, within a stated float32
+tolerance (:data:`ROTARY_TOLERANCE`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ropepatch.check.factors import as_array
 from ropepatch.check.report import FAILED, LABEL, NAMES, PASSED, CheckResult
 from ropepatch.check.rope_reference import (
     apply_rope_op,
@@ -27,12 +30,13 @@ ROTARY_TOLERANCE = (
     "float32 recipe |ref32 - out| <= 4 eps32 m (|x0|+|x1|) (same float32 angle on both sides; "
     "cosf/sinf <= 1 ulp, the mscale product 0.5 ulp, the rotation <= 1.5 ulp); exact float64 "
     "rotary |ref64 - out| <= m (|x0|+|x1|) ((i+3) eps32 |theta_i| + 4 eps32) (the runtime's "
-    "float32 angle p*ts^i is a running product carrying <= (i+3) eps32 relative error); "
+    "float32 angle p*ts^i is a running product carrying <= (i+3) eps32 relative error, (i+4) eps32 "
+    "with per-pair frequency factors, which add one float32 division theta/ff_i); "
     "dims past n_dims must be bit-identical; +1 eps16 when the runtime's tensors are F16"
 )
 
 
-def _tolerances(cap, op: Mapping, n: int, lay, f16: bool):
+def _tolerances(cap, op: Mapping, n: int, lay, f16: bool, ff):
     """(scale, float32 relative tolerance, float64 relative tolerance) per rotated element."""
     x = cap.input
     mscale = abs(yarn_mscale(op["freq_scale"], op["ext_factor"], op["attn_factor"]))
@@ -40,16 +44,19 @@ def _tolerances(cap, op: Mapping, n: int, lay, f16: bool):
     scale = mscale * mag + 1e-30
     theta = np.abs(
         rope_angles(cap.positions, n, op["freq_base"], op["freq_scale"], op["ext_factor"], op["beta_fast"],
-                    op["beta_slow"], op["n_ctx_orig"], cap.freq_factors)
+                    op["beta_slow"], op["n_ctx_orig"], ff)
     )
     extra = EPS16 if f16 else 0.0
     rel_tol32 = np.full(scale.shape, ULPS_F32 * EPS32 + extra)
-    rel_tol64 = (idx + 3)[None, None, :] * EPS32 * theta[:, None, idx] + ULPS_F32 * EPS32 + extra
+    # the runtime's float32 angle: a running product, then one division by the pair's factor
+    steps = idx + (4 if ff is not None else 3)
+    rel_tol64 = steps[None, None, :] * EPS32 * theta[:, None, idx] + ULPS_F32 * EPS32 + extra
     return scale, rel_tol32, np.broadcast_to(rel_tol64, scale.shape)
 
 
-def rotary_errors(cap, op: Mapping, f16: bool = False) -> dict:
-    """Reference rotary (driven by ``op``) vs one captured ROPE node: for the float32 recipe
+def rotary_errors(cap, op: Mapping, f16: bool = False, factors=None) -> dict:
+    """Reference rotary (driven by ``op`` and ``factors``: the per-pair divisors, () for none,
+    None for the ones the runtime used, src[2]) vs one captured ROPE node: for the float32 recipe
     and the exact float64 rotary, the max abs error, the max error relative to the pair
     magnitude m(|x0|+|x1|), the worst error as a multiple of the tolerance (<= 1 passes,
     :data:`ROTARY_TOLERANCE`), the position of the worst element, and the max change of the
@@ -59,10 +66,13 @@ def rotary_errors(cap, op: Mapping, f16: bool = False) -> dict:
     x, out = cap.input, cap.output.astype(np.float64)
     if x.shape[-1] < n:
         return {"error": f"{cap.name}: head dim {x.shape[-1]} < n_dims {n}"}
-    scale, rel_tol32, rel_tol64 = _tolerances(cap, op, n, lay, f16)
+    ff = cap.freq_factors if factors is None else as_array(factors)
+    if ff is not None and ff.size < n // 2:
+        return {"error": f"{cap.name}: {ff.size} frequency factors for {n // 2} rotary pairs"}
+    scale, rel_tol32, rel_tol64 = _tolerances(cap, op, n, lay, f16, ff)
     res = {}
     for mode, dtype, rtol in (("f32", np.float32, rel_tol32), ("f64", np.float64, rel_tol64)):
-        ref = apply_rope_op(x, cap.positions, op, freq_factors=cap.freq_factors, dtype=dtype).astype(np.float64)
+        ref = apply_rope_op(x, cap.positions, op, freq_factors=ff, dtype=dtype).astype(np.float64)
         err = np.abs(ref - out)
         tail = float(err[..., n:].max()) if x.shape[-1] > n else 0.0
         e = err[..., :n]
@@ -115,26 +125,28 @@ def _reasons(pos_problem: str, tail: float, worst: _Worst, own_worst: float, on_
         why = (f"reference rotary with {LABEL[src]}'s params misses the runtime's output by up to {r['max_abs']:.3g} "
                f"(rel {r['max_rel']:.3g}, {r['max_over_tol']:.3g}x the {m} tolerance) on {worst.worst_name} at "
                f"position {r['worst_position']}")
-        why += ("; with the runtime's own op params it matches: the parameters differ, not the kernel"
-                if own_worst <= 1.0 else "; it misses with the runtime's own op params too: the kernel differs from "
-                                         "the reference")
+        why += ("; with the runtime's own op params and factors it matches: the parameters differ, not the kernel"
+                if own_worst <= 1.0 else "; it misses with the runtime's own op params and factors too: the kernel "
+                                         "differs from the reference")
         reasons.append(why)
     return reasons
 
 
 def check_rotary(captures, expected_op: Mapping, src: str, on_gpu: bool,
-                 runs: Sequence[tuple[int, int]]) -> CheckResult:
-    """Check c over the captures of the probes (pairs of capture and decoded positions)."""
+                 runs: Sequence[tuple[int, int]], want_ff: tuple | None = ()) -> CheckResult:
+    """Check c over the captures of the probes (pairs of capture and decoded positions);
+    ``want_ff``: the expected per-pair factors (() none; None: not known to ropepatch
+    (longrope), the runtime's own are used)."""
     t0 = time.perf_counter()
     worst, own_worst, tail, pos_problem, per_node = _Worst(), 0.0, 0.0, "", {}
     for cap, probe_pos in captures:
         if not np.array_equal(np.asarray(cap.positions).reshape(-1), probe_pos):
             pos_problem = f"{cap.name}: the op's positions are not the decoded positions"
         f16 = cap.tensor_type == "f16"
-        e = rotary_errors(cap, expected_op, f16=f16)
-        own = rotary_errors(cap, cap.op.as_dict(), f16=f16)
+        e = rotary_errors(cap, expected_op, f16=f16, factors=want_ff)
         if "error" in e:
             return CheckResult("c", NAMES["c"], FAILED, e["error"], {}, time.perf_counter() - t0)
+        own = rotary_errors(cap, cap.op.as_dict(), f16=f16)
         own_worst = max(own_worst, own["f64"]["max_over_tol"], 0.0 if on_gpu else own["f32"]["max_over_tol"])
         tail = max(tail, e["f32"]["tail"], e["f64"]["tail"])
         per_node[f"{cap.name}@{int(probe_pos[0])}"] = {
@@ -148,6 +160,8 @@ def check_rotary(captures, expected_op: Mapping, src: str, on_gpu: bool,
         "pass_through_max_abs": tail,
         "runtime_params_max_over_tol": own_worst,
         "judged_by": "f64" if on_gpu else "f32+f64",
+        "freq_factors": ("runtime's own (not read by ropepatch)" if want_ff is None
+                         else f"{LABEL[src]}'s ({len(want_ff)})" if want_ff else "none"),
         "tolerance": ROTARY_TOLERANCE,
         "per_node": per_node,
     }

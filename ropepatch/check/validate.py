@@ -28,6 +28,7 @@ import numpy as np
 
 from ropepatch.check.applied import capture_ropes, check_applied, describe_runs, position_runs, probe_threads
 from ropepatch.check.expectation import Expectation, expectation, read_model
+from ropepatch.check.factors import factors_of
 from ropepatch.check.logits import FORWARD_AUTO_BUDGET, FORWARD_TOL, check_forward, plan_forward
 from ropepatch.check.metadata import check_metadata, metadata_keys, runtime_info
 from ropepatch.check.report import (
@@ -204,9 +205,10 @@ def _checks_bc(run: _Run, exp: Expectation, header, rt, positions, layers, n_ctx
         run.done(CheckResult("b", NAMES["b"], FAILED, why))
         run.done(CheckResult("c", NAMES["c"], FAILED, why))
     else:
-        run.done(check_applied(got.captures, exp.op, exp.file_op, exp.source, got.seconds, n_threads))
+        run.done(check_applied(got.captures, exp.op, exp.file_op, exp.source, got.seconds, n_threads,
+                               want_ff=exp.factors, file_ff=factors_of(exp.current)))
         run.step(f"check c: reference rotary vs the runtime's rotated Q/K at positions {describe_runs(runs)}")
-        run.done(check_rotary(got.captures, exp.op, exp.source, run.on_gpu, runs))
+        run.done(check_rotary(got.captures, exp.op, exp.source, run.on_gpu, runs, want_ff=exp.factors))
 
 
 def _check_d(run: _Run, exp: Expectation, reference_forward, forward_tokens, n_threads) -> None:
@@ -216,7 +218,8 @@ def _check_d(run: _Run, exp: Expectation, reference_forward, forward_tokens, n_t
         run.done(plan)
         return
     run.step(f"check d: reference forward vs runtime logits, {plan.describe()}")
-    run.done(check_forward(run.path, plan, exp.op, exp.original_ctx, run.gpu_layers, run.on_gpu, n_threads))
+    run.done(check_forward(run.path, plan, exp.op, exp.original_ctx, run.gpu_layers, run.on_gpu, n_threads,
+                           want_ff=exp.factors))
 
 
 def validate(
