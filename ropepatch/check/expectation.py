@@ -79,9 +79,9 @@ def _recorded_plan(info: ModelInfo, ctx: int | None, notes: list[str]):
     try:
         try:
             alpha = alpha_for(prov.method, prov.alpha)
-            plan = make_plan(info.original, prov.ctx, prov.method, alpha)
+            plan = make_plan(info.original, prov.ctx, prov.method, alpha, options=prov.options)
         except UnsupportedModelError:
-            plan = make_plan(info.original, prov.ctx, prov.method, alpha, replace_scaling=True)
+            plan = make_plan(info.original, prov.ctx, prov.method, alpha, replace_scaling=True, options=prov.options)
             notes.append("the recorded plan replaces the model's own scaling (--replace-scaling)")
     except RopepatchError as exc:
         problem = (f"the recorded plan (method {prov.method!r}, ctx {prov.ctx}, alpha {g(prov.alpha)}) "

@@ -118,7 +118,7 @@ def gguf_as_hf(info: ModelInfo) -> dict:
     """The Hugging Face config keys equivalent to a GGUF's current rope settings."""
     prov, cur = info.provenance, info.current
     if prov is not None:
-        plan = make_plan(info.original, prov.ctx, prov.method, alpha_for(prov.method, prov.alpha))
+        plan = make_plan(info.original, prov.ctx, prov.method, alpha_for(prov.method, prov.alpha), options=prov.options)
         return plan_hf_snippets(plan)
     scaling = None
     if cur.has_freq_factors:
