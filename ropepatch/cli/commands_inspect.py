@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-from ropepatch.cli.render import describe_hf_rope, describe_params, dumps, emit, g, note_lines, params_dict
+from ropepatch.cli.render import (
+    describe_effects,
+    describe_hf_rope,
+    describe_params,
+    dumps,
+    emit,
+    g,
+    note_lines,
+    params_dict,
+)
 from ropepatch.errors import UsageError
+from ropepatch.rope.effects import effects_for
 
 
 def is_hf(path: str) -> bool:
@@ -28,8 +38,19 @@ def cmd_inspect(args) -> int:
         block = gguf_as_hf(info)
         emit(args, block, dumps(block))
         return 0
-    emit(args, _gguf_dict(info), _gguf_text(info))
+    swa = _file_swa_base(info)
+    emit(args, {**_gguf_dict(info), "effects": {**effects_for(info.current.arch).to_dict(), "file_freq_base_swa": swa}},
+         _gguf_text(info) + "\n" + describe_effects(effects_for(info.current.arch), swa))
     return 0
+
+
+def _file_swa_base(info) -> float | None:
+    """The file's ``{arch}.rope.freq_base_swa`` (None when it has none): the base llama.cpp gives
+    sliding-window layers instead of rope.freq_base, for architectures that read it."""
+    from ropepatch.formats.gguf.header import read_header
+
+    kv = read_header(info.path).entry(f"{info.current.arch}.rope.freq_base_swa")
+    return float(kv.value) if kv is not None and isinstance(kv.value, (int, float)) else None
 
 
 def _gguf_dict(info) -> dict:

@@ -8,7 +8,8 @@ import os
 
 from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.render import describe_params, emit, g, note_lines, params_dict, plan_dict
-from ropepatch.errors import UsageError
+from ropepatch.errors import RopepatchError, UsageError
+from ropepatch.rope.effects import factor_refusal
 from ropepatch.rope.methods import METHODS, Plan, alpha_for, make_plan, method_note
 from ropepatch.rope.params import RopeParams
 from ropepatch.rope.runtime_flags import carries, next_steps
@@ -22,9 +23,14 @@ def cmd_plan(args) -> int:
     if args.path and is_hf(args.path):
         return _plan_hf(args)
     orig, current, model_path = _plan_original(args)
-    methods = list(METHODS) if args.method == "all" else [args.method]
-    plans = [make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if args.method == "all" else args.alpha)
-             for m in methods]
+    # --method all: only the methods the architecture can take (effect map); one method: refused in one line
+    skipped = {m: why for m in METHODS if args.method == "all" and (why := _refusal(orig, m))}
+    methods = [m for m in METHODS if m not in skipped] if args.method == "all" else [args.method]
+    try:
+        plans = [make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if args.method == "all" else args.alpha)
+                 for m in methods]
+    except RopepatchError as e:
+        raise type(e)(f"{args.path}: {e}" if args.path else str(e)) from None
     for p in plans:  # what `ropepatch gguf` refuses to write, plan does not print as a flag
         if p.target.freq_base > F32_MAX:
             raise UsageError(f"{p.method}: the planned rotary base {p.target.freq_base:.4g} is beyond the largest "
@@ -33,7 +39,13 @@ def cmd_plan(args) -> int:
     run_path = os.path.abspath(args.path) if args.path else model_path
     data = {"original": params_dict(orig), "ctx": args.ctx,
             "plans": {p.method: plan_dict(p, current, run_path) for p in plans}}
-    lines = [f"original: {describe_params(orig)}"]
+    if skipped:
+        data["not_applicable"] = skipped
+    for p in plans:  # what llama.cpp would ignore or only partly apply (effect map), an extreme scale
+        data["plans"][p.method]["warnings"] = list(p.warnings)
+    lines = [f"original: {describe_params(orig)}"] + ([
+        f"not applicable: {', '.join(skipped)} (llama.cpp applies no per-pair factors to {orig.arch}; "
+        f"--method NAME says why; docs/effects.md)"] if skipped else [])
     if current != orig:
         data["current"] = params_dict(current)
         lines.append(f"file now: {describe_params(current)} (the runtime settings below are for the file as it is)")
@@ -50,6 +62,11 @@ def cmd_plan(args) -> int:
     lines += ["", head, *next_step_lines(data["next_steps"])]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _refusal(orig: RopeParams, method: str) -> str | None:
+    """Why the effect map refuses ``method`` for ``orig``'s architecture (None: it does not)."""
+    return factor_refusal(orig.arch, method) if METHODS[method].writes_factors else None
 
 
 def next_step_lines(steps: dict[str, str]) -> list[str]:
@@ -99,7 +116,7 @@ def _runtime_lines(p: Plan, model_path: str, runtime: dict) -> list[str]:
             + ")",
         ]
     note = method_note(p, "gguf_plan_note")
-    return lines + ([f"  note: {note}"] if note else [])
+    return lines + ([f"  note: {note}"] if note else []) + [f"  warning: {w}" for w in p.warnings]
 
 
 def _plan_original(args) -> tuple[RopeParams, RopeParams, str]:
@@ -132,7 +149,8 @@ def _plan_hf(args) -> int:
 
     if args.base is not None or args.rope_dim is not None or args.orig_ctx is not None:
         raise UsageError(_BOTH)
-    methods = [m for m, spec in METHODS.items() if spec.takes_alpha] if args.method == "all" else [args.method]
+    methods = ([m for m, spec in METHODS.items() if spec.takes_alpha and not spec.writes_factors]  # GGUF only
+               if args.method == "all" else [args.method])
     plans = {m: plan_hf(args.path, args.ctx, m, args.alpha) for m in methods}
     snippets = {m: plan_hf_snippets(p) for m, p in plans.items()}
     lines = [f"original: {describe_params(next(iter(plans.values())).original)}",

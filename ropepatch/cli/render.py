@@ -69,6 +69,15 @@ def describe_params(p: RopeParams) -> str:
     return s
 
 
+def describe_effects(e, file_swa_base: float | None = None) -> str:
+    """``inspect``'s effect-map lines: what llama.cpp reads and applies for this architecture
+    (:class:`ropepatch.rope.effects.ArchEffects`), and the file's own sliding-window base."""
+    lines = [f"  llama.cpp reads: {e.summary}"]
+    if e.swa_base != "none" and e.known:
+        lines.append(f"  this file's rope.freq_base_swa: {'not set' if file_swa_base is None else g(file_swa_base)}")
+    return "\n".join(lines + [f"  effect note: {n}" for n in e.notes])
+
+
 def describe_hf_rope(r) -> str:
     """One line: a Hugging Face config's rope settings and usable context."""
     s = (f"{r.model_type}: max_position_embeddings {r.max_position_embeddings}, rotary dims "

@@ -8,19 +8,32 @@ from __future__ import annotations
 
 import json
 
+from ropepatch.errors import UnsupportedModelError
 from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.apply import rope_block
 from ropepatch.formats.hf.config import HFRope, check_composable_hf, read_rope, unscaled_params
 from ropepatch.formats.hf.json_doc import ConfigDoc, parse_config
 from ropepatch.patch.hf_model import resolve_model
 from ropepatch.patch.hf_state import ModelState, read_state
-from ropepatch.rope.methods import DEFAULT_METHOD, Plan, make_plan, method_note
+from ropepatch.rope.effects import plan_warnings
+from ropepatch.rope.methods import DEFAULT_METHOD, Plan, get_method, make_plan, method_note
 from ropepatch.safeio.paths import shown
+
+
+def check_hf_method(path: str, method: str) -> None:
+    """Refuse, in one line naming ``path``, a method this version cannot write into an HF model:
+    the per-pair factor methods (rope_freqs.weight exists in GGUF files only)."""
+    if get_method(method).writes_factors:
+        raise UnsupportedModelError(
+            f"{path}: --method {method} writes per-pair frequency factors (rope_freqs.weight), which "
+            f"this version writes into GGUF files only; for a Hugging Face model use --method yarn or "
+            f"ntk, or convert it to GGUF and run 'ropepatch gguf' on that")
 
 
 def plan_from_state(st: ModelState, ctx: int, method: str, alpha: float | None,
                     replace_scaling: bool) -> tuple[ConfigDoc, HFRope, Plan]:
     """The original config (recorded when patched), its rope settings and the plan."""
+    check_hf_method(shown(st.model.root), method)
     orig_doc = parse_config(st.original_config_text(), shown(st.model.config_path))
     rope0 = read_rope(orig_doc)
     check_composable_hf(rope0, method, replace_scaling)
@@ -68,6 +81,8 @@ def plan_hf_snippets(plan: Plan) -> dict:
 
 
 def method_notes(plan: Plan) -> list[str]:
-    """What the user should know about ``plan``'s method after patching (registry text)."""
+    """What the user should know about ``plan``'s method after patching (registry text); the
+    effect map's warnings are about llama.cpp reading a GGUF, so they are left out here."""
     note = method_note(plan, "hf_note")
-    return ([note] if note else []) + list(plan.warnings)
+    llama_cpp = set(plan_warnings(plan))
+    return ([note] if note else []) + [w for w in plan.warnings if w not in llama_cpp]

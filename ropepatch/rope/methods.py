@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from ropepatch.errors import UnsupportedModelError, UsageError
+from ropepatch.rope import effects
 from ropepatch.rope import factors as ff
 from ropepatch.rope.params import RopeParams, ScalingType
 
@@ -126,9 +127,7 @@ def method_note(plan: "Plan", which: str) -> str:
 
 
 def _unscaled(orig: RopeParams, ctx: int) -> RopeParams:
-    return orig.with_(
-        n_ctx_train=ctx, scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0
-    )
+    return orig.with_(n_ctx_train=ctx, scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0)
 
 
 def _none(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
@@ -313,13 +312,13 @@ class Plan:
 
     @property
     def warnings(self) -> tuple[str, ...]:
-        """What the user should know before using this plan (an extreme scale)."""
-        if self.scale <= FAR_SCALE:
-            return ()
-        return (f"--ctx {self.ctx} is {self.scale:.3g}x the training context {self.original.n_ctx_train}: "
-                f"extension without fine-tuning is measured to hold to about 2-4x here (docs/results.md); "
-                f"expect quality to collapse long before {self.ctx} tokens, and memory for the KV cache "
-                f"to grow with the context",)
+        """What the user should know: an extreme scale, what llama.cpp ignores (effects.plan_warnings)."""
+        far = () if self.scale <= FAR_SCALE else (
+            f"--ctx {self.ctx} is {self.scale:.3g}x the training context {self.original.n_ctx_train}: "
+            f"extension without fine-tuning is measured to hold to about 2-4x here (docs/results.md); "
+            f"expect quality to collapse long before {self.ctx} tokens, and memory for the KV cache "
+            f"to grow with the context",)
+        return far + effects.plan_warnings(self)
 
 
 def get_method(name: str) -> Method:
@@ -383,6 +382,7 @@ def make_plan(
         raise UsageError(f"--alpha does not apply to method {m.name} (it only raises the context length); "
                          f"drop --alpha, or choose a method that scales")
     check_composable(orig, m.name, replace_scaling)
+    effects.check_method(orig.arch, m.name, m.writes_factors)  # e.g. rope_freqs on qwen2: refused
     base_orig = orig
     if replace_scaling:
         base_orig = orig.with_(scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0,
