@@ -277,3 +277,108 @@ def test_apply_rope_op_matches_apply_rope():
         apply_rope_op(x, pos, op),
         apply_rope(x, pos, 16, 10000.0, 0.125, 1.0, op["attn_factor"], 32.0, 1.0, 128, layout=RopeLayout.NEOX),
     )
+
+
+# ---- per-pair frequency factors (rope_freqs), NORM and NEOX -------------------------------------
+
+
+def _hand_rotary(x, pos, d, base, ff, layout):
+    """The rotary written out per pair: theta_i = p * b^(-2i/d) / ff_i; NORM pairs (2i, 2i+1),
+    NEOX pairs (i, i + d/2)."""
+    out = x.astype(np.float64).copy()
+    for t, p in enumerate(pos):
+        for i in range(d // 2):
+            th = p * base ** (-2 * i / d) / ff[i]
+            a, b = (2 * i, 2 * i + 1) if layout == RopeLayout.NORM else (i, i + d // 2)
+            x0, x1 = x[t, :, a], x[t, :, b]
+            out[t, :, a] = x0 * math.cos(th) - x1 * math.sin(th)
+            out[t, :, b] = x0 * math.sin(th) + x1 * math.cos(th)
+    return out
+
+
+FF8 = np.array([1.0, 1.0, 1.9634954, 4.0, 4.0, 4.0, 4.0, 4.0], dtype=np.float32)  # tiny-exaone's
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_freq_factors_rotate_each_pair_by_its_divided_angle(layout):
+    x = _x(n_tokens=4, head_dim=20)  # 16 rotated dims + 4 pass-through
+    pos = [0, 3, 130, 1023]
+    out = apply_rope(x, pos, 16, 10000.0, freq_factors=FF8, layout=layout)
+    np.testing.assert_allclose(out, _hand_rotary(x, pos, 16, 10000.0, FF8.astype(np.float64), layout),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(out[..., 16:], x[..., 16:])
+    # the other layout pairs other dims: a different result
+    other = RopeLayout.NEOX if layout == RopeLayout.NORM else RopeLayout.NORM
+    assert not np.allclose(out, apply_rope(x, pos, 16, 10000.0, freq_factors=FF8, layout=other))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_unit_factors_are_no_factors(layout, dtype):
+    x = _x()
+    pos = [0, 5, 127, 1000, 40000]
+    ones = apply_rope(x, pos, 16, 10000.0, freq_factors=np.ones(8), layout=layout, dtype=dtype)
+    np.testing.assert_array_equal(ones, apply_rope(x, pos, 16, 10000.0, layout=layout, dtype=dtype))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_equal_factors_are_linear_scaling(layout):
+    # ff_i = s for every pair divides every angle by s: linear interpolation (freq_scale 1/s)
+    x = _x()
+    pos = [1, 100, 1000, 5000, 65000]
+    by_ff = apply_rope(x, pos, 16, 10000.0, freq_factors=np.full(8, 4.0), layout=layout)
+    linear = apply_rope(x, pos, 16, 10000.0, freq_scale=0.25, layout=layout)
+    np.testing.assert_allclose(by_ff, linear, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("d, base, L, s", [(16, 10000.0, 128, 8.0), (64, 100000.0, 8192, 4.0), (128, 500000.0, 4096, 2.0)])
+def test_ntk_parts_factors_are_yarns_frequencies(d, base, L, s):
+    """ropepatch's ntk-parts divisors give exactly ggml's YaRN angles (ext_factor 1, same
+    beta_fast/beta_slow) up to float32 rounding of the factors, without YaRN's magnitude."""
+    from ropepatch.rope.factors import ntk_parts_factors
+
+    ff = np.asarray(ntk_parts_factors(d, base, L, s), dtype=np.float64)
+    pos = np.array([1, L - 1, 3 * L, int(s * L) - 1])
+    by_ff = rope_angles(pos, d, base, freq_factors=ff)
+    yarn = rope_angles(pos, d, base, freq_scale=1 / s, ext_factor=1.0, n_ctx_orig=L)
+    np.testing.assert_allclose(by_ff, yarn, rtol=2 * np.finfo(np.float32).eps, atol=0)
+    # YaRN puts 1 + 0.1 ln s on cos/sin; the factors put nothing
+    x = _x(n_tokens=1, head_dim=d)
+    for layout in LAYOUTS:
+        out = apply_rope(x, [pos[-1]], d, base, freq_factors=ff, layout=layout)
+        np.testing.assert_allclose(_pair_norms(out, d, layout), _pair_norms(x, d, layout), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_freq_factors_float32_recipe_close_to_float64(layout):
+    x = _x(n_tokens=6)
+    pos = np.array([0, 1, 127, 1000, 2047, 4000])
+    f64 = apply_rope(x, pos, 16, 10000.0, freq_factors=FF8, layout=layout)
+    f32 = apply_rope(x, pos, 16, 10000.0, freq_factors=FF8, layout=layout, dtype=np.float32)
+    eps = np.finfo(np.float32).eps
+    bound = np.abs(x).max() * (pos[:, None, None] + 1) * 17 * eps + 1e-6  # one more rounding: theta / ff
+    assert np.all(np.abs(f32 - f64) <= bound)
+    # the float32 angle is ggml's: the running product, THEN the division by ff (not p * (ts^i / ff))
+    th = rope_angles(pos, 16, 10000.0, dtype=np.float32)
+    np.testing.assert_array_equal(rope_angles(pos, 16, 10000.0, freq_factors=FF8, dtype=np.float32), th / FF8)
+
+
+def test_freq_factors_with_yarn_and_op_dict():
+    # factors combine with freq_scale and the YaRN ramp: theta_extrap = p theta_i / ff_i
+    pos = [10, 900]
+    ff = FF8.astype(np.float64)
+    plain = rope_angles(pos, 16, 10000.0, freq_scale=0.25, ext_factor=1.0, n_ctx_orig=128)
+    with_ff = rope_angles(pos, 16, 10000.0, freq_scale=0.25, ext_factor=1.0, n_ctx_orig=128, freq_factors=ff)
+    np.testing.assert_allclose(with_ff, plain / ff, rtol=1e-14)
+    # apply_rope_op passes the factors through, in NORM and NEOX
+    x = _x(n_tokens=2)
+    for mode, layout in ((0, RopeLayout.NORM), (2, RopeLayout.NEOX)):
+        op = {"n_dims": 16, "mode": mode, "n_ctx_orig": 128, "freq_base": 10000.0, "freq_scale": 1.0,
+              "ext_factor": 0.0, "attn_factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+        np.testing.assert_array_equal(apply_rope_op(x, pos, op, freq_factors=FF8),
+                                      apply_rope(x, pos, 16, 10000.0, freq_factors=FF8, layout=layout))
+
+
+def test_freq_factors_validation():
+    with pytest.raises(UsageError, match="4 freq_factors for 8 rotary pairs"):
+        rope_angles([1], 16, 10000.0, freq_factors=[1, 2, 3, 4])
