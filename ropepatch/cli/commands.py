@@ -53,9 +53,12 @@ COMMANDS = {
         cmd_eval,
         "perplexity by position for each method, applied at run time, vs the sliding-window baseline",
         "examples:\n  ropepatch eval model.gguf --ctx 16384 --text corpus.txt\n"
-        "  ropepatch eval model.gguf --ctx 16384 --text corpus.txt --methods none,ntk,ntk@2.5,yarn --plot ppl.png\n\n"
+        "  ropepatch eval model.gguf --ctx 16384 --text corpus.txt --methods none,ntk,ntk@2.5,yarn --plot ppl.png\n"
+        "  ropepatch eval model.gguf --ctx 16384 --text corpus.txt --windows 4 --methods ntk,yarn\n\n"
         "A scaled method only earns its keep if its ppl_ext (positions past the training length)\n"
-        "beats 'window': the unscaled model scoring the same tokens with a sliding window.",
+        "beats 'window': the unscaled model scoring the same tokens with a sliding window.\n"
+        "With --windows K (K >= 2) ppl_in / ppl_ext come with 95% intervals over the K windows, and\n"
+        "'beats' means the paired interval of ppl_ext / window's ppl_ext lies entirely below 1.",
     ),
     "tune": (
         cmd_tune,
@@ -67,7 +70,9 @@ COMMANDS = {
         cmd_passkey,
         "passkey retrieval (YaRN paper): can the model USE distant context at each depth?",
         "examples:\n  ropepatch passkey model.gguf --ctx 16384\n"
-        "  ropepatch passkey model.gguf --ctx 16384 --methods none,ntk,yarn --depths 0.1,0.5,0.9 --trials 5",
+        "  ropepatch passkey model.gguf --ctx 16384 --methods none,ntk,yarn --depths 0.1,0.5,0.9 --trials 10\n\n"
+        "Each accuracy comes with its 95% Wilson interval; a method 'passes' only when the interval of\n"
+        "its accuracy over all depths lies at or above 80% and no depth's lies below it.",
     ),
     "revert": (
         cmd_revert,

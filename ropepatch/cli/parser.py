@@ -136,8 +136,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="comma list, method@alpha allowed (default none,linear,ntk,dynamic,yarn)")
     p.add_argument("--alpha", help="alpha for every scaled method, or method=alpha,... (default ctx/L)")
     p.add_argument("--buckets", help="bucket count, or comma-separated edges (default 8 equal buckets)")
-    p.add_argument("--windows", type=positive_int, default=1,
-                   help="ctx-token windows of the text to average (default 1)")
+    p.add_argument("--windows", type=positive_int, default=1, metavar="K",
+                   help="score K consecutive ctx-token windows of the text and report 95%% intervals "
+                        "(Student t over the K windows; the verdict pairs each method with window, window "
+                        "by window). Default 1: intervals from blocks of the one window, a rough guide")
     p.add_argument("--no-window", action="store_true", help="skip the sliding-window baseline")
     p.add_argument("--plot", metavar="OUT.png", help="write the perplexity-by-position plot (needs matplotlib)")
 
@@ -156,7 +158,8 @@ def _passkey_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=None, help="comma list (default none,linear,ntk,dynamic,yarn)")
     p.add_argument("--alpha", help="alpha for every scaled method, or method=alpha,...")
     p.add_argument("--depths", default=None, help="key depths as fractions (default 0.1,0.5,0.9)")
-    p.add_argument("--trials", type=trial_count, default=5, help="keys per depth (default 5)")
+    p.add_argument("--trials", type=trial_count, default=5,
+                   help="keys per depth (default 5); accuracies come with 95%% Wilson intervals")
     p.add_argument("--seed", type=seed, default=0, help="seed of the random 5-digit keys (default 0)")
 
 

@@ -48,7 +48,7 @@ from ropepatch.quality.specs import (
     parse_methods,
     resolve_specs,
 )
-from ropepatch.quality.text import load_text, make_windows, text_windows
+from ropepatch.quality.text import load_text, make_windows, text_windows, window_spans
 from ropepatch.runtime.binding import default_threads
 from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
 
@@ -58,7 +58,7 @@ __all__ = [
     "default_buckets", "bucketize", "rebucket", "MethodSpec", "WINDOW", "DEFAULT_METHODS",
     "DEFAULT_N_BATCH", "DEFAULT_N_BUCKETS", "Model", "default_threads", "load_text", "make_windows",
     "sliding_windows", "method_cost", "score_method", "score_full_logits", "runtime_settings_for",
-    "extension_original", "RunOptions",
+    "extension_original", "RunOptions", "window_spans",
 ]
 
 
@@ -80,8 +80,12 @@ def evaluate(
     :meth:`Model.tokenize`), for each method (default none, linear, ntk, dynamic, yarn; labels
     like ``"ntk@2.5"`` pin an alpha) plus the ``window`` baseline unless ``window=False``.
 
-    ``max_windows``: how many non-overlapping windows to average (None = as many as the text
-    holds). ``run``: the :class:`~ropepatch.quality.options.RunOptions` fields (``n_batch``,
+    ``max_windows``: how many consecutive non-overlapping windows to score (None = as many as
+    the text holds; more than it holds is refused in one line). Each method's ppl_in / ppl_ext
+    are pooled over the windows, with 95% intervals (Student t over the per-window mean NLL,
+    or over blocks of the one window when there is one: :mod:`ropepatch.quality.intervals`),
+    and the verdict compares each method with the window baseline window by window.
+    ``run``: the :class:`~ropepatch.quality.options.RunOptions` fields (``n_batch``,
     ``n_threads``, ``n_gpu_layers``, ``flash_attn``, ``progress``, ``on_step``, ``model``: an
     already-loaded :class:`Model` to reuse, ``original``).
     """
@@ -94,8 +98,10 @@ def evaluate(
         tokens, windows = text_windows(m, ctx, text, tokens, max_windows, "evaluate")
         meter = Meter(sum(method_cost(s, ctx, L, len(windows)) for s in specs), opts.progress)
         results: dict[str, MethodResult] = {}
+        spans = window_spans(windows, m.bos if m.add_bos else None)
+        of = f" ({len(windows)} windows)" if len(windows) > 1 else ""
         for spec in specs:
-            opts.step(f"scoring {spec.label} at {ctx} tokens")
+            opts.step(f"scoring {spec.label} at {ctx} tokens{of}")
             results[spec.label] = score_method(m, windows, spec, original, ctx, edges, meter)
     timing = Timing(
         seconds=sum(r.seconds for r in results.values()),
@@ -108,5 +114,5 @@ def evaluate(
     )
     return EvalResult(
         model=os.path.basename(model_path), n_ctx_train=L, ctx=ctx,
-        tokens=len(windows) * (ctx - 1), methods=results, timing=timing,
+        tokens=len(windows) * (ctx - 1), methods=results, timing=timing, window_spans=spans,
     )

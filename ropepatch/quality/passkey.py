@@ -3,8 +3,11 @@ can the model USE distant context at all?
 
 A random 5-digit key is stated once, at a chosen depth, inside ``ctx`` tokens of repetitive
 filler, and asked for at the end. For each method and depth, over K trials (seeded keys, the
-same for every method), we report the greedy retrieval accuracy and the mean negative
-log-likelihood of the key's tokens.
+same for every method), we report the greedy retrieval accuracy with its 95% Wilson score
+interval, and the mean negative log-likelihood of the key's tokens; per method, the accuracy
+pooled over the depths with its Wilson interval, and a verdict that claims ">= 80%" only when
+the interval shows it (:mod:`ropepatch.quality.passkey_results`). The default is 5 trials
+(keys) per depth.
 
 One decode per trial gives both: the answer ``" 12345"`` (its tokens as the model's tokenizer
 splits them, leading space included) is appended to the prompt and scored with teacher
@@ -33,8 +36,15 @@ import numpy as np
 
 from ropepatch.errors import UsageError
 from ropepatch.quality.options import RunOptions
+from ropepatch.quality.passkey_results import (
+    PASS_RATE,
+    DepthResult,
+    MethodPasskey,
+    PasskeyResult,
+    format_passkey,
+    passkey_verdict,
+)
 from ropepatch.quality.progress import Meter, Progress
-from ropepatch.quality.results import num
 from ropepatch.quality.scoring import extension_original, runtime_settings_for
 from ropepatch.quality.specs import WINDOW, MethodSpec, resolve_specs
 from ropepatch.rope.params import RopeParams
@@ -47,62 +57,6 @@ KEY_LINE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
 ANSWER = " {key}"
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
-
-
-@dataclass(frozen=True)
-class DepthResult:
-    depth: float
-    position: int  # token index where the key line starts (mean over trials)
-    visible: bool  # False: the key is outside what this method can attend to (window only)
-    trials: int
-    correct: int
-    accuracy: float | None  # None when not visible
-    key_nll: float | None  # mean NLL per key token over the trials
-    greedy: tuple[str, ...]  # per trial: the argmax at each answer position (teacher-forced)
-
-    def to_json(self) -> dict:
-        return {"depth": self.depth, "position": self.position, "visible": self.visible,
-                "trials": self.trials, "correct": self.correct,
-                "accuracy": None if self.accuracy is None else round(self.accuracy, 4),
-                "key_nll": num(self.key_nll) if self.key_nll is not None else None,
-                "greedy": list(self.greedy)}
-
-
-@dataclass(frozen=True)
-class MethodPasskey:
-    name: str
-    params: Mapping[str, object]
-    depths: tuple[DepthResult, ...]
-
-    def to_json(self) -> dict:
-        return {"params": dict(self.params), "depths": [d.to_json() for d in self.depths]}
-
-
-@dataclass(frozen=True)
-class PasskeyResult:
-    model: str
-    n_ctx_train: int
-    ctx: int
-    tokens: int  # prompt + answer length (max over trials)
-    trials: int
-    seed: int
-    keys: tuple[str, ...]
-    methods: Mapping[str, MethodPasskey]
-    seconds: float
-    decode_seconds: float
-    tokens_decoded: int
-
-    def to_json(self) -> dict:
-        return {
-            "model": self.model, "n_ctx_train": self.n_ctx_train, "ctx": self.ctx,
-            "tokens": self.tokens, "trials": self.trials, "seed": self.seed,
-            "keys": list(self.keys),
-            "methods": {k: m.to_json() for k, m in self.methods.items()},
-            "timing": {"seconds": round(self.seconds, 3), "decode_seconds": round(self.decode_seconds, 3),
-                       "decode_share": round(self.decode_seconds / self.seconds, 4) if self.seconds else 0.0,
-                       "tokens_decoded": self.tokens_decoded,
-                       "tokens_per_s": round(self.tokens_decoded / self.seconds, 2) if self.seconds else 0.0},
-        }
 
 
 @dataclass(frozen=True)
@@ -285,25 +239,5 @@ def _score_answer(model: Model, c, seq: np.ndarray, answer_len: int, start: int,
     return ok, float(np.mean(nll[first:])), text
 
 
-def format_passkey(r: PasskeyResult) -> str:
-    """Plain-text table: one row per method, one column per depth (accuracy, key NLL)."""
-    first = next(iter(r.methods.values()))
-    heads = [f"depth {d.depth:g}" for d in first.depths]
-    w = max(8, max(len(k) for k in r.methods) + 1)
-    lines = [f"{'method':<{w}}" + "".join(f"{h:>22}" for h in heads)]
-    for name, m in r.methods.items():
-        cells = []
-        for d in m.depths:
-            if d.accuracy is None:
-                cells.append("not in view")
-            else:
-                cells.append(f"{d.correct}/{d.trials} NLL {d.key_nll:.2f}")
-        lines.append(f"{name:<{w}}" + "".join(f"{c:>22}" for c in cells))
-    tps = r.tokens_decoded / r.seconds if r.seconds else 0.0
-    lines.append(f"{r.trials} trial(s) per depth, prompts of {r.tokens} tokens, seed {r.seed}; "
-                 f"{r.tokens_decoded} tokens decoded in {r.seconds:.1f} s ({tps:.1f} tokens/s)")
-    return "\n".join(lines)
-
-
 __all__ = ["passkey", "PasskeyResult", "MethodPasskey", "DepthResult", "make_keys", "build_prompts",
-           "parse_depths", "format_passkey", "Progress"]
+           "parse_depths", "format_passkey", "passkey_verdict", "PASS_RATE", "Progress"]

@@ -19,6 +19,7 @@ import numpy as np
 from ropepatch.errors import UsageError
 from ropepatch.patch.gguf import inspect_gguf
 from ropepatch.quality.buckets import bucketize, perplexity
+from ropepatch.quality.intervals import window_sums
 from ropepatch.quality.options import RunOptions
 from ropepatch.quality.progress import Meter
 from ropepatch.quality.results import MethodResult, num
@@ -176,8 +177,11 @@ def score_method(model: Model, windows: Sequence[np.ndarray], spec: MethodSpec, 
         meter.label = spec.label
     counter = _Counter(meter)
     stopped = False
+    per_window = []
     with model.context(settings) as c:
-        for seq in windows:
+        for i, seq in enumerate(windows):
+            if meter is not None and len(windows) > 1:
+                meter.label = f"{spec.label} {i + 1}/{len(windows)}"
             if spec.method == WINDOW:
                 nll = _score_sliding(model, c, seq, L, counter)
             else:
@@ -188,6 +192,7 @@ def score_method(model: Model, windows: Sequence[np.ndarray], spec: MethodSpec, 
             count[ok] += 1
             if stopped:
                 break
+            per_window.append(window_sums(nll, L))
         decode_s = c.decode_seconds
     seconds = time.perf_counter() - t0
     ppl_in, n_in = perplexity(nll_sum[:L], count[:L])
@@ -196,7 +201,7 @@ def score_method(model: Model, windows: Sequence[np.ndarray], spec: MethodSpec, 
         name=spec.label, method=spec.method, alpha=params.get("alpha"), params=params,
         buckets=bucketize(nll_sum, count, edges), ppl_in=ppl_in, ppl_ext=ppl_ext,
         n_in=n_in, n_ext=n_ext, seconds=seconds, decode_seconds=decode_s,
-        tokens_decoded=counter.n, nll_sum=nll_sum, count=count,
+        tokens_decoded=counter.n, nll_sum=nll_sum, count=count, per_window=tuple(per_window),
     )
 
 

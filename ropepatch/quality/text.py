@@ -20,7 +20,10 @@ def load_text(path: str) -> str:
 
 def make_windows(text_tokens: np.ndarray, ctx: int, bos: int | None, max_windows: int | None = None
                  ) -> list[np.ndarray]:
-    """Non-overlapping ``ctx``-token windows of the text (each starting with ``bos`` when given)."""
+    """Non-overlapping ``ctx``-token windows of the text (each starting with ``bos`` when given):
+    window ``w`` holds text tokens ``[w * body, (w + 1) * body)``, ``body`` = ctx - 1 with a BOS,
+    else ctx (:func:`window_spans`). ``max_windows``: how many (None = as many as fit); more than
+    the text holds is refused in one line (never silently fewer)."""
     body = ctx - 1 if bos is not None else ctx
     n_fit = len(text_tokens) // body
     if n_fit < 1:
@@ -28,7 +31,13 @@ def make_windows(text_tokens: np.ndarray, ctx: int, bos: int | None, max_windows
             f"the text has {len(text_tokens)} tokens; scoring a window of {ctx} needs at least "
             f"{body}: pass a longer --text or a smaller --ctx"
         )
-    k = n_fit if max_windows is None else max(1, min(n_fit, int(max_windows)))
+    if max_windows is not None and int(max_windows) > n_fit:
+        raise UsageError(
+            f"--windows {int(max_windows)}: the text has {len(text_tokens)} tokens, which hold {n_fit} "
+            f"window(s) of {ctx} ({body} text tokens each); pass --windows {n_fit} or fewer, a longer "
+            f"--text or a smaller --ctx"
+        )
+    k = n_fit if max_windows is None else max(1, int(max_windows))
     out = []
     for w in range(k):
         chunk = text_tokens[w * body:(w + 1) * body]
@@ -48,3 +57,9 @@ def text_windows(model: Model, ctx: int, text: str | bytes | None, tokens: np.nd
     windows = make_windows(np.asarray(tokens, dtype=np.int32), ctx,
                            model.bos if model.add_bos else None, max_windows)
     return tokens, windows
+
+
+def window_spans(windows: list[np.ndarray], bos: int | None) -> tuple[tuple[int, int], ...]:
+    """The text tokens ``[start, end)`` that each window of :func:`make_windows` holds."""
+    body = len(windows[0]) - (1 if bos is not None else 0) if windows else 0
+    return tuple((w * body, (w + 1) * body) for w in range(len(windows)))

@@ -60,12 +60,16 @@ def result(tokens, model, progress_log):
 
 def test_json_shape_exact(result):
     d = json.loads(json.dumps(result.to_json()))
-    assert set(d) == {"model", "n_ctx_train", "ctx", "tokens", "methods", "timing"}
+    assert set(d) == {"model", "n_ctx_train", "ctx", "tokens", "windows", "intervals", "methods", "verdict",
+                      "timing"}
     assert d["model"] == "tiny-llama-f32.gguf" and d["n_ctx_train"] == L and d["ctx"] == CTX
-    assert d["tokens"] == 2 * (CTX - 1)
+    assert d["tokens"] == 2 * (CTX - 1) and d["windows"] == [[0, CTX - 1], [CTX - 1, 2 * (CTX - 1)]]
+    assert d["intervals"]["unit"] == "window" and d["intervals"]["samples"] == 2
     assert list(d["methods"]) == ["none", "linear", "ntk", "dynamic", "yarn", "window"]
     for name, m in d["methods"].items():
-        assert set(m) == {"params", "buckets", "ppl_in", "ppl_ext"}, name
+        extra = {"vs_window"} if name != "window" else set()
+        assert set(m) == {"params", "buckets", "ppl_in", "ppl_ext", "ppl_in_ci", "ppl_ext_ci", "windows"} | extra
+        assert m["ppl_in_ci"][0] <= m["ppl_in"] <= m["ppl_in_ci"][1] and len(m["windows"]) == 2
         assert all(set(b) == {"start", "end", "ppl"} for b in m["buckets"])
         assert m["ppl_in"] > 0 and m["ppl_ext"] > 0
     t = d["timing"]
