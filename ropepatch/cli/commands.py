@@ -13,9 +13,11 @@ _METHODS_HELP = "\n".join(f"  {m.name:8} {m.summary}\n           ref: {m.referen
 COMMANDS = {
     "inspect": (
         cmd_inspect,
-        "show a model's RoPE settings and whether ropepatch patched it",
+        "show a model's RoPE settings, whether ropepatch patched it, and (GGUF) what llama.cpp reads for "
+        "its architecture",
         "examples:\n  ropepatch inspect model.gguf\n  ropepatch inspect ./hf-model-dir --json\n"
-        "  ropepatch inspect model.gguf --as-hf",
+        "  ropepatch inspect model.gguf --as-hf\n"
+        "  ropepatch inspect model.gguf --json   # \"effects\": the effect map row (docs/effects.md)",
     ),
     "plan": (
         cmd_plan,
