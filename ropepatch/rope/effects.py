@@ -158,6 +158,8 @@ _SWA_WORDS = {"own": "rope.freq_base_swa (default 10000)", "own!": "rope.freq_ba
 
 
 def _source(arch: str) -> str:
+    if arch == "gptj":
+        return "src/llama-model.cpp (no gptj builder)"
     files = _FILES.get(arch, arch.replace("_", "-") + ".cpp")
     return "src/llama-model.cpp, " + ", ".join(f"src/models/{f}" for f in files.split(", "))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ropepatch.errors import UsageError
+from ropepatch.errors import UnsupportedModelError, UsageError
 from ropepatch.rope.arch import MROPE_ARCHS, NEOX_ARCHS, NO_ROPE_ARCHS, NORM_ARCHS
 from ropepatch.rope.methods import DEFAULT_METHOD, METHODS, HFSpelling, get_method, make_plan, method_note
 from ropepatch.rope.params import LLAMA_ROPE_SCALING_TYPE, RopeParams, ScalingType
@@ -43,12 +43,18 @@ def test_registry_facts():
 def test_tables_elsewhere_cover_the_registry():
     from ropepatch.formats.hf.apply import rope_block
     from ropepatch.formats.hf.keys import METHOD_ROPE_TYPE
+    from ropepatch.patch.hf_plan import check_hf_method
     from ropepatch.quality.tune import TUNABLE
 
     assert set(METHOD_ROPE_TYPE) == set(METHODS)
     assert set(TUNABLE) == {n for n, m in METHODS.items() if m.takes_alpha}
-    for name in METHODS:  # every method has an HF spelling
-        rope_block(make_plan(ORIG, 16384, name))
+    for name, m in METHODS.items():  # every method has an HF spelling, or is refused for HF models in one line
+        if m.writes_factors:  # per-pair factors live in GGUF files only (rope_freqs.weight)
+            with pytest.raises(UnsupportedModelError, match=f"^model: --method {name} writes per-pair .* GGUF"):
+                check_hf_method("model", name)
+        else:
+            check_hf_method("model", name)
+            rope_block(make_plan(ORIG, 16384, name))
     assert {t.value for t in ScalingType} == set(LLAMA_ROPE_SCALING_TYPE)
     docs = (ROOT / "docs" / "methods.md").read_text()
     assert all(f"`{name}`" in docs for name in METHODS)

@@ -1,0 +1,126 @@
+"""The effect map through the CLI: ``inspect`` shows the architecture's row (text and --json) for
+synthetic headers of every rotary architecture; ``plan``/``gguf``/``hf`` refuse the per-pair factor
+methods in one line where llama.cpp cannot take them (qwen2 fixtures, HF models), writing nothing;
+and the sliding-window warnings reach ``plan`` and ``gguf``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from conftest import FIXTURES, build_gguf, llama_kvs, sha256
+
+from ropepatch.formats.gguf.keys import ValueType as T
+from ropepatch.rope import effects as fx
+from ropepatch.rope.arch import MROPE_ARCHS, NEOX_ARCHS, NORM_ARCHS
+
+ROPE_ARCHS = sorted(a for a in NORM_ARCHS | NEOX_ARCHS | MROPE_ARCHS if fx.effects_for(a).rope)
+
+
+def _tree_digest(root) -> dict:
+    return {os.path.relpath(os.path.join(d, f), root): sha256(os.path.join(d, f))
+            for d, _, fs in os.walk(root) for f in fs}
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropepatch: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("arch", ROPE_ARCHS)
+def test_inspect_shows_the_row_for_every_rotary_architecture(cli, tmp_path, arch):
+    path = build_gguf(tmp_path / f"{arch}.gguf", llama_kvs(arch, rope_dim=16))
+    r = cli("inspect", path, "--json")
+    assert r.returncode == 0, r.stderr
+    eff = json.loads(r.stdout)["effects"]
+    assert eff == {**json.loads(json.dumps(fx.effects_for(arch).to_dict())), "file_freq_base_swa": None}
+    text = cli("inspect", path).stdout
+    assert f"llama.cpp reads: {fx.effects_for(arch).summary}" in text
+
+
+def test_inspect_shows_the_files_own_sliding_window_base(cli, tmp_path):
+    swa = [("gemma3.rope.freq_base_swa", T.FLOAT32, 10000.0)]
+    path = build_gguf(tmp_path / "g3.gguf", llama_kvs("gemma3", extra=swa))
+    r = cli("inspect", path)
+    assert "sliding-window base rope.freq_base_swa (default 10000), scaling NOT applied there" in r.stdout
+    assert "this file's rope.freq_base_swa: 10000" in r.stdout
+    assert json.loads(cli("inspect", path, "--json").stdout)["effects"]["file_freq_base_swa"] == 10000.0
+    plain = build_gguf(tmp_path / "q.gguf", llama_kvs("qwen2"))
+    assert "rope.freq_base_swa" not in cli("inspect", plain).stdout
+
+
+def test_inspect_an_unknown_architecture_says_effects_are_unknown(cli, tmp_path):
+    path = build_gguf(tmp_path / "x.gguf", llama_kvs("brand-new-arch"))
+    r = cli("inspect", path)
+    assert r.returncode == 0 and "effects unknown" in r.stdout
+    assert json.loads(cli("inspect", path, "--json").stdout)["effects"]["known"] is False
+
+
+@pytest.mark.parametrize("method", ["ntk-parts", "factors"])
+def test_plan_and_gguf_refuse_factor_methods_on_qwen2_in_one_line(cli, copy_fixture, method):
+    src = str(FIXTURES / "tiny-qwen2-f32.gguf")
+    msg = _one_line_error(cli("plan", src, "--ctx", "512", "--method", method),
+                          src, "'qwen2'", "rope_freqs.weight", "use --method yarn or ntk")
+    assert "wrong number of tensors" in msg
+    path = copy_fixture("tiny-qwen2-f32.gguf")
+    before = sha256(path)
+    listing = sorted(os.listdir(os.path.dirname(path)))
+    _one_line_error(cli("gguf", path, "--ctx", "512", "--method", method), path, "'qwen2'", "use --method yarn or ntk")
+    assert sha256(path) == before and sorted(os.listdir(os.path.dirname(path))) == listing
+    out = os.path.join(os.path.dirname(path), "out.gguf")
+    _one_line_error(cli("gguf", path, "--ctx", "512", "--method", method, "-o", out), "'qwen2'")
+    assert not os.path.exists(out)
+
+
+def test_plan_all_on_qwen2_skips_the_factor_methods_and_says_so(cli):
+    src = str(FIXTURES / "tiny-qwen2-f32.gguf")
+    r = cli("plan", src, "--ctx", "512")
+    assert r.returncode == 0, r.stderr
+    assert "not applicable: ntk-parts, factors (llama.cpp applies no per-pair factors to qwen2" in r.stdout
+    data = json.loads(cli("plan", src, "--ctx", "512", "--json").stdout)
+    assert set(data["not_applicable"]) == {"ntk-parts", "factors"}
+    assert "ntk-parts" not in data["plans"] and "yarn" in data["plans"]
+    llama = json.loads(cli("plan", str(FIXTURES / "tiny-llama-f32.gguf"), "--ctx", "512", "--json").stdout)
+    assert "not_applicable" not in llama and {"ntk-parts", "factors"} <= set(llama["plans"])
+
+
+@pytest.mark.parametrize("model", ["tiny-qwen2", "tiny-llama"])
+def test_hf_and_plan_refuse_factor_methods_on_hf_models_in_one_line(cli, tmp_path, model):
+    root = tmp_path / model
+    shutil.copytree(FIXTURES / "hf" / model, root)
+    before = _tree_digest(root)
+    for method in ("ntk-parts", "factors"):
+        _one_line_error(cli("hf", str(root), "--ctx", "512", "--method", method),
+                        str(root), f"--method {method}", "GGUF files only", "use --method yarn or ntk")
+        _one_line_error(cli("plan", str(root), "--ctx", "512", "--method", method), "GGUF files only")
+    assert _tree_digest(root) == before and sorted(os.listdir(tmp_path)) == [model]
+    r = cli("plan", str(root), "--ctx", "512", "--json")  # --method all: the HF-writable methods only
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["plans"]) == {"ntk", "dynamic", "linear", "yarn"}
+
+
+def test_sliding_window_warnings_reach_plan_and_gguf(cli, tmp_path):
+    path = build_gguf(tmp_path / "g3.gguf", llama_kvs("gemma3", ctx=128))
+    r = cli("plan", path, "--ctx", "512", "--method", "ntk")
+    assert r.returncode == 0, r.stderr
+    assert "warning: llama.cpp's gemma3 sliding-window layers use gemma3.rope.freq_base_swa" in r.stdout
+    data = json.loads(cli("plan", path, "--ctx", "512", "--method", "yarn", "--json").stdout)
+    assert any("run unscaled" in w for w in data["plans"]["yarn"]["warnings"])
+    r = cli("gguf", path, "--ctx", "512", "--method", "ntk")
+    assert r.returncode == 0, r.stderr
+    warned = [line for line in r.stderr.splitlines() if line.startswith("ropepatch: warning: ")]
+    assert len(warned) == 1 and "only the global layers" in warned[0]
+    qwen = build_gguf(tmp_path / "q.gguf", llama_kvs("qwen2", ctx=128))
+    assert "warning" not in cli("gguf", qwen, "--ctx", "512", "--method", "ntk").stderr
+
+
+def test_inspect_help_shows_an_example(cli):
+    r = cli("inspect", "--help")
+    assert r.returncode == 0 and "ropepatch inspect model.gguf" in r.stdout
