@@ -3,6 +3,8 @@ rows hold the facts read from llama.cpp's sources, and make_plan refuses / warns
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ropepatch.errors import UnsupportedModelError
@@ -137,3 +139,20 @@ def test_an_architecture_that_ignores_base_and_scaling_is_warned_for_every_scali
         w = _effect_warnings("cogvlm", m)
         assert len(w) == 1 and "ignored" in w[0] and "context_length" in w[0]
     assert _effect_warnings("cogvlm", "none") == ()
+
+
+def _doc_cells(e: fx.ArchEffects) -> list[str]:
+    if not e.rope:
+        return [e.arch, e.layout, "no RoPE", "-", "-", "-", "-", "-", "-"]
+    swa = "-" if e.swa_base == "none" else f"{e.swa_base}, {'scaled' if e.swa_scaled else 'unscaled'}"
+    return [e.arch, e.layout, "yes" if e.base_and_scaling else "**ignored**", e.rope_freqs,
+            e.longrope if e.longrope != "absent" else "-", swa.replace("own|main", "own or main"),
+            ", ".join(k.replace("yarn_", "") for k in e.yarn_keys) or "-", "yes" if e.alpha else "-",
+            "yes" if e.sections else "-"]
+
+
+def test_docs_effects_md_shows_exactly_the_table_and_its_source_commit():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "effects.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| arch ")]
+    assert rows == ["| " + " | ".join(_doc_cells(fx.effects_for(a))) + " |" for a in ALL]
+    assert fx.LLAMA_CPP_COMMIT in text and "llama-cpp-python 0.3.36" in text
