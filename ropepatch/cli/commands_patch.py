@@ -7,7 +7,7 @@ import os
 import time
 
 from ropepatch.cli.commands_inspect import is_hf
-from ropepatch.cli.commands_plan import next_step_lines
+from ropepatch.cli.commands_plan import factor_line, method_options, next_step_lines
 from ropepatch.cli.progress import byte_progress, show_progress
 from ropepatch.cli.render import emit, file_lines, g, note_lines, plan_dict, warn
 from ropepatch.errors import UsageError
@@ -48,6 +48,7 @@ def cmd_gguf(args) -> int:
         replace_scaling=args.replace_scaling,
         progress=byte_progress(show_progress(args)),
         force=args.force,
+        options=method_options(args),
     )
     secs = time.perf_counter() - t0
     if args.from_hf and method_note(res.plan, "gguf_note"):  # the patch's own note says the same
@@ -57,9 +58,12 @@ def cmd_gguf(args) -> int:
         "path": res.path,
         "output": res.out,
         "mode": res.mode,
-        "plan": plan_dict(res.plan),
+        "plan": {**plan_dict(res.plan), "options": {k: list(v) if isinstance(v, tuple) else v
+                                                     for k, v in res.plan.options}},
         "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in res.changes],
+        "tensor_change": res.tensor_change or None,
         "bytes_written": res.bytes_written,
+        "data_bytes_written": res.data_bytes,
         "seconds": secs,
         "warnings": list(res.warnings),
     }
@@ -90,10 +94,15 @@ def _gguf_text(res, secs: float) -> str:
     lines = [f"{res.path}: {p.method} for {p.ctx} tokens (alpha {g(p.alpha)}, s = {p.scale:g})"]
     for c in res.changes:
         lines.append(f"  {c.key}: {_value(c.old)} -> {_value(c.new)}")
+    if res.tensor_change:
+        lines.append(f"  {res.tensor_change}")
+    if fl := factor_line(p):
+        lines.append(f"  {fl}")
+    data = f", {res.data_bytes} of them tensor data" if res.data_bytes else ""
     verb = {
         "no-op": "already patched this way: nothing written",
         "dry-run": "dry run: nothing written",
-        "in-place": f"written in place ({res.bytes_written} bytes) in {secs * 1000:.1f} ms",
+        "in-place": f"written in place ({res.bytes_written} bytes{data}) in {secs * 1000:.1f} ms",
         "rewrite": f"rewrote {res.out} ({res.bytes_written / 2**20:.1f} MiB, tensor bytes copied by the kernel) "
         f"in {secs:.2f} s",
     }[res.mode]
@@ -138,6 +147,7 @@ def cmd_revert(args) -> int:
         "mode": res.mode,
         "header_sha256": res.sha256_header,
         "changes": [{"key": c.key, "old": c.old, "new": c.new} for c in res.changes],
+        "tensor_change": res.tensor_change or None,
         "seconds": secs,
         "messages": list(res.messages),
     }
@@ -147,6 +157,8 @@ def cmd_revert(args) -> int:
                 "(dry run: nothing written)")
     else:
         text = f"{res.path}: restored {head}, {len(res.changes)} keys changed back, {res.mode} in {secs:.2f} s"
+    if res.tensor_change:
+        text += f"\n  {res.tensor_change.replace('data changed', 'original data restored')}"
     emit(args, data, text)
     return 0
 

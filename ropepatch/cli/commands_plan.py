@@ -10,6 +10,7 @@ from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.render import describe_params, emit, g, note_lines, params_dict, plan_dict
 from ropepatch.errors import RopepatchError, UsageError
 from ropepatch.rope.effects import factor_refusal
+from ropepatch.rope.factors import parse_points
 from ropepatch.rope.methods import METHODS, Plan, alpha_for, make_plan, method_note
 from ropepatch.rope.params import RopeParams
 from ropepatch.rope.runtime_flags import carries, next_steps
@@ -27,7 +28,8 @@ def cmd_plan(args) -> int:
     skipped = {m: why for m in METHODS if args.method == "all" and (why := _refusal(orig, m))}
     methods = [m for m in METHODS if m not in skipped] if args.method == "all" else [args.method]
     try:
-        plans = [make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if args.method == "all" else args.alpha)
+        plans = [make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if args.method == "all" else args.alpha,
+                           options=method_options(args, m if args.method == "all" else None))
                  for m in methods]
     except RopepatchError as e:
         raise type(e)(f"{args.path}: {e}" if args.path else str(e)) from None
@@ -43,6 +45,7 @@ def cmd_plan(args) -> int:
         data["not_applicable"] = skipped
     for p in plans:  # what llama.cpp would ignore or only partly apply (effect map), an extreme scale
         data["plans"][p.method]["warnings"] = list(p.warnings)
+        data["plans"][p.method]["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in p.options}
     lines = [f"original: {describe_params(orig)}"] + ([
         f"not applicable: {', '.join(skipped)} (llama.cpp applies no per-pair factors to {orig.arch}; "
         f"--method NAME says why; docs/effects.md)"] if skipped else [])
@@ -62,6 +65,31 @@ def cmd_plan(args) -> int:
     lines += ["", head, *next_step_lines(data["next_steps"])]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def method_options(args, only: str | None = None) -> dict:
+    """The method options given on the command line (--beta-fast, --beta-slow, --factors), for
+    ``make_plan`` / ``patch_gguf``: name -> value. ``only``: just those that method takes
+    (plan --method all); else all given, so a method that takes none refuses them in one line."""
+    out = {}
+    for m in METHODS.values():
+        for o in m.options:
+            v = getattr(args, o.name, None)
+            if v is None or (only is not None and o not in METHODS[only].options):
+                continue
+            out[o.name] = parse_points(v) if o.name == "points" else v
+    return out
+
+
+def factor_line(plan: Plan) -> str:
+    """One line on a factor plan's rope_freqs values ("" for the other methods)."""
+    f = plan.target.freq_factors
+    if not METHODS[plan.method].writes_factors or not f:
+        return ""
+    opts = ", ".join(f"{k} {g(v) if isinstance(v, float) else ','.join(map(g, v)) if v else 'default'}"
+                     for k, v in plan.options)
+    return (f"rope_freqs.weight: {len(f)} per-pair divisors {g(min(f))}..{g(max(f))}"
+            + (f" ({opts})" if opts else ""))
 
 
 def _refusal(orig: RopeParams, method: str) -> str | None:
@@ -103,10 +131,12 @@ def _runtime_lines(p: Plan, model_path: str, runtime: dict) -> list[str]:
         "",
         f"[{p.method}] {METHODS[p.method].summary}",
         f"  patch the file:     ropepatch gguf {model_path} --ctx {p.ctx} --method {p.method}"
-        + (f" --alpha {g(p.alpha)}" if p.alpha_given else ""),
+        + (f" --alpha {g(p.alpha)}" if p.alpha_given else "") + _option_flags(p),
     ]
-    if "revert_first" in runtime:
-        lines.append(f"  runtime settings:   {runtime['revert_first']}")
+    if fl := factor_line(p):
+        lines.append(f"  {fl}")
+    if "revert_first" in runtime or "patch_first" in runtime:
+        lines.append(f"  runtime settings:   {runtime.get('patch_first') or runtime['revert_first']}")
     else:
         lines += [
             f"  llama.cpp flags:    {' '.join(runtime['llama_cpp_flags'])}",
@@ -117,6 +147,16 @@ def _runtime_lines(p: Plan, model_path: str, runtime: dict) -> list[str]:
         ]
     note = method_note(p, "gguf_plan_note")
     return lines + ([f"  note: {note}"] if note else []) + [f"  warning: {w}" for w in p.warnings]
+
+
+def _option_flags(p: Plan) -> str:
+    """The plan's non-default method options as command-line flags."""
+    spec = {o.name: o for o in METHODS[p.method].options}
+    out = ""
+    for name, v in p.options:
+        if v is not None and v != spec[name].default:
+            out += f" {spec[name].flag} " + (",".join(map(g, v)) if isinstance(v, tuple) else g(v))
+    return out
 
 
 def _plan_original(args) -> tuple[RopeParams, RopeParams, str]:

@@ -95,13 +95,16 @@ def recipe_problem(plan: Plan, current: RopeParams | None = None) -> str:
 
     The recipes set the base, the scaling type and factor, YaRN's original context and the
     context length; nothing at run time changes the rotary dims, the layout, the
-    architecture, the file's attn_factor, or removes per-pair frequency factor tensors."""
+    architecture, the file's attn_factor, or adds, changes or removes per-pair frequency factor
+    tensors (:func:`needs_patch`: a factor plan needs the patched file)."""
     c, t = current or plan.original, plan.target
     for name in ("arch", "rope_dim", "head_dim", "layout"):
         if getattr(c, name) != getattr(t, name):
             return f"the file's {name} is {getattr(c, name)}, the plan's {getattr(t, name)}"
     if _f32(c.attn_factor) != _f32(t.attn_factor):
         return f"the file's rope.scaling.attn_factor is {c.attn_factor:g}, the plan's {t.attn_factor:g}"
+    if needs_patch(plan, current):
+        return FACTORS_NEED_THE_FILE
     if c.has_freq_factors != t.has_freq_factors:
         return ("the file carries per-pair rope frequency factors (rope_freqs) the plan does not"
                 if c.has_freq_factors else "the plan expects per-pair rope frequency factors the file lacks")
@@ -110,6 +113,24 @@ def recipe_problem(plan: Plan, current: RopeParams | None = None) -> str:
         return ("the file is patched and carries per-pair rope frequency factors: which factors llama.cpp "
                 "applies depends on the patched keys")
     return ""
+
+
+FACTORS_NEED_THE_FILE = ("per-pair rope frequency factors (rope_freqs.weight) cannot be set at run time: no "
+                         "llama.cpp flag or kv override adds or changes a tensor")
+
+
+def needs_patch(plan: Plan, current: RopeParams | None = None) -> bool:
+    """True when the plan writes per-pair factors the file as it is does not hold: only the
+    PATCHED file can carry them (its recipes then need no rope flags at all)."""
+    c, t = current or plan.original, plan.target
+    return bool(t.freq_factors) and c.freq_factors != t.freq_factors
+
+
+def patch_first(plan: Plan, path: str) -> str:
+    """The one line printed instead of runtime settings when :func:`needs_patch` says so."""
+    return (f"{FACTORS_NEED_THE_FILE}: patch the file first (ropepatch gguf {shlex.quote(path)} --ctx "
+            f"{plan.ctx} --method {plan.method}, with this plan's --alpha and options), then run the patched file "
+            f"with no rope flags")
 
 
 def revert_first(reason: str, path: str) -> str:

@@ -43,6 +43,7 @@ from ropepatch.rope.params import RopeLayout, RopeParams
 from ropepatch.rope.runtime_flags import (
     llama_cpp_flags,
     llama_cpp_python_kwargs,
+    needs_patch,
     next_steps,
     ollama_name,
     recipe_problem,
@@ -80,7 +81,18 @@ UNPATCHED_16K = {
 }
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+def test_factor_plans_need_the_patched_file():
+    """No flag or kv override adds a tensor: a factor plan's recipe is the patched file."""
+    for method in (m for m in METHODS if METHODS[m].writes_factors):
+        plan = make_plan(BARE, 16384, method)
+        assert needs_patch(plan) and "cannot be set at run time" in recipe_problem(plan)
+        rt = runtime_settings(plan, "/m/p.gguf")
+        assert rt["llama_cpp_flags"] is None and "revert_first" not in rt
+        assert "patch the file first (ropepatch gguf /m/p.gguf --ctx 16384" in rt["patch_first"]
+        assert recipe_problem(plan, plan.target) == "" and not needs_patch(plan, plan.target)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].writes_factors])
 def test_unpatched_file_recipes_are_unchanged(method):
     plan = make_plan(BARE, 16384, method)
     flags, kwargs, kvs = UNPATCHED_16K[method]
@@ -288,6 +300,10 @@ def test_each_recipe_gives_the_target_in_the_runtime(states, state, method, ctx)
     path = states[state]
     info = inspect_gguf(path)
     plan = make_plan(info.original, ctx, method)
+    if needs_patch(plan, info.current) or info.current.freq_factors != plan.target.freq_factors:
+        # per-pair factors the file lacks (patch it) or has and the plan does not (revert it)
+        assert "rope frequency factors" in recipe_problem(plan, info.current)
+        return
     assert recipe_problem(plan, info.current) == ""
     want = ggml_rope_args(plan.target)
     runs = {

@@ -25,7 +25,9 @@ from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
 from ropepatch.rope.runtime_flags import (
     llama_cpp_flags,
     llama_cpp_python_kwargs,
+    needs_patch,
     ollama_modelfile,
+    patch_first,
     recipe_problem,
     revert_first,
     rope_delta,
@@ -268,7 +270,8 @@ def runtime_settings(plan: Plan, model_path: str = "./model.gguf",
     in one JSON-friendly mapping: llama.cpp flags, kv override flags, llama-cpp-python
     arguments, and an Ollama Modelfile for the patched file at ``model_path``. When no runtime
     setting can do it (:func:`recipe_problem`), the three recipes are ``None`` and
-    ``revert_first`` says why, as one line."""
+    ``revert_first`` says why, as one line -- or, for per-pair factors the file lacks,
+    ``patch_first`` (the patched file is required; it runs with no rope flags)."""
     problem = recipe_problem(plan, current)
     out: dict[str, object] = {
         "llama_cpp_flags": None if problem else llama_cpp_run_flags(plan, current),
@@ -276,6 +279,8 @@ def runtime_settings(plan: Plan, model_path: str = "./model.gguf",
         "llama_cpp_python": None if problem else llama_cpp_python_kwargs(plan, current),
         "ollama_modelfile": ollama_modelfile(plan, model_path),
     }
-    if problem:
+    if problem and needs_patch(plan, current):
+        out["patch_first"] = patch_first(plan, model_path)
+    elif problem:
         out["revert_first"] = revert_first(problem, model_path)
     return out
