@@ -69,6 +69,26 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rope-dim", type=positive_int, help="rotated dims per head d, without a model file")
     p.add_argument("--orig-ctx", type=positive_int, help="original training context L, without a model file")
     p.add_argument("--arch", default="llama", help="architecture name for the key names (default llama)")
+    _method_option_args(p, "plan model.gguf --ctx 16384")
+
+
+def _method_option_args(p: argparse.ArgumentParser, example: str) -> None:
+    """Each registry method option's flag (ntk-parts' --beta-fast/--beta-slow, factors'
+    --factors), given to the method as ``options``; help examples for the factor methods."""
+    seen: set[str] = set()
+    for m in METHODS.values():
+        for o in m.options:
+            if o.flag in seen:
+                continue
+            seen.add(o.flag)
+            points = o.name == "points"
+            p.add_argument(o.flag, dest=o.name, default=None, type=str if points else number,
+                           metavar="P1,...,PK" if points else "X",
+                           help=f"{m.name} only: {o.help}" + ("" if points else f" (default {o.default:g})"))
+    p.epilog = (p.epilog or "") + (
+        f"\n\nper-pair frequency factors (rope_freqs.weight; GGUF, llama-family models only):\n"
+        f"  ropepatch {example} --method ntk-parts --beta-fast 32 --beta-slow 1\n"
+        f"  ropepatch {example} --method factors --factors 1,1,1.5,2,3,4")
 
 
 def _gguf_args(p: argparse.ArgumentParser) -> None:
@@ -89,6 +109,7 @@ def _gguf_args(p: argparse.ArgumentParser) -> None:
         "--replace-scaling", action="store_true",
         help="discard a scaling the model already has instead of refusing",
     )
+    _method_option_args(p, "gguf model.gguf --ctx 16384")
 
 
 def _hf_args(p: argparse.ArgumentParser) -> None:
