@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ropepatch.quality import factor_model
 from ropepatch.quality.buckets import DEFAULT_N_BUCKETS, bucketize, default_buckets, parse_buckets, rebucket
 from ropepatch.quality.options import RunOptions
 from ropepatch.quality.progress import Meter, Progress, ProgressFn, StepFn, progress_bar
@@ -93,6 +94,7 @@ def evaluate(
     original = extension_original(model_path, ctx, opts.original)
     L = original.n_ctx_train
     specs = resolve_specs(methods, alphas, window)
+    factor_model.check_specs(model_path, original, ctx, specs)  # factor methods: refusals, temp space
     edges = parse_buckets(buckets, ctx, L)
     with opts.open(model_path) as m:
         tokens, windows = text_windows(m, ctx, text, tokens, max_windows, "evaluate")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ropepatch.errors import UsageError
+from ropepatch.quality import factor_model
 from ropepatch.quality.passkey import PasskeyResult
 from ropepatch.quality.results import EvalResult
 from ropepatch.quality.tune import TuneResult, apply_tune
@@ -40,8 +41,11 @@ def _run(target: str, kwargs: dict[str, Any], streamed: tuple[str, ...]) -> Any:
         if fn is not None or name == STEP:
             names.append(name)
     job = Job(f"ropepatch.quality.{target}", kwargs=kwargs, callbacks=tuple(names))
-    return run_isolated(job, file=str(kwargs["model_path"]),
-                        device=device_label(kwargs.get("n_gpu_layers", 0)), callbacks=local)
+    try:
+        return run_isolated(job, file=str(kwargs["model_path"]),
+                            device=device_label(kwargs.get("n_gpu_layers", 0)), callbacks=local)
+    finally:  # a worker killed mid-run (Ctrl-C, a crash) leaves its temporary patched copy
+        factor_model.sweep()
 
 
 def evaluate_isolated(model_path: str, ctx: int, text: str | bytes | None = None, **kw) -> EvalResult:

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
+from ropepatch.quality import factor_model
 from ropepatch.quality.progress import ProgressFn, StepFn
 from ropepatch.rope.params import RopeParams
 from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
@@ -35,11 +36,13 @@ class RunOptions:
     @contextlib.contextmanager
     def open(self, model_path: str) -> Iterator[Model]:
         """``model`` when given (left open), else the file at ``model_path`` loaded for the
-        block and closed after it."""
+        block and closed after it. Factor methods scored on it share one temporary patched
+        copy for the block (:func:`ropepatch.quality.factor_model.scope`)."""
         if self.model is not None:
-            yield self.model
+            with factor_model.scope(self.model):
+                yield self.model
             return
         self.step(f"loading {os.path.basename(model_path)}")
         with Model(model_path, n_gpu_layers=self.n_gpu_layers, n_threads=self.n_threads,
-                   n_batch=self.n_batch, flash_attn=self.flash_attn) as m:
+                   n_batch=self.n_batch, flash_attn=self.flash_attn) as m, factor_model.scope(m):
             yield m

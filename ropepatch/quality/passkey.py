@@ -35,6 +35,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ropepatch.errors import UsageError
+from ropepatch.quality import factor_model
 from ropepatch.quality.options import RunOptions
 from ropepatch.quality.passkey_results import (
     PASS_RATE,
@@ -137,6 +138,7 @@ def passkey(
     L = original.n_ctx_train
     dl = parse_depths(depths)
     specs = resolve_specs(methods, alphas, window, empty_ok=True)
+    factor_model.check_specs(model_path, original, ctx, specs)
     keys = make_keys(trials, seed)
     with opts.open(model_path) as m:
         t_start = time.perf_counter()
@@ -175,7 +177,8 @@ def _run_method(model: Model, spec: MethodSpec, prompts: dict[float, list[_Promp
     meter.label = spec.label
     settings, params = runtime_settings_for(original, ctx, spec.method, spec.alpha)
     rows: dict[float, DepthResult] = {}
-    with model.context(settings) as c:
+    with factor_model.scoring_model(model, original, ctx, spec.method, spec.alpha, dict(spec.options)) as model, \
+            model.context(settings) as c:  # factor methods: a temporary patched copy
         cached = None  # tokens known to sit at positions 0.. of the cache
         for d in sorted(set(depths), reverse=True):  # deepest first: prefixes nest
             rows[d], cached = _run_depth(model, c, spec, prompts[d], d, original.n_ctx_train, meter, cached)

@@ -18,6 +18,7 @@ import numpy as np
 
 from ropepatch.errors import UsageError
 from ropepatch.patch.gguf import inspect_gguf
+from ropepatch.quality import factor_model
 from ropepatch.quality.buckets import bucketize, perplexity
 from ropepatch.quality.intervals import window_sums
 from ropepatch.quality.options import RunOptions
@@ -178,7 +179,8 @@ def score_method(model: Model, windows: Sequence[np.ndarray], spec: MethodSpec, 
     counter = _Counter(meter)
     stopped = False
     per_window = []
-    with model.context(settings) as c:
+    with factor_model.scoring_model(model, original, ctx, spec.method, spec.alpha, dict(spec.options)) as model, \
+            model.context(settings) as c:  # factor methods: a temporary patched copy
         for i, seq in enumerate(windows):
             if meter is not None and len(windows) > 1:
                 meter.label = f"{spec.label} {i + 1}/{len(windows)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ropepatch.errors import UsageError
 from ropepatch.rope.methods import METHODS, get_method
@@ -22,6 +22,7 @@ class MethodSpec:
     label: str
     method: str  # a registry name or "window"
     alpha: float | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # method options (e.g. the points of ``factors``)
 
 
 def takes_alpha(method: str) -> bool:

@@ -34,6 +34,7 @@ class Model:
         if n_batch < 1:
             raise UsageError(f"--batch: expected a positive number, found {n_batch}")
         self.path = path
+        self.n_gpu_layers = n_gpu_layers
         self.n_threads = n_threads or binding.default_threads()
         self.n_batch = int(n_batch)
         self.quiet = quiet
