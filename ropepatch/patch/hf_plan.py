@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ropepatch.errors import UnsupportedModelError
+from ropepatch.errors import UnsupportedModelError, UsageError
 from ropepatch.formats.hf import keys as hk
 from ropepatch.formats.hf.apply import rope_block
 from ropepatch.formats.hf.config import HFRope, check_composable_hf, read_rope, unscaled_params
@@ -16,14 +16,18 @@ from ropepatch.formats.hf.json_doc import ConfigDoc, parse_config
 from ropepatch.patch.hf_model import resolve_model
 from ropepatch.patch.hf_state import ModelState, read_state
 from ropepatch.rope.effects import plan_warnings
-from ropepatch.rope.methods import DEFAULT_METHOD, Plan, get_method, make_plan, method_note
+from ropepatch.rope.methods import DEFAULT_METHOD, METHODS, Plan, make_plan, method_note
 from ropepatch.safeio.paths import shown
 
 
 def check_hf_method(path: str, method: str) -> None:
     """Refuse, in one line naming ``path``, a method this version cannot write into an HF model:
-    the per-pair factor methods (rope_freqs.weight exists in GGUF files only)."""
-    if get_method(method).writes_factors:
+    the per-pair factor methods (rope_freqs.weight exists in GGUF files only). An unknown name
+    lists the methods an HF model takes."""
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}: expected one of "
+                         f"{', '.join(n for n, m in METHODS.items() if not m.writes_factors)}")
+    if METHODS[method].writes_factors:
         raise UnsupportedModelError(
             f"{path}: --method {method} writes per-pair frequency factors (rope_freqs.weight), which "
             f"this version writes into GGUF files only; for a Hugging Face model use --method yarn or "
