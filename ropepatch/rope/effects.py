@@ -87,6 +87,8 @@ NOTES = {
     "hunyuan_vl": "rope.scaling.alpha > 0 raises the base at load: base * alpha^(d/(d-2)), d = head dim",
     "phi3": "rope_factors_long/short apply whatever rope.scaling.type says (long past the original ctx)",
     "gptj": "llama.cpp has no gptj builder: such a file does not load",
+    "granite": "rope.scaling.finetuned = false switches RoPE off in every layer (then nothing ropepatch writes "
+               "but context_length applies)",
 }
 _FILES = {"deepseek2-ocr": "deepseek2ocr.cpp, deepseek2.cpp", "ernie4_5-moe": "ernie4-5-moe.cpp, ernie4-5.cpp",
           "glm4moe": "glm4-moe.cpp", "gpt-oss": "openai-moe.cpp", "granitehybrid": "granite-hybrid.cpp",
@@ -184,6 +186,8 @@ def _notes(arch: str) -> tuple[str, ...]:
     notes = [n for n in (NOTES.get(arch), FREQS_SPECIAL.get(arch)) if n]
     if arch in YARN_KEYS and "yarn_log_multiplier" in YARN_KEYS[arch] and arch != "deepseek2":
         notes.append(NOTES["deepseek2"])
+    if arch == "granitehybrid":
+        notes.append(NOTES["granite"])
     if arch in ALPHA_APPLIED and arch != "hunyuan_vl":
         notes.append(NOTES["hunyuan_vl"])
     if arch in SWA_ROPE_ONLY:
@@ -231,16 +235,30 @@ def factor_refusal(arch: str, method: str) -> str | None:
             f"{method} needs a llama-family architecture ({FAMILY}, ...: docs/effects.md); {fix}")
 
 
-def check_method(arch: str, method: str, writes_factors: bool) -> None:
-    """Raise UnsupportedModelError (one line) for a method ``arch`` cannot take."""
-    why = factor_refusal(arch, method) if writes_factors else None
+def longrope_refusal(orig) -> str | None:
+    """Why scaling ``orig`` (a :class:`RopeParams` read from a file) anew cannot load: its
+    rope_factors_long/short tensors are created only while rope.scaling.type is longrope, and
+    ropepatch writes another type (reached with --replace-scaling only)."""
+    if not (orig.arch in LONGROPE_TYPED and orig.scaling_type.value == "longrope"
+            and orig.has_freq_factors and not orig.freq_factors):
+        return None
+    return (f"architecture {orig.arch!r}: llama.cpp creates rope_factors_long/short only while "
+            f"rope.scaling.type is longrope, so replacing the file's longrope scaling would leave them as "
+            f"extra tensors and fail the load (\"wrong number of tensors\"); keep the file's LongRoPE scaling")
+
+
+def check_method(orig, method: str, writes_factors: bool) -> None:
+    """Raise UnsupportedModelError (one line) for a method the architecture of ``orig`` (the
+    :class:`RopeParams` being scaled) cannot take."""
+    why = (factor_refusal(orig.arch, method) if writes_factors else None) or longrope_refusal(orig)
     if why:
         raise UnsupportedModelError(why)
 
 
 def plan_problems(plan, writes_factors: bool) -> tuple[str, ...]:
     """What in ``plan`` llama.cpp cannot take for the plan's architecture (the refusals, as text)."""
-    why = factor_refusal(plan.original.arch, plan.method) if writes_factors else None
+    why = (factor_refusal(plan.original.arch, plan.method) if writes_factors else None) \
+        or longrope_refusal(plan.original)
     return (why,) if why else ()
 
 
@@ -258,6 +276,9 @@ def plan_warnings(plan) -> tuple[str, ...]:
         out.append(f"llama.cpp's {o.arch} graph calls ggml_rope without base or scaling ({e.source}): "
                    f"{plan.method}'s rope values are ignored and only context_length changes")
         return tuple(out)
+    if e.longrope == "always" and o.has_freq_factors:
+        out.append(f"llama.cpp's {o.arch} applies the file's rope_factors_long/short whatever rope.scaling.type "
+                   f"says: they stay and act together with {plan.method}")
     if e.swa_base in ("own", "own!") and base_changed:  # "own|main": only when the file sets the key
         out.append(f"llama.cpp's {o.arch} sliding-window layers use {o.arch}.rope.freq_base_swa "
                    f"({'required' if e.swa_base == 'own!' else 'default 10000'}), not rope.freq_base: "

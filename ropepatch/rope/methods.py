@@ -382,7 +382,7 @@ def make_plan(
         raise UsageError(f"--alpha does not apply to method {m.name} (it only raises the context length); "
                          f"drop --alpha, or choose a method that scales")
     check_composable(orig, m.name, replace_scaling)
-    effects.check_method(orig.arch, m.name, m.writes_factors)  # e.g. rope_freqs on qwen2: refused
+    effects.check_method(orig, m.name, m.writes_factors)  # e.g. rope_freqs on qwen2: refused
     base_orig = orig
     if replace_scaling:
         base_orig = orig.with_(scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0,

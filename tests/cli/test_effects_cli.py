@@ -124,3 +124,27 @@ def test_sliding_window_warnings_reach_plan_and_gguf(cli, tmp_path):
 def test_inspect_help_shows_an_example(cli):
     r = cli("inspect", "--help")
     assert r.returncode == 0 and "ropepatch inspect model.gguf" in r.stdout
+
+
+def _longrope_file(tmp_path, arch):
+    kvs = llama_kvs(arch, ctx=128, extra=[(f"{arch}.rope.scaling.type", T.STRING, "longrope"),
+                                          (f"{arch}.rope.scaling.factor", T.FLOAT32, 4.0),
+                                          (f"{arch}.rope.scaling.original_context_length", T.UINT32, 32)])
+    tensors = (("token_embd.weight", (8, 4), 0), ("rope_factors_long.weight", (8,), 0),
+               ("rope_factors_short.weight", (8,), 0))
+    return build_gguf(tmp_path / f"{arch}-longrope.gguf", kvs, tensors=tensors)
+
+
+def test_replacing_a_llama_longrope_scaling_is_refused_in_one_line(cli, tmp_path):
+    path = _longrope_file(tmp_path, "llama")
+    before = sha256(path)
+    _one_line_error(cli("gguf", path, "--ctx", "512", "--method", "yarn", "--replace-scaling"),
+                    path, "'llama'", "rope_factors_long/short only while rope.scaling.type is longrope")
+    assert sha256(path) == before and sorted(os.listdir(tmp_path)) == [os.path.basename(path)]
+
+
+def test_phi3_long_short_factors_are_warned_about_when_replacing_its_scaling(cli, tmp_path):
+    path = _longrope_file(tmp_path, "phi3")
+    r = cli("gguf", path, "--ctx", "512", "--method", "yarn", "--replace-scaling", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "ropepatch: warning: llama.cpp's phi3 applies the file's rope_factors_long/short" in r.stderr

@@ -11,7 +11,7 @@ from ropepatch.errors import UnsupportedModelError
 from ropepatch.rope import effects as fx
 from ropepatch.rope.arch import MROPE_ARCHS, NEOX_ARCHS, NO_ROPE_ARCHS, NORM_ARCHS, rope_layout
 from ropepatch.rope.methods import METHODS, make_plan
-from ropepatch.rope.params import RopeParams
+from ropepatch.rope.params import RopeParams, ScalingType
 
 ALL = sorted(NORM_ARCHS | NEOX_ARCHS | MROPE_ARCHS | NO_ROPE_ARCHS)
 ROPE = [a for a in ALL if fx.effects_for(a).rope]
@@ -156,3 +156,25 @@ def test_docs_effects_md_shows_exactly_the_table_and_its_source_commit():
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| arch ")]
     assert rows == ["| " + " | ".join(_doc_cells(fx.effects_for(a))) + " |" for a in ALL]
     assert fx.LLAMA_CPP_COMMIT in text and "llama-cpp-python 0.3.36" in text
+
+
+def _longrope(arch: str) -> RopeParams:
+    return params(arch).with_(scaling_type=ScalingType.LONGROPE, scaling_factor=4.0, orig_ctx=4096,
+                              has_freq_factors=True)
+
+
+def test_replacing_longrope_is_refused_where_long_short_exist_only_under_type_longrope():
+    for arch in ("llama", "mistral3", "granite"):
+        with pytest.raises(UnsupportedModelError, match=r"rope_factors_long/short only while rope.scaling.type is "
+                                                        r"longrope.*wrong number of tensors.*keep the file's"):
+            make_plan(_longrope(arch), 16384, "yarn", replace_scaling=True)
+    # a longrope type without the tensors, or with read rope_freqs values, is not this case
+    make_plan(_longrope("llama").with_(has_freq_factors=False), 16384, "yarn", replace_scaling=True)
+    assert fx.longrope_refusal(_longrope("qwen2")) is None
+
+
+def test_phi3_long_short_factors_stay_applied_after_replace_scaling_and_that_is_warned():
+    plan = make_plan(_longrope("phi3"), 16384, "yarn", replace_scaling=True)
+    w = fx.plan_warnings(plan)
+    assert len(w) == 1 and "rope_factors_long/short whatever rope.scaling.type says" in w[0] and w[0] in plan.warnings
+    assert fx.plan_warnings(make_plan(params("phi3"), 16384, "yarn")) == ()
