@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import FIXTURES, build_gguf, llama_kvs, sha256
+from conftest import FIXTURES, build_gguf, llama_kvs, require, sha256
 
 from ropepatch.formats.gguf.keys import ValueType as T
+from ropepatch.patch.gguf import inspect_gguf
 from ropepatch.rope import effects as fx
 from ropepatch.rope.arch import MROPE_ARCHS, NEOX_ARCHS, NORM_ARCHS
 
@@ -148,3 +151,50 @@ def test_phi3_long_short_factors_are_warned_about_when_replacing_its_scaling(cli
     r = cli("gguf", path, "--ctx", "512", "--method", "yarn", "--replace-scaling", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "ropepatch: warning: llama.cpp's phi3 applies the file's rope_factors_long/short" in r.stderr
+
+
+# ---- the row's claim in the real runtime: rope_freqs on qwen2 fails the load, on llama it loads --------
+
+
+def _with_rope_freqs(src: str, dst: str, n_pairs: int) -> str:
+    """gguf-py (an independent writer) copies ``src`` with every key and tensor, plus a
+    rope_freqs.weight F32 tensor of ``n_pairs`` ones."""
+    import numpy as np
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    r = GGUFReader(src)
+    w = GGUFWriter(dst, r.fields["general.architecture"].contents())
+    for f in r.fields.values():
+        if f.name == "general.architecture" or f.name.startswith("GGUF."):
+            continue
+        sub = {"sub_type": f.types[-1]} if f.types[0] == GGUFValueType.ARRAY else {}
+        w.add_key_value(f.name, f.contents(), f.types[0], **sub)
+    w.add_tensor("rope_freqs.weight", np.ones(n_pairs, dtype=np.float32))
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+_LOAD = ("import sys, llama_cpp\n"
+         "llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_threads=1, verbose=True)\n"
+         "print('LOADED')\n")
+
+
+@pytest.mark.parametrize("fixture, loads", [("tiny-llama-f32.gguf", True), ("tiny-qwen2-f32.gguf", False)])
+def test_llama_cpp_loads_rope_freqs_exactly_where_the_map_says(tmp_path, fixture, loads):
+    require("gguf")
+    require("llama_cpp")
+    src = str(FIXTURES / fixture)
+    info = inspect_gguf(src).current
+    assert fx.reads_freq_factors(info.arch) is loads
+    path = _with_rope_freqs(src, str(tmp_path / fixture), info.rope_dim // 2)
+    r = subprocess.run([sys.executable, "-c", _LOAD, path], capture_output=True, text=True, timeout=120)
+    if loads:
+        assert r.returncode == 0 and "LOADED" in r.stdout, r.stderr[-2000:]
+    else:
+        assert r.returncode != 0 and "LOADED" not in r.stdout
+        assert "wrong number of tensors" in r.stderr, r.stderr[-2000:]
