@@ -1,5 +1,6 @@
 """Scoring one method on a text's windows through llama.cpp: the run-time context settings that
-apply a method (no file copies), the sliding-window baseline, the streaming scorer behind
+apply a method (no file copies; factor methods: a temporary patched copy, see
+:mod:`ropepatch.quality.factor_model`), the sliding-window baseline, the streaming scorer behind
 evaluate / tune, and the non-streaming full-logits reference the tests compare against.
 
 Positions: window ``w`` is ``[BOS] + text_tokens[w*(ctx-1) : (w+1)*(ctx-1)]`` (no BOS when
