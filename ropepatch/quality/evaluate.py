@@ -4,9 +4,9 @@
 ``ctx``-token window(s) with each context-extension method applied at RUN time (context
 parameters from :func:`ropepatch.rope.runtime_flags.llama_cpp_python_kwargs`: no file copies;
 the per-pair factor methods ntk-parts and factors are scored on a temporary patched copy,
-:mod:`ropepatch.quality.factor_model`), plus the honest baseline ``window``: the UNSCALED model scoring the same tokens through a
-sliding window of its training length L (stride L/2, every scored token sees at least L/2
-tokens of context, the KV cache cleared per window).
+:mod:`ropepatch.quality.factor_model`), plus the honest baseline ``window``: the UNSCALED model
+scoring the same tokens through a sliding window of its training length L (stride L/2, every
+scored token sees at least L/2 tokens of context, the KV cache cleared per window).
 
 Scoring is streaming (:class:`ropepatch.runtime.session.Context`): the sequence is decoded in
 batches of ``n_batch`` tokens with logits requested only for positions whose next token is
