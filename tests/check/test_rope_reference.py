@@ -331,7 +331,8 @@ def test_equal_factors_are_linear_scaling(layout):
     np.testing.assert_allclose(by_ff, linear, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("d, base, L, s", [(16, 10000.0, 128, 8.0), (64, 100000.0, 8192, 4.0), (128, 500000.0, 4096, 2.0)])
+@pytest.mark.parametrize("d, base, L, s",
+                         [(16, 10000.0, 128, 8.0), (64, 100000.0, 8192, 4.0), (128, 500000.0, 4096, 2.0)])
 def test_ntk_parts_factors_are_yarns_frequencies(d, base, L, s):
     """ropepatch's ntk-parts divisors give exactly ggml's YaRN angles (ext_factor 1, same
     beta_fast/beta_slow) up to float32 rounding of the factors, without YaRN's magnitude."""

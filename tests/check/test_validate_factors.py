@@ -26,6 +26,7 @@ require("llama_cpp")
 
 from ropepatch.check.factors import FACTOR_TENSOR, compare_factors, file_factors  # noqa: E402
 from ropepatch.check.reference_forward import forward, load_model  # noqa: E402
+from ropepatch.check.report import summary  # noqa: E402
 from ropepatch.check.validate import FAILED, PASSED, format_report, validate  # noqa: E402
 from ropepatch.formats.gguf.header import read_header  # noqa: E402
 from ropepatch.patch.gguf import inspect_gguf, patch_gguf  # noqa: E402
@@ -250,3 +251,31 @@ def test_report_json_carries_the_factors(copy_fixture):
     d = json.loads(r.to_json())
     assert d["expected"]["freq_factors"] == d["checks"][1]["figures"]["freq_factors"]["expected"]
     assert len(d["expected"]["freq_factors"]) == 8
+
+
+def test_factors_ropepatch_does_not_read_are_reported_not_judged(copy_fixture):
+    """longrope files (rope_factors_long/short, values not read): the expectation's factors are
+    unknown (None); b reports the runtime's src[2] without judging it, c uses the runtime's own.
+    Driven here with the real captures of tiny-exaone."""
+    from ropepatch.check.applied import capture_ropes, check_applied
+    from ropepatch.check.factors import factors_of
+    from ropepatch.check.ggml_args import ggml_rope_args
+    from ropepatch.check.rotary import check_rotary
+
+    cur = inspect_gguf(FIXTURES / EXAONE).current
+    assert factors_of(cur) == LLAMA3_FF and factors_of(cur.with_(freq_factors=())) is None
+    assert factors_of(cur.with_(has_freq_factors=False, freq_factors=())) == ()
+    op = ggml_rope_args(cur)
+    runs = [(100, 115)]
+    got = capture_ropes(str(FIXTURES / EXAONE), runs, n_vocab=260, layers=(0,), n_ctx=None, ctx=L,
+                        long_short=False, gpu_layers=0, n_threads=1, file_ctx_train=L)
+    assert not got.error and len(got.captures) == 2
+    b = check_applied(got.captures, op, op, "file", got.seconds, 1, want_ff=None, file_ff=None)
+    assert b.passed and b.figures["freq_factors"]["judged"] is False
+    assert b.figures["freq_factors"]["runtime"]["Qcur-0"] == list(LLAMA3_FF)
+    assert "the runtime's own (not read by ropepatch)" in summary(b)
+    c = check_rotary(got.captures, op, "file", False, runs, want_ff=None)
+    assert c.passed and c.figures["freq_factors"] == "runtime's own (not read by ropepatch)"
+    # judged against none, the same captures fail b and c
+    assert not check_applied(got.captures, op, op, "file", 0.0, 1, want_ff=()).passed
+    assert not check_rotary(got.captures, op, "file", False, runs, want_ff=()).passed
