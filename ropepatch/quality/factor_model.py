@@ -230,6 +230,17 @@ def scoring_model(model: Model, original: RopeParams, ctx: int, method: str, alp
             copy.unload()
 
 
+def refusal(original: RopeParams, ctx: int, method: str) -> str | None:
+    """Why ``method`` cannot be measured on this model (e.g. a factor method on an architecture
+    that does not load rope_freqs), in one line; None when it can (``tune --method all`` skips
+    such a method with this reason)."""
+    try:
+        copy_plan(original, ctx, method)
+    except RopepatchError as e:
+        return str(e)
+    return None
+
+
 def check_specs(model_path: str, original: RopeParams, ctx: int, specs: Sequence[MethodSpec],
                 tmp_dir: str | None = None) -> None:
     """Before any scoring: plan every factor spec (a refusal, e.g. an architecture that does not

@@ -168,3 +168,14 @@ def test_cli_eval_and_passkey_with_factor_methods(tmp_path, tmpdir_, text, monke
     q = run_cli("eval", QWEN, "--ctx", str(CTX), "--text", str(tf), "--methods", "factors", "-q")
     assert q.returncode == 2 and len(q.stderr.strip().splitlines()) == 1 and "qwen2" in q.stderr
     assert _copies(tmpdir_) == []
+
+
+def test_refusal_names_why_a_method_cannot_be_measured():
+    from ropepatch.patch.gguf import inspect_gguf
+
+    qwen, llama = inspect_gguf(QWEN).original, inspect_gguf(MODEL).original
+    why = FM.refusal(qwen, CTX, "factors")
+    assert why is not None and "qwen2" in why and "\n" not in why
+    assert FM.refusal(qwen, CTX, "ntk") is None and FM.refusal(llama, CTX, "ntk-parts") is None
+    assert FM.writes_factors("ntk-parts") and FM.writes_factors("factors")
+    assert not FM.writes_factors("window") and not FM.writes_factors("yarn")
