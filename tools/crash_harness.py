@@ -136,6 +136,11 @@ class Scenario:
     args: tuple[str, ...]
     expect: tuple
     output: bool = False  # the command writes {o}; {f} must stay as it was
+    llama_only: bool = False  # writes rope_freqs.weight: only llama-family fixtures take it
+    # two in-place writes (the header, then one pwrite of the factor data): a kill between them
+    # leaves the new header with the old factors, which must revert to the original and be
+    # finished by running the command again (counted as "partial")
+    partial_ok: bool = False
 
 
 def _p(ctx, method="ntk", *more):
@@ -153,6 +158,19 @@ SCENARIOS = [
     Scenario("--no-record (in place)", (), _p(1024, "ntk", "--no-record"), ("patch", 1024, "ntk", False)),
 ]
 QUICK_SCENARIOS = [SCENARIOS[0], SCENARIOS[2], SCENARIOS[3], SCENARIOS[6]]
+# per-pair factors (issue 14): the add-tensor rewrite, the in-place data pwrite, the tensor's removal
+FACTOR_SCENARIOS = [
+    Scenario("ntk-parts first patch (adds rope_freqs, rewrite)", (), _p(1024, "ntk-parts"),
+             ("patch", 1024, "ntk-parts", True), llama_only=True),
+    Scenario("re-patch ntk-parts alpha (header + one data pwrite)", (_p(1024, "ntk-parts"),),
+             _p(1024, "ntk-parts", "--alpha", "12"), ("patch", 1024, "ntk-parts", True, 12.0), llama_only=True,
+             partial_ok=True),
+    Scenario("re-patch ntk-parts->yarn (removes rope_freqs, rewrite)", (_p(1024, "ntk-parts"),), _p(1024, "yarn"),
+             ("patch", 1024, "yarn", True), llama_only=True),
+    Scenario("revert ntk-parts (removes rope_freqs)", (_p(1024, "ntk-parts"),), ("revert", "{f}"), ("pristine",),
+             llama_only=True),
+]
+SCENARIOS += FACTOR_SCENARIOS
 
 
 def _fmt(args, f, o):
@@ -200,10 +218,12 @@ def _validate(path: str, expect: tuple, pristine: str, use_llama: bool) -> str |
             return "not the pristine bytes"
         target_ctx, target = info.current.n_ctx_train, info.current
     else:
-        _, ctx, method, record = expect
+        _, ctx, method, record, *alpha = expect
         orig = gp.inspect_gguf(pristine).original
-        plan = make_plan(orig, ctx, method)
+        plan = make_plan(orig, ctx, method, *alpha)
         t, c = plan.target, info.current
+        if t.freq_factors != c.freq_factors:
+            return f"rope_freqs {c.freq_factors} != plan {t.freq_factors}"
         want = (t.n_ctx_train, _f32(t.freq_base), t.scaling_type, _f32(t.scaling_factor) if t.scaling_factor else 0.0, t.orig_ctx)
         got = (c.n_ctx_train, _f32(c.freq_base), c.scaling_type, _f32(c.scaling_factor) if c.scaling_factor else 0.0, c.orig_ctx)
         if want != got:
@@ -269,15 +289,18 @@ class Counts:
     temps_left: int = 0  # kills after which a .ropepatch-*.tmp remained
     retry_ok: int = 0  # kills that left the original, after which re-running the command worked
     retry_failed: int = 0
+    partial: int = 0  # partial_ok scenarios: new header, old factors; reverts and re-runs to the result
     problems: list = field(default_factory=list)
 
     def add(self, o: "Counts") -> None:
-        for k in ("kills", "original", "patched", "other_valid", "corrupt", "temps_left", "retry_ok", "retry_failed"):
+        for k in ("kills", "original", "patched", "other_valid", "corrupt", "temps_left", "retry_ok", "retry_failed",
+                  "partial"):
             setattr(self, k, getattr(self, k) + getattr(o, k))
         self.problems += o.problems
 
     def row(self) -> dict:
-        d = {k: getattr(self, k) for k in ("kills", "original", "patched", "other_valid", "corrupt", "temps_left", "retry_ok", "retry_failed")}
+        d = {k: getattr(self, k) for k in ("kills", "original", "patched", "other_valid", "corrupt", "temps_left", "retry_ok", "retry_failed",
+                  "partial")}
         return d
 
 
@@ -343,6 +366,8 @@ def _classify(prep: Prepared, d: str, f: str, o: str, c: Counts, label: str, use
         else:
             problem = validate(f, sc.expect, pristine, use_llama)
             state = "corrupt" if problem else ("patched" if s == prep.post_sha else "other_valid")
+            if problem and sc.partial_ok and _partial_then_done(prep, f, pristine):
+                state, problem = "partial", None
     setattr(c, state, getattr(c, state) + 1)
     if state in ("corrupt", "other_valid"):
         c.problems.append(f"{where}: {state}: {problem or 'valid, but not the uninterrupted result'}")
@@ -359,6 +384,18 @@ def _classify(prep: Prepared, d: str, f: str, o: str, c: Counts, label: str, use
     else:
         c.retry_failed += 1
         c.problems.append(f"{where}: retry rc={rc} {err.strip()[:200]} temps={temps(d)}")
+
+
+def _partial_then_done(prep: Prepared, f: str, pristine: str) -> bool:
+    """A kill between the header write and the factor-data pwrite: the file must revert to the
+    pristine bytes, and running the command again must give the uninterrupted result."""
+    with tempfile.TemporaryDirectory() as d:
+        back = os.path.join(d, "back.gguf")
+        rc, _, _ = run(["revert", f, "-o", back])
+        if rc != 0 or sha256(back) != sha256(pristine):
+            return False
+    rc, _, _ = run(_fmt(prep.scenario.args, f, ""))
+    return rc == 0 and sha256(f) == prep.post_sha
 
 
 def kill_at_step(prep: Prepared, n: int, work: str, use_llama: bool) -> tuple[Counts, bool]:
@@ -403,6 +440,8 @@ def kill_matrix(fixtures, scenarios, work: str, random_kills: int = 0, jobs: int
     with ThreadPoolExecutor(jobs) as ex:
         for fixture in fixtures:
             for sc in scenarios:
+                if sc.llama_only and "llama" not in fixture:
+                    continue
                 prep = prepare(sc, fixture, work)
                 c = Counts()
                 # every step boundary: run batches of `jobs` kill points until the child completes
@@ -420,7 +459,8 @@ def kill_matrix(fixtures, scenarios, work: str, random_kills: int = 0, jobs: int
                 rows.append({"fixture": fixture, "scenario": sc.name, "steps": prep.steps, **c.row()})
                 log = log or (lambda *a: None)
                 log(f"  {fixture:22} {sc.name:50} steps {prep.steps:2}  kills {c.kills:3}  original {c.original:3}  "
-                    f"patched {c.patched:3}  corrupt {c.corrupt}  temps-left {c.temps_left}  retry-ok {c.retry_ok}")
+                    f"patched {c.patched:3}  partial {c.partial}  corrupt {c.corrupt}  temps-left {c.temps_left}  "
+                    f"retry-ok {c.retry_ok}")
                 for p in c.problems:
                     log(f"    ! {p}")
                 total.add(c)

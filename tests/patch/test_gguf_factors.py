@@ -266,3 +266,21 @@ def test_old_records_without_options_load(copy_fixture):
     assert prov.options == {} and prov.record.rope_freqs is None
     assert read_header(path).get("ropepatch.options") is None  # methods without options: no key
     assert math.isclose(prov.alpha, 4.0)
+
+
+def test_kills_during_the_tensor_writes_leave_a_revertable_file(tmp_path):
+    """kill -9 after every write step of the add-tensor rewrite and of the in-place re-patch
+    (header run, then one factor-data pwrite): the file is the original, the complete result,
+    or (between the two in-place writes) new keys with the old factors, which reverts to the
+    original and is finished by running the command again. Nothing else, ever."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES.parent / "tools"))
+    import crash_harness as ch
+
+    scenarios = ch.FACTOR_SCENARIOS[:2]
+    c, rows = ch.kill_matrix(["tiny-llama-f32.gguf"], scenarios, str(tmp_path), jobs=2, log=None)
+    assert c.problems == [] and c.corrupt == 0 and c.other_valid == 0 and c.retry_failed == 0
+    first, repatch = rows
+    assert first["kills"] >= 8 and first["original"] == first["retry_ok"] > 0 and first["patched"] > 0
+    assert repatch["kills"] == 4 and repatch["partial"] == 2 and repatch["patched"] == 2
