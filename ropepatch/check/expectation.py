@@ -79,7 +79,7 @@ def _recorded_plan(info: ModelInfo, ctx: int | None, notes: list[str]):
     try:
         try:
             alpha = alpha_for(prov.method, prov.alpha)
-            plan = make_plan(info.original, prov.ctx, prov.method, alpha, options=prov.options)
+            plan = make_plan(info.original, prov.ctx, prov.method, alpha, prov.replace_scaling, options=prov.options)
         except UnsupportedModelError:
             plan = make_plan(info.original, prov.ctx, prov.method, alpha, replace_scaling=True, options=prov.options)
             notes.append("the recorded plan replaces the model's own scaling (--replace-scaling)")

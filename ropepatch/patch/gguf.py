@@ -231,25 +231,28 @@ def patch_gguf(
             f"{shown(path)}: has ropepatch.* keys but no undo record ({K.RP_ORIGINAL!r}); the "
             f"provenance is damaged, so ropepatch cannot tell the original values"
         )
-    return _patch_recorded(h, prov, plan, new_kvs, base_kvs, out, target, dry_run, warnings, progress)
+    replaced = replace_scaling and bool(plan.original.freq_factors) and get_method(plan.method).writes_factors
+    return _patch_recorded(h, prov, plan, (new_kvs, base_kvs, replaced), out, target, dry_run, warnings, progress)
 
 
-def _patch_recorded(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs, base_kvs, out: str | None,
+def _patch_recorded(h: GGUFHeader, prov: Provenance | None, plan: Plan, kvs, out: str | None,
                     target: str, dry_run: bool, warnings: list[str], progress) -> PatchResult:
-    """A patch with provenance: lay out the header (and rope_freqs), then commit it."""
-    path = h.path
+    """A patch with provenance: lay out the header (and rope_freqs), then commit it. ``kvs``:
+    (the original entries with the plan applied, the original entries, whether the plan's
+    factors replace the file's own)."""
+    path, (new_kvs, base_kvs, replaced) = h.path, kvs
     freqs = original_freqs(path, h, prov, plan)
     tensors = freqs_layout(path, h, freqs, wanted_bytes(plan, freqs) if freqs is not None else None)
     infos = (tensors.info_raw, tensors.n_tensors)
     keep = prov.record.link if prov is not None and out is None else None  # a copy has no link
-    layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, keep, freqs)
+    layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, keep, freqs, replaced)
     header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None, tensors=infos)
     if header == h.raw and tensors.data_unchanged(h) and out is None:
         _tidy(path, dry_run)
         return PatchResult(path, target, plan, "no-op", (), tuple(warnings))
     link = (keep or symlink_of(path)) if out is None else None
     if link != keep:  # a symlink replaced now: record its target so revert restores it
-        layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, link, freqs)
+        layout_kvs = recorded_layout(h, prov, plan, new_kvs, base_kvs, link, freqs, replaced)
         header, _ = layout_header(h, layout_kvs, rewrite_layout=prov is None, tensors=infos)
     changes = changed_entries(list(h.kvs), layout_kvs)
     _check_header(h, header, "the patched header", tensors)

@@ -73,13 +73,15 @@ def changed_entries(before: list[KV], after: list[KV]) -> tuple[Change, ...]:
 
 
 def recorded_layout(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs: list[KV],
-                    base_kvs: list[KV], link: str | None = None, freqs: FreqsRecord | None = None) -> list[KV]:
+                    base_kvs: list[KV], link: str | None = None, freqs: FreqsRecord | None = None,
+                    replaced: bool = False) -> list[KV]:
     """The entries of a patch with provenance, in the order the module docstring gives (the
     filler excluded). ``new_kvs``: the original entries ``base_kvs`` with the plan applied;
     ``link``: the symlink target the undo record names (a patch that replaces a symlink records
     it; a copy written with -o records none); ``freqs``: the original rope_freqs state, recorded
     once a factor method touches it. The record entry is kept byte for byte when it already
-    says all that."""
+    says all that. ``replaced``: the plan's factors replace the file's own (recorded in
+    ``ropepatch.options``)."""
     arch = plan.target.arch
     touched = [(t, k(t, arch)) for t in K.TOUCHED_KEYS]
     touched_keys = {key for _, key in touched}
@@ -102,7 +104,7 @@ def recorded_layout(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs:
         make_kv(K.RP_ALPHA, ValueType.FLOAT64, float(plan.alpha)),
     ]
     if plan.options:  # only methods with options write the key (the others' bytes stay as before)
-        rp.append(make_kv(K.RP_OPTIONS, ValueType.STRING, options_text(plan.options)))
+        rp.append(make_kv(K.RP_OPTIONS, ValueType.STRING, options_text(plan.options, replaced)))
     return kept + [rec_kv] + slots + rp
 
 

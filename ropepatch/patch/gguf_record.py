@@ -190,6 +190,7 @@ class Provenance:
     alpha: float
     record: GgufUndoRecord  # the undo record (ropepatch.original)
     options: dict = field(default_factory=dict)  # the method's options (ropepatch.options); {}: none
+    replace_scaling: bool = False  # the plan replaced the file's own rope_freqs (--replace-scaling)
 
 
 def _finite(v) -> float | int:
@@ -200,19 +201,21 @@ def _finite(v) -> float | int:
 
 
 _MAX_OPTIONS_TEXT = 1 << 16
+REPLACED = "replace_scaling"  # in ropepatch.options: the plan used --replace-scaling (factors replaced)
 
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def read_options(h: GGUFHeader) -> dict:
+def read_options(h: GGUFHeader) -> tuple[dict, bool]:
     """The recorded method options (``ropepatch.options``: a JSON object of names to a finite
-    number, a list of up to 65536 finite numbers, or null); {} when absent. FormatError (one
-    line) when damaged: a plan rebuilt without them would not be the one written."""
+    number, a list of up to 65536 finite numbers, or null) and whether the plan replaced the
+    file's factors (:func:`options_text`); ({}, False) when absent. FormatError (one line) when
+    damaged: a plan rebuilt without them would not be the one written."""
     kv = h.entry(K.RP_OPTIONS)
     if kv is None:
-        return {}
+        return {}, False
     bad = FormatError(f"{shown(h.path)}: key {K.RP_OPTIONS!r}: expected the method options ropepatch "
                       f"wrote (a JSON object of numbers), found something else; the provenance is "
                       f"damaged ('ropepatch revert' still restores the original)")
@@ -222,18 +225,23 @@ def read_options(h: GGUFHeader) -> dict:
         d = parse_json(kv.value, "<options>", "JSON")
     except FormatError:
         raise bad from None
-    ok = isinstance(d, dict) and len(d) <= 16 and all(
+    replaced = isinstance(d, dict) and d.pop(REPLACED, False)
+    ok = type(replaced) is bool and isinstance(d, dict) and len(d) <= 16 and all(
         isinstance(name, str) and (v is None or _number(v) or (
             isinstance(v, list) and len(v) <= MAX_FACTOR_PAIRS and all(_number(x) for x in v)))
         for name, v in d.items())
     if not ok:
         raise bad
-    return {name: tuple(float(x) for x in v) if isinstance(v, list) else v for name, v in d.items()}
+    return {name: tuple(float(x) for x in v) if isinstance(v, list) else v for name, v in d.items()}, replaced
 
 
-def options_text(options) -> str:
-    """``ropepatch.options``' value for a plan's options ((name, value) pairs)."""
-    d = {name: list(v) if isinstance(v, tuple) else v for name, v in options}
+def options_text(options, replaced: bool = False) -> str:
+    """``ropepatch.options``' value for a plan's options ((name, value) pairs); ``replaced``:
+    the factors replaced a file's own rope_freqs (--replace-scaling) instead of multiplying
+    them, recorded as ``"replace_scaling": true`` (the one case a rebuilt plan could not tell)."""
+    d: dict = {name: list(v) if isinstance(v, tuple) else v for name, v in options}
+    if replaced:
+        d[REPLACED] = True
     return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
@@ -243,13 +251,15 @@ def read_provenance(h: GGUFHeader, options: bool = True) -> Provenance | None:
     raw = h.get(K.RP_ORIGINAL)
     if raw is None:
         return None
+    options, replaced = read_options(h) if options else ({}, False)
     return Provenance(
         version=str(h.get(K.RP_VERSION, "?")),
         method=str(h.get(K.RP_METHOD, "?")),
         ctx=int(_finite(h.get(K.RP_CTX))),
         alpha=float(_finite(h.get(K.RP_ALPHA))),
         record=_bounded(GgufUndoRecord.from_json(raw, h.path), h),
-        options=read_options(h) if options else {},
+        options=options,
+        replace_scaling=replaced,
     )
 
 

@@ -284,3 +284,18 @@ def test_kills_during_the_tensor_writes_leave_a_revertable_file(tmp_path):
     first, repatch = rows
     assert first["kills"] >= 8 and first["original"] == first["retry_ok"] > 0 and first["patched"] > 0
     assert repatch["kills"] == 4 and repatch["partial"] == 2 and repatch["patched"] == 2
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_recorded_plan_rebuilds_the_written_factors(tmp_path, replace):
+    """On a llama3-style file, composing and replacing (--replace-scaling) are both valid
+    plans: the provenance says which one was written, so a rebuilt plan gives the file's factors."""
+    from ropepatch.rope.methods import make_plan
+
+    path = with_rope_freqs(FIXTURES / "tiny-llama-f32.gguf", tmp_path / "l3.gguf", LLAMA3)
+    gp.patch_gguf(path, CTX, "factors", options={"points": (1.0, 2.0, 2.0)}, replace_scaling=replace)
+    info = gp.inspect_gguf(path)
+    prov = info.provenance
+    assert prov.replace_scaling is replace and prov.options == {"points": (1.0, 2.0, 2.0)}
+    rebuilt = make_plan(info.original, prov.ctx, prov.method, prov.alpha, prov.replace_scaling, options=prov.options)
+    assert rebuilt.target.freq_factors == info.current.freq_factors == gguf_py_factors(path)
