@@ -49,7 +49,7 @@ def expected_values(method: str, arch: str, base=10000.0, d=16, L=128, ctx=CTX) 
 
 
 @pytest.mark.parametrize("fixture", GGUF_FIXTURES)
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].writes_factors])  # see test_gguf_factors
 def test_patch_loads_in_llama_cpp_and_reverts(copy_fixture, fixture, method):
     path = copy_fixture(fixture)
     before = sha256(path)
