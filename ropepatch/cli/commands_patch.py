@@ -48,7 +48,7 @@ def cmd_gguf(args) -> int:
         replace_scaling=args.replace_scaling,
         progress=byte_progress(show_progress(args)),
         force=args.force,
-        options=method_options(args),
+        options=method_options(args, method),
     )
     secs = time.perf_counter() - t0
     if args.from_hf and method_note(res.plan, "gguf_note"):  # the patch's own note says the same

@@ -29,7 +29,7 @@ def cmd_plan(args) -> int:
     methods = [m for m in METHODS if m not in skipped] if args.method == "all" else [args.method]
     try:
         plans = [make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if args.method == "all" else args.alpha,
-                           options=method_options(args, m if args.method == "all" else None))
+                           options=method_options(args, m, only=args.method == "all"))
                  for m in methods]
     except RopepatchError as e:
         raise type(e)(f"{args.path}: {e}" if args.path else str(e)) from None
@@ -67,16 +67,22 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def method_options(args, only: str | None = None) -> dict:
+def method_options(args, method: str, only: bool = False) -> dict:
     """The method options given on the command line (--beta-fast, --beta-slow, --factors), for
-    ``make_plan`` / ``patch_gguf``: name -> value. ``only``: just those that method takes
-    (plan --method all); else all given, so a method that takes none refuses them in one line."""
+    ``make_plan`` / ``patch_gguf``: name -> value. An option ``method`` does not take is
+    refused in one line naming its flag, unless ``only`` (plan --method all: each method gets
+    the ones it takes)."""
     out = {}
+    takes = {o.name for o in METHODS[method].options} if method in METHODS else set()
     for m in METHODS.values():
         for o in m.options:
             v = getattr(args, o.name, None)
-            if v is None or (only is not None and o not in METHODS[only].options):
+            if v is None or o.name in out or (only and o.name not in takes):
                 continue
+            if o.name not in takes and method in METHODS:
+                flags = ", ".join(x.flag for x in METHODS[method].options) or "none"
+                raise UsageError(f"{o.flag} does not apply to method {method} (its options: {flags}); "
+                                 f"drop {o.flag}, or choose a method that takes it")
             out[o.name] = parse_points(v) if o.name == "points" else v
     return out
 

@@ -209,8 +209,8 @@ def patch_gguf(
     if out is not None and not force and os.path.lexists(out):
         raise UsageError(f"-o {shown(out)}: exists; give --force to replace it, or a new file name")
     if not record and get_method(method).writes_factors:
-        raise UsageError(f"{shown(path)}: --no-record cannot write {method}'s per-pair factors: without an "
-                         f"undo record the original {ROPE_FREQS} state cannot be restored; drop --no-record")
+        raise UsageError(f"{shown(path)}: --no-record cannot write the per-pair factors of {method}: without "
+                         f"an undo record the original {ROPE_FREQS} state cannot be restored; drop --no-record")
     h, prov, current, original = _load(path)
     warnings: list[str] = []
     if not record:

@@ -205,7 +205,7 @@ def test_unreadable_rope_freqs_is_inspectable_and_refused(tmp_path):
 def test_no_record_refused_and_dry_run_shows_the_tensor(copy_fixture):
     path = copy_fixture("tiny-llama-f32.gguf")
     before = sha256(path)
-    with pytest.raises(UsageError, match="--no-record cannot write ntk-parts"):
+    with pytest.raises(UsageError, match="--no-record cannot write the per-pair factors of ntk-parts"):
         gp.patch_gguf(path, CTX, "ntk-parts", record=False, out=path + ".out")
     dry = gp.patch_gguf(path, CTX, "ntk-parts", dry_run=True)
     assert dry.mode == "dry-run" and dry.tensor_change == f"{ROPE_FREQS} added (8 F32 factors, 32 bytes)"
@@ -299,3 +299,26 @@ def test_recorded_plan_rebuilds_the_written_factors(tmp_path, replace):
     assert prov.replace_scaling is replace and prov.options == {"points": (1.0, 2.0, 2.0)}
     rebuilt = make_plan(info.original, prov.ctx, prov.method, prov.alpha, prov.replace_scaling, options=prov.options)
     assert rebuilt.target.freq_factors == info.current.freq_factors == gguf_py_factors(path)
+
+
+def test_cli_factor_options_json_and_refusals(cli, copy_fixture):
+    path = copy_fixture("tiny-llama-f32.gguf")
+    before = sha256(path)
+    r = cli("gguf", path, "--ctx", "512", "--method", "yarn", "--factors", "1,2")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--factors does not apply to method yarn" in r.stderr
+    r = cli("gguf", path, "--ctx", "512", "--method", "factors", "--factors", "2,1")
+    assert r.returncode == 2 and "never decrease" in r.stderr and sha256(path) == before
+    r = cli("plan", path, "--ctx", "512", "--method", "ntk-parts", "--beta-slow", "0.5")
+    assert r.returncode == 0 and "patch the file first" in r.stdout and "--beta-slow 0.5" in r.stdout
+    r = cli("gguf", path, "--ctx", "512", "--method", "factors", "--factors", "1,1.5,3", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    want = list(ff.profile_factors(N_PAIRS, (1.0, 1.5, 3.0)))
+    assert d["plan"]["params"]["freq_factors"] == want and d["plan"]["options"] == {"points": [1.0, 1.5, 3.0]}
+    assert d["tensor_change"].startswith(f"{ROPE_FREQS} added") and d["mode"] == "rewrite"
+    assert "rope flags" not in d["next_steps"]["llama-server"] and d["next_steps"]["llama-server"].endswith("-c 512")
+    r = cli("gguf", path, "--ctx", "512", "--method", "ntk-parts", "--beta-fast", "16")
+    assert r.returncode == 0 and "data changed" in r.stdout and "tensor data" in r.stdout
+    assert "8 per-pair divisors 1..4 (beta_fast 16, beta_slow 1)" in r.stdout
+    r = cli("revert", path)
+    assert r.returncode == 0 and "removed" in r.stdout and sha256(path) == before
