@@ -305,7 +305,8 @@ def test_cli_factor_options_json_and_refusals(cli, copy_fixture):
     path = copy_fixture("tiny-llama-f32.gguf")
     before = sha256(path)
     r = cli("gguf", path, "--ctx", "512", "--method", "yarn", "--factors", "1,2")
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--factors does not apply to method yarn" in r.stderr
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "--factors does not apply to method yarn" in r.stderr
     r = cli("gguf", path, "--ctx", "512", "--method", "factors", "--factors", "2,1")
     assert r.returncode == 2 and "never decrease" in r.stderr and sha256(path) == before
     r = cli("plan", path, "--ctx", "512", "--method", "ntk-parts", "--beta-slow", "0.5")
