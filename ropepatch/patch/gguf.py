@@ -8,6 +8,12 @@ checks the hash, and puts the tensor bytes back behind it: the result is the ori
 byte for byte. Re-patches start from the recorded originals, so patching a patched file never
 compounds.
 
+Per-pair factor methods (ntk-parts, factors) also write the ``rope_freqs.weight`` tensor
+(:mod:`ropepatch.patch.gguf_tensors`): the first patch appends it (a rewrite), a re-patch
+changes its bytes in place with one pwrite after the header (:func:`safeio.commit.commit_model`),
+any other method and revert put it back as it was (absent, or a llama3 file's own bytes, kept
+in the undo record). The method's options go to ``ropepatch.options``.
+
 Layout and crash safety (:mod:`ropepatch.patch.gguf_layout`): the first patch rewrites the
 file once, laying the header out so that every later re-patch changes one run of bytes inside
 one 4 KiB page. Every write goes through the one commit rule (:mod:`ropepatch.safeio.commit`):
