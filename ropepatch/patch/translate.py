@@ -15,7 +15,7 @@ from ropepatch.formats.hf.config import read_rope
 from ropepatch.patch.gguf import ModelInfo
 from ropepatch.patch.hf_io import read_config_file
 from ropepatch.patch.hf_plan import plan_hf_snippets
-from ropepatch.rope.methods import alpha_for, make_plan
+from ropepatch.rope.methods import METHODS, alpha_for, make_plan
 from ropepatch.rope.params import RopeParams, ScalingType
 from ropepatch.safeio.paths import shown
 
@@ -117,7 +117,7 @@ def _translate(config_path: str, rope, original: RopeParams) -> HFTranslation:
 def gguf_as_hf(info: ModelInfo) -> dict:
     """The Hugging Face config keys equivalent to a GGUF's current rope settings."""
     prov, cur = info.provenance, info.current
-    if prov is not None:
+    if prov is not None and not getattr(METHODS.get(prov.method), "writes_factors", False):  # factors: below
         plan = make_plan(info.original, prov.ctx, prov.method, alpha_for(prov.method, prov.alpha), options=prov.options)
         return plan_hf_snippets(plan)
     scaling = None

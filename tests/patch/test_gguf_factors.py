@@ -323,3 +323,15 @@ def test_cli_factor_options_json_and_refusals(cli, copy_fixture):
     assert "8 per-pair divisors 1..4 (beta_fast 16, beta_slow 1)" in r.stdout
     r = cli("revert", path)
     assert r.returncode == 0 and "removed" in r.stdout and sha256(path) == before
+
+
+def test_as_hf_refuses_a_factor_patched_file(copy_fixture):
+    """No transformers rope block carries arbitrary per-pair divisors: --as-hf says so instead
+    of printing a default block that would silently drop them."""
+    from ropepatch.errors import UnsupportedModelError
+    from ropepatch.patch.translate import gguf_as_hf
+
+    path = copy_fixture("tiny-llama-f32.gguf")
+    gp.patch_gguf(path, CTX, "ntk-parts")
+    with pytest.raises(UnsupportedModelError, match="no single HF rope block"):
+        gguf_as_hf(gp.inspect_gguf(path))
