@@ -16,6 +16,11 @@ section's length, which revert truncates back to). Absent: the tensor is as it w
 ``at`` is absent in records written before touched keys moved to the header's tail,
 ``padding`` when the original padding was all zeros, and ``link`` (the symlink target text of a
 file that was a symlink, replaced by a patched regular file) unless the file was a link.
+Next to it, ``ropepatch.options`` (a JSON object, written only for methods with options) holds
+the method's options (ntk-parts' ``beta_fast``/``beta_slow``, factors' ``points``) and, when
+factors replaced a file's own ``rope_freqs`` (--replace-scaling), ``"replace_scaling": true``:
+:func:`read_options` checks it (finite numbers, bounded lists; one line when damaged; revert
+does not need it). Records and files written before these fields load as before.
 The record is input: :meth:`GgufUndoRecord.from_json` checks every field's type and range
 (one-line FormatError naming what is damaged) and :func:`read_provenance` bounds every offset,
 length and position by the file it came from, before anything is allocated or written;
