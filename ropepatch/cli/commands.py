@@ -64,9 +64,16 @@ COMMANDS = {
     ),
     "tune": (
         cmd_tune,
-        "search a method's alpha/factor for the lowest ppl_ext within a ppl_in tolerance",
+        "search a method's alpha/factor for the lowest ppl_ext within a ppl_in tolerance, and say "
+        "whether it beats the sliding window",
         "examples:\n  ropepatch tune model.gguf --ctx 16384 --text corpus.txt\n"
-        "  ropepatch tune model.gguf --ctx 16384 --text corpus.txt --method yarn --apply",
+        "  ropepatch tune model.gguf --ctx 16384 --text corpus.txt --method yarn --apply\n"
+        "  ropepatch tune model.gguf --ctx 16384 --text corpus.txt --method all --apply\n"
+        "  ropepatch tune model.gguf --ctx 32768 --text corpus.txt --method ntk --apply --force\n\n"
+        "Every run also measures 'window' (the unscaled model scoring the same tokens with a sliding\n"
+        "window of its training length, stride half of it). When no candidate within the ppl_in\n"
+        "tolerance beats it on ppl_ext, tune says 'extension does not pay here: use a sliding window',\n"
+        "and --apply refuses to write the winner (exit 2, file untouched) unless --force is given.",
     ),
     "passkey": (
         cmd_passkey,

@@ -74,14 +74,30 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    """Search a method's alpha for the lowest ppl_ext within a ppl_in tolerance."""
+    """Search a method's (or every method's) alpha for the lowest ppl_ext within a ppl_in
+    tolerance, against the sliding window. ``--apply`` writes the winner after the search; a
+    refusal (nothing feasible, or the window beats it without ``--force``) still prints the
+    result, then one error line (exit 2, nothing written)."""
+    from ropepatch.cli.render import warn
+    from ropepatch.errors import UsageError
     from ropepatch.quality.isolated import tune_isolated
-    from ropepatch.quality.tune import format_tune
+    from ropepatch.quality.tune import ApplyRefused, apply_tune, format_tune
 
+    if args.force and not args.apply:
+        raise UsageError("--force only matters with --apply (it writes a winner the sliding window beats); "
+                         "add --apply, or drop --force")
     path = _model_arg(args.path)
     res = tune_isolated(path, args.ctx, _text_arg(args.text), method=args.method, tolerance=args.tolerance,
-               apply=args.apply, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
+               budget=args.budget, n_threads=args.threads, n_gpu_layers=args.gpu_layers,
                flash_attn=FLASH_ATTN[args.flash_attn], progress=quality_progress(args))
+    if args.apply:
+        try:
+            res = apply_tune(path, res, force=args.force)
+        except ApplyRefused as e:
+            emit(args, {**res.to_json(), "refused": str(e)}, format_tune(res))
+            e.reported = True  # the --json document above carries it
+            raise
+    warn(res.warnings)
     emit(args, res.to_json(), format_tune(res))
     return 0
 

@@ -168,10 +168,18 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 def _tune_args(p: argparse.ArgumentParser) -> None:
     _runtime_args(p, text=True)
     tunable = [name for name, m in METHODS.items() if m.takes_alpha]
-    p.add_argument("--method", default=DEFAULT_METHOD, choices=tunable, help=f"default {DEFAULT_METHOD}")
+    p.add_argument("--method", default=DEFAULT_METHOD, choices=[*tunable, "all"],
+                   help=f"the method to tune, or all: every method on the same tokens, the best of them "
+                        f"wins (default {DEFAULT_METHOD})")
     p.add_argument("--tolerance", type=number, default=0.05,
                    help="allowed ppl_in increase over the unscaled model (default 0.05)")
-    p.add_argument("--apply", action="store_true", help="patch the file with the winner (provenance records it)")
+    p.add_argument("--budget", type=number, metavar="MINUTES",
+                   help="time limit of the factors search (default 30 minutes); alpha searches take none")
+    p.add_argument("--apply", action="store_true",
+                   help="patch the file with the winner (provenance records it); refused when the "
+                        "sliding window beats it (extension does not pay) unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="with --apply: write the winner even when the sliding window beats it (with a warning)")
 
 
 def _passkey_args(p: argparse.ArgumentParser) -> None:

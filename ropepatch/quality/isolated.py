@@ -19,7 +19,7 @@ from ropepatch.errors import UsageError
 from ropepatch.quality import factor_model
 from ropepatch.quality.passkey import PasskeyResult
 from ropepatch.quality.results import EvalResult
-from ropepatch.quality.tune import TuneResult, apply_tune
+from ropepatch.quality.tune import TuneAllResult, TuneResult, apply_tune
 from ropepatch.runtime.isolate import STEP, Job, device_label, run_isolated
 
 _LOCAL_ONLY = ("model", "scorer")  # objects that live in one process
@@ -55,12 +55,13 @@ def evaluate_isolated(model_path: str, ctx: int, text: str | bytes | None = None
 
 
 def tune_isolated(model_path: str, ctx: int, text: str | bytes | None = None, *, apply: bool = False,
-                  **kw) -> TuneResult:
+                  force: bool = False, **kw) -> TuneResult | TuneAllResult:
     """:func:`ropepatch.quality.tune.tune` in the runtime worker (the search only); with
-    ``apply``, the winner is written here, after the worker is gone."""
+    ``apply``, the winner is written here, after the worker is gone (``force``: even when the
+    sliding window beats it)."""
     kwargs = dict(model_path=model_path, ctx=ctx, text=text, apply=False, **kw)
     result = _run("tune:tune", kwargs, ("progress", STEP, "log"))
-    return apply_tune(model_path, result) if apply else result
+    return apply_tune(model_path, result, force=force) if apply else result
 
 
 def passkey_isolated(model_path: str, ctx: int, **kw) -> PasskeyResult:

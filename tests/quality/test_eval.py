@@ -436,7 +436,7 @@ def test_tune_isolated_searches_in_the_worker_and_applies_here(copy_fixture, tok
     here = tune(MODEL, CTX, model=model, **kw)
     applied_in = []
     real = isolated.apply_tune
-    monkeypatch.setattr(isolated, "apply_tune", lambda p, r: applied_in.append(p) or real(p, r))
+    monkeypatch.setattr(isolated, "apply_tune", lambda p, r, **k: applied_in.append(p) or real(p, r, **k))
     logged = []
     there = isolated.tune_isolated(path, CTX, apply=True, log=logged.append, **kw)
     assert [t.to_json() for t in there.tried] == [t.to_json() for t in here.tried]
