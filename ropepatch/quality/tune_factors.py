@@ -1,0 +1,283 @@
+"""``tune --method factors``: a LongRoPE-style search for a monotone per-pair profile.
+
+The candidate is a profile of K control points (:func:`ropepatch.rope.factors.profile_factors`:
+per-pair divisors from the highest to the lowest frequency, never decreasing, interpolated in
+log space; K = 8, or d/2 when that is smaller). Objective and constraint are tune's: minimise
+``ppl_ext`` subject to ``ppl_in`` within the tolerance of the unscaled model's ``ppl_in`` on the
+same tokens; a candidate whose ``ppl_in`` (exact once positions < L are scored) is over the
+limit is stopped there -- the sound prefix evaluation -- and its ``ppl_ext`` is not measured.
+
+Stages, each candidate scored once (a profile already tried is not scored again):
+
+1. ``start``: the ntk-parts ramp for alpha = s = ctx / L (YaRN's frequencies), the NTK base
+   change written as factors (``s^(2i/(d-2))``) and linear interpolation (every divisor s),
+   each read off at the K control points;
+2. ``coord``: coordinate search from the best candidate: for each control point (lowest
+   frequency first) try multiplying it by r and by 1/r (the points after it raised, or the ones
+   before it lowered, so the profile stays monotone; every divisor >= 1) and keep the first
+   that improves; when a whole pass improves nothing, r shrinks to sqrt(r) (1.5 down to 1.02);
+3. ``evolve``: a few rounds of uniform crossover of the best profiles plus log-normal
+   mutation (made monotone again), then one more short coordinate pass when they improved.
+
+"Improves": a feasible candidate with a lower ``ppl_ext``; while nothing is feasible, a lower
+``ppl_in`` (the search walks toward feasibility). ``--budget MINUTES`` (default 30) stops the
+search before the next candidate once spent (the candidate being scored finishes; the first
+starting profile always runs) and returns the best so far. Every candidate is scored on the
+run's temporary patched copy of the model, re-patched in place per candidate
+(:mod:`ropepatch.quality.factor_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from ropepatch.quality import factor_model
+from ropepatch.quality.specs import MethodSpec
+from ropepatch.quality.tune_alpha import Scorer, measured
+from ropepatch.quality.tune_result import Trial, TuneResult
+from ropepatch.rope import factors as ff
+from ropepatch.rope.params import RopeParams
+
+if TYPE_CHECKING:
+    from ropepatch.quality.tune_all import TuneShared
+
+METHOD = "factors"
+DEFAULT_BUDGET = 30.0  # minutes
+R_START, R_MIN = 1.5, 1.02  # coordinate step ratios
+EVOLVE_ROUNDS, CHILDREN, PARENTS, SIGMA = 2, 4, 4, 0.15
+MAX_DIVISOR = 1e6
+
+# measure(points, stop_in) -> (ppl_in, ppl_ext or None when stopped)
+Measure = Callable[[tuple[float, ...], Callable[[float], bool]], tuple[float, float | None]]
+
+
+class OutOfBudget(Exception):
+    """The search's time (or trial) budget is spent."""
+
+
+def round_points(points: Sequence[float]) -> tuple[float, ...]:
+    """``points`` made a valid profile: 4 significant digits, each in [1, 1e6], never decreasing."""
+    out, top = [], 1.0
+    for p in points:
+        top = max(top, min(MAX_DIVISOR, float(f"{max(1.0, p):.4g}")))
+        out.append(top)
+    return tuple(out)
+
+
+def points_label(points: Sequence[float]) -> str:
+    """``factors[1,1,1.2,...]``: a candidate's name (unique per profile, so caches keyed on it work)."""
+    return f"{METHOD}[{','.join(f'{p:g}' for p in points)}]"
+
+
+def points_of(t: Trial) -> tuple[float, ...]:
+    """The control points a factors trial carries."""
+    return tuple(dict(t.options)["points"])
+
+
+def start_profiles(original: RopeParams, ctx: int, count: int = ff.DEFAULT_POINTS
+                   ) -> list[tuple[str, tuple[float, ...]]]:
+    """The starting profiles for alpha = s = ctx / L (see the module docstring)."""
+    d, n, L = original.rope_dim, original.rope_dim // 2, original.n_ctx_train
+    s = ctx / L
+    k = max(2, min(count, n))
+    ntk = [s ** (2 * i / (d - 2)) for i in range(n)] if d > 2 else [s] * n
+    return [
+        ("ntk-parts ramp", round_points(ff.sample_points(ff.ntk_parts_factors(d, original.freq_base, L, s), k))),
+        ("ntk as factors", round_points(ff.sample_points(ntk, k))),
+        ("linear", round_points([s] * k)),
+    ]
+
+
+def move(points: tuple[float, ...], j: int, ratio: float) -> tuple[float, ...]:
+    """Point ``j`` times ``ratio``, the profile kept monotone: raising it raises the points after
+    it that fall below; lowering it lowers the points before it that rise above."""
+    p = list(points)
+    p[j] = max(1.0, p[j] * ratio)
+    for i in range(len(p)):
+        p[i] = max(p[i], p[j]) if i > j else (min(p[i], p[j]) if i < j else p[i])
+    return round_points(p)
+
+
+class FactorSearch:
+    """The search's state: every trial so far, the limit, the budget."""
+
+    def __init__(self, measure: Measure, L: int, limit: float, *, budget_s: float | None = None,
+                 max_trials: int | None = None, say: Callable[[str], None] = lambda _m: None,
+                 clock: Callable[[], float] = time.monotonic, seed: int = 0):
+        self.measure, self.L, self.limit = measure, L, limit
+        self.budget_s, self.max_trials, self.say, self.clock = budget_s, max_trials, say, clock
+        self.rng = random.Random(seed)
+        self.tried: dict[tuple[float, ...], Trial] = {}
+        self.t0 = clock()
+        self.out_of_budget = False
+
+    # -- one candidate
+    def _check_budget(self) -> None:
+        if not self.tried:
+            return  # the first starting profile always runs
+        if self.max_trials is not None and len(self.tried) >= self.max_trials:
+            raise OutOfBudget
+        if self.budget_s is not None and self.clock() - self.t0 >= self.budget_s:
+            raise OutOfBudget
+
+    def trial(self, points: Sequence[float], stage: str, note: str = "") -> Trial:
+        """Score the profile ``points`` unless it was already tried (OutOfBudget when spent)."""
+        pts = round_points(points)
+        if pts in self.tried:
+            return self.tried[pts]
+        self._check_budget()
+        lab = points_label(pts)
+        self.say(f"{stage}: {lab}")
+        limit = self.limit
+        pin, pext = self.measure(pts, lambda p: p > limit)
+        feas = pin <= limit
+        t = Trial(profile_alpha(pts), lab, pin, pext if feas else None, feas, stage,
+                  note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {self.L}"),
+                  options=(("points", pts),))
+        self.tried[pts] = t
+        self.say(f"  ppl_in {pin:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
+                 f"{'' if feas else ' (infeasible)'}")
+        return t
+
+    # -- ranking
+    @staticmethod
+    def key(t: Trial) -> tuple[int, float]:
+        """Feasible (by ppl_ext) before infeasible (by ppl_in)."""
+        if t.feasible and t.ppl_ext is not None:
+            return 0, t.ppl_ext
+        return 1, t.ppl_in
+
+    def leader(self) -> Trial:
+        return min(self.tried.values(), key=self.key)
+
+    def best(self) -> Trial | None:
+        """The feasible trial with the lowest ppl_ext (None when nothing was feasible)."""
+        t = self.leader() if self.tried else None
+        return t if t is not None and self.key(t)[0] == 0 else None
+
+    def table(self) -> tuple[Trial, ...]:
+        return tuple(self.tried.values())  # in the order they were scored
+
+    # -- stages
+    def run(self, starts: Sequence[tuple[str, Sequence[float]]], *, r_start: float = R_START,
+            evolve_rounds: int = EVOLVE_ROUNDS) -> None:
+        """Every stage, until done or out of budget (then ``out_of_budget`` is set)."""
+        try:
+            for name, pts in starts:
+                self.trial(pts, "start", name)
+            self.coordinate(r_start)
+            if self.evolve(evolve_rounds):
+                self.coordinate(math.sqrt(r_start))
+        except OutOfBudget:
+            self.out_of_budget = True
+            self.say(f"budget spent after {len(self.tried)} candidates: the best so far wins")
+
+    def coordinate(self, r: float, r_min: float = R_MIN) -> None:
+        """Multiply one control point at a time by r or 1/r; shrink r when a pass gains nothing."""
+        while r >= r_min:
+            improved = False
+            for j in reversed(range(len(points_of(self.leader())))):
+                for ratio in (r, 1.0 / r):
+                    lead = self.leader()
+                    cand = move(points_of(lead), j, ratio)
+                    if cand == points_of(lead):
+                        continue
+                    if self.key(self.trial(cand, "coord", f"point {j + 1} x{ratio:.3g}")) < self.key(lead):
+                        improved = True
+                        break
+            if not improved:
+                r = math.sqrt(r)
+
+    def evolve(self, rounds: int, children: int = CHILDREN) -> bool:
+        """Crossover + mutation rounds over the best profiles; True when one improved the leader."""
+        before = self.key(self.leader())
+        for _ in range(max(0, rounds)):
+            parents = sorted(self.tried.values(), key=self.key)[:PARENTS]
+            if len(parents) < 2:
+                break
+            for _ in range(children):
+                a, b = (points_of(t) for t in self.rng.sample(parents, 2))
+                child = [x if self.rng.random() < 0.5 else y for x, y in zip(a, b)]
+                child = [p * math.exp(self.rng.gauss(0.0, SIGMA)) if self.rng.random() < 2 / len(child) else p
+                         for p in child]
+                self.trial(round_points(child), "evolve")
+        return self.key(self.leader()) < before
+
+
+def spec_measure(scorer: Scorer, step: Callable[[str], None] = lambda _w: None) -> Measure:
+    """A :data:`Measure` from tune's scorer of method specs: each profile is the spec
+    ``factors`` with the option ``points`` (scored on the run's temporary patched copy)."""
+
+    def measure(points: tuple[float, ...], stop_in: Callable[[float], bool]) -> tuple[float, float | None]:
+        spec = MethodSpec(points_label(points), METHOD, profile_alpha(points), (("points", points),))
+        step(f"tuning {METHOD}: scoring {spec.label}")
+        return measured(scorer(spec, stop_in))
+
+    return measure
+
+
+def profile_alpha(points: Sequence[float]) -> float:
+    """The alpha a profile is recorded with: its largest divisor (the lowest frequencies'
+    interpolation factor, as ntk-parts' alpha)."""
+    return max(points)
+
+
+def budget_note(search: FactorSearch, budget_min: float | None) -> str:
+    """One sentence on how the search ended."""
+    n = len(search.tried)
+    if search.out_of_budget:
+        what = f"the --budget of {budget_min:g} min" if budget_min is not None else "the trial budget"
+        return f"{n} profiles scored; the search stopped at {what}: the best so far wins"
+    return f"{n} profiles scored; the search converged (coordinate steps down to x{R_MIN:g})"
+
+
+def tuning_note(search: FactorSearch, starts: Sequence[tuple[str, tuple[float, ...]]],
+                budget_min: float | None) -> str:
+    """The best profile against the untuned start (the ntk-parts ramp for alpha = s)."""
+    names = {pts: name for name, pts in starts}
+    start = starts[0][1]
+    w, d = search.best(), search.tried.get(start)
+    won_start = w is not None and points_of(w) in names
+    what = f"the {names[points_of(w)]} starting profile" if won_start else "the searched profile"
+    if w is None:
+        head = "no factors profile kept ppl_in within the tolerance"
+    elif d is None or not d.feasible or d.ppl_ext is None:
+        head = f"best profile {','.join(f'{p:g}' for p in points_of(w))}: ppl_ext {w.ppl_ext:.4g}"
+    elif points_of(w) == start:
+        head = f"the ntk-parts ramp (alpha = ctx/L) is already the best profile tried (ppl_ext {w.ppl_ext:.4g})"
+    else:
+        head = (f"{what} beats the ntk-parts ramp (alpha = ctx/L) on ppl_ext: {w.ppl_ext:.4g} vs "
+                f"{d.ppl_ext:.4g} ({100 * (1 - w.ppl_ext / d.ppl_ext):.1f}% lower)")
+    return f"{head}; {budget_note(search, budget_min)}"
+
+
+def _shown(t: Trial, name: str) -> Trial:
+    """``t`` with its control points (and the starting profile's name) in the note, for the table."""
+    pts = ",".join(f"{p:g}" for p in points_of(t))
+    extra = "; ".join(x for x in (name, t.note if not t.feasible else "") if x)
+    return dataclasses.replace(t, note=f"{pts}" + (f" ({extra})" if extra else ""))
+
+
+def search_factors(shared: TuneShared, method: str = METHOD) -> TuneResult:
+    """tune's plug-in search for ``factors`` (:func:`ropepatch.quality.tune_all.plugin_searches`):
+    the window and baseline are the shared ones; ``shared.budget_min`` limits it (default
+    :data:`DEFAULT_BUDGET` minutes)."""
+    budget = DEFAULT_BUDGET if shared.budget_min is None else shared.budget_min
+    factor_model.check_specs(shared.model_path, shared.original, shared.ctx, [MethodSpec(method, method)])
+    starts = start_profiles(shared.original, shared.ctx)
+    search = FactorSearch(spec_measure(shared.scorer, shared.step), shared.L, shared.limit,
+                          budget_s=60.0 * budget, say=shared.log)
+    shared.log(f"factors: {len(starts[0][1])} control points, budget {budget:g} min")
+    search.run(starts)
+    names = {pts: name for name, pts in starts}
+    table = [_shown(t, names.get(points_of(t), "")) for t in search.table()]
+    best = search.best()
+    winner = next((t for t in table if best is not None and points_of(t) == points_of(best)), None)
+    return shared.finish(method, table, winner, tuning_note(search, starts, budget))
+
+
+SEARCHES = {METHOD: search_factors}  # tune_all's plug-in table

@@ -1,0 +1,210 @@
+"""``tune --method factors``: the search logic on a synthetic objective (no llama.cpp), then the
+real thing on the tiny llama fixture (training ctx 128) with a tiny budget: monotone profiles,
+feasibility, the best trial wins, ``--apply`` writes it (provenance records the points) and
+validate / revert work on the result; the qwen2 fixture is refused in one line."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+
+from ropepatch.quality import tune_factors as TF
+from ropepatch.rope.params import RopeParams
+
+OPT = (1.0, 1.0, 1.3, 1.8, 2.6, 3.5, 4.2, 4.2)  # a monotone optimum
+LIMIT = 1.2
+
+
+def synthetic(calls: list):
+    """ppl_ext: a bowl around OPT in log space; ppl_in grows with the high-frequency divisors
+    (the first half of the points) and is over LIMIT once their log-sum passes 0.6."""
+
+    def measure(points, stop_in):
+        calls.append(points)
+        assert all(b >= a >= 1.0 for a, b in zip(points, points[1:]))  # monotone, >= 1
+        pin = 1.0 + 0.3 * sum(math.log(p) for p in points[:4])
+        if stop_in(pin):
+            return pin, None
+        ext = 5.0 * math.exp(sum((math.log(p) - math.log(o)) ** 2 for p, o in zip(points, OPT)))
+        return pin, ext
+
+    return measure
+
+
+def test_round_points_and_move_keep_profiles_monotone():
+    assert TF.round_points([0.5, 2.0, 1.5, 3.123456]) == (1.0, 2.0, 2.0, 3.123)
+    p = (1.0, 1.5, 2.0, 4.0)
+    assert TF.move(p, 1, 2.0) == (1.0, 3.0, 3.0, 4.0)  # raising pulls the later points up
+    assert TF.move(p, 2, 1 / 4) == (1.0, 1.0, 1.0, 4.0)  # lowering pulls the earlier ones down
+    assert TF.move(p, 0, 1 / 2) == p  # never below 1
+
+
+def test_start_profiles_are_monotone_and_start_at_ntk_parts():
+    orig = RopeParams(arch="llama", n_ctx_train=8192, rope_dim=64, head_dim=64, freq_base=100000.0)
+    starts = TF.start_profiles(orig, 4 * 8192)
+    assert [n for n, _ in starts] == ["ntk-parts ramp", "ntk as factors", "linear"]
+    for _, pts in starts:
+        assert len(pts) == 8 and pts[0] >= 1.0 and pts[-1] == pytest.approx(4.0, rel=1e-3)
+        assert all(b >= a for a, b in zip(pts, pts[1:]))
+    assert starts[0][1][0] == 1.0  # the ramp keeps the highest frequencies
+    assert set(starts[2][1]) == {4.0}
+
+
+def test_search_finds_the_known_optimum_within_the_constraint():
+    calls: list = []
+    s = TF.FactorSearch(synthetic(calls), 128, LIMIT)
+    s.run([("flat", [2.0] * 8), ("ramp", [1, 1, 1, 2, 2, 4, 4, 4])])
+    b = s.best()
+    assert b is not None and b.feasible and not s.out_of_budget
+    assert all(t.ppl_ext is None for t in s.tried.values() if not t.feasible)  # stopped at L
+    pts = TF.points_of(b)
+    # the bowl's optimum is infeasible (ppl_in 1 + 0.3 ln(1 * 1 * 1.3 * 1.8) = 1.255 > 1.2): the
+    # constraint binds on the first half; the free second half must still be found
+    assert b.ppl_in <= LIMIT
+    assert all(abs(math.log(p / o)) < 0.08 for p, o in zip(pts[4:], OPT[4:]))  # unconstrained part found
+    assert b.ppl_ext == min(t.ppl_ext for t in s.tried.values() if t.feasible)
+    assert len(calls) == len(set(calls)) == len(s.tried)  # no profile scored twice
+    assert {t.stage for t in s.tried.values()} >= {"start", "coord"}
+
+
+def test_search_without_constraint_reaches_the_optimum():
+    s = TF.FactorSearch(synthetic([]), 128, 1e9)
+    s.run([("flat", [2.0] * 8)])
+    pts = TF.points_of(s.best())
+    assert all(abs(math.log(p / o)) < 0.05 for p, o in zip(pts, OPT)), pts
+    assert s.best().ppl_ext < 5.0 * 1.01
+
+
+def test_search_walks_toward_feasibility_when_the_start_is_infeasible():
+    s = TF.FactorSearch(synthetic([]), 128, LIMIT)
+    s.run([("too high", [3.0] * 8)])
+    assert s.best() is not None and s.best().ppl_in <= LIMIT
+
+
+def test_budget_stops_the_search_and_keeps_the_best_so_far():
+    clock = itertools.count()  # one "second" per reading
+    s = TF.FactorSearch(synthetic([]), 128, LIMIT, budget_s=5, clock=lambda: next(clock))
+    s.run(TF.start_profiles(RopeParams(arch="llama", n_ctx_train=128, rope_dim=16, head_dim=16, freq_base=1e4), 512))
+    assert s.out_of_budget and 1 <= len(s.tried) <= 6
+    assert "budget" in TF.budget_note(s, 0.1)
+    s2 = TF.FactorSearch(synthetic([]), 128, LIMIT, max_trials=3)
+    s2.run([("flat", [2.0] * 8)])
+    assert s2.out_of_budget and len(s2.tried) == 3
+
+
+def test_first_start_always_runs_even_with_no_budget():
+    s = TF.FactorSearch(synthetic([]), 128, LIMIT, budget_s=0.0)
+    s.run([("flat", [1.0] * 8), ("ramp", [1, 2, 3, 4, 4, 4, 4, 4])])
+    assert len(s.tried) == 1 and s.out_of_budget
+
+
+# ---- the real search: tiny llama fixture, llama.cpp --------------------------------------------
+
+CTX = 512
+
+
+@pytest.fixture
+def tmpdir_(tmp_path, monkeypatch):
+    """A private temporary directory for the copies (other runs may share /tmp)."""
+    import tempfile
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    monkeypatch.setenv("TMPDIR", str(d))
+    return d
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    import _pydecimal
+
+    with open(_pydecimal.__file__, encoding="utf-8") as f:
+        return f.read()[:4000]
+
+
+def test_tune_factors_tiny_budget_then_apply_validate_revert(copy_fixture, tmpdir_, text):
+    from conftest import require, sha256
+
+    require("llama_cpp")
+    from ropepatch.check.validate import validate
+    from ropepatch.patch.gguf import inspect_gguf, revert_gguf
+    from ropepatch.quality.tune import format_tune, tune
+    from ropepatch.rope.factors import profile_factors
+
+    path = copy_fixture("tiny-llama-f32.gguf")
+    sha0 = sha256(path)
+    logs: list[str] = []
+    r = tune(path, CTX, text, method="factors", tolerance=0.5, budget=0.02, apply=True, force=True,
+             n_threads=2, n_batch=128, log=logs.append)
+    assert r.method == "factors" and r.tried and "budget" in r.tuning
+    for t in r.tried:
+        pts = TF.points_of(t)
+        assert len(pts) == 8 and pts[0] >= 1.0 and all(b >= a for a, b in zip(pts, pts[1:]))
+        assert t.feasible == (t.ppl_in <= r.limit)
+        assert (t.ppl_ext is None) == (not t.feasible)  # infeasible: stopped at L
+    feasible = [t for t in r.tried if t.feasible]
+    assert r.winner is not None and r.winner.ppl_ext == min(t.ppl_ext for t in feasible)
+    assert r.tried[0].stage == "start" and "ntk-parts ramp" in r.tried[0].note
+    assert any(line.startswith("start: factors[") for line in logs)  # progress per candidate
+    win = TF.points_of(r.winner)
+    assert ",".join(f"{p:g}" for p in win) in format_tune(r)
+    d = r.to_json()
+    assert d["winner"]["options"]["points"] == list(win) and d["applied"]["method"] == "factors"
+    # --apply wrote the winner: the provenance records its points, the tensor holds its profile
+    info = inspect_gguf(path)
+    assert info.provenance.method == "factors"
+    assert tuple(info.current.freq_factors) == profile_factors(8, win)
+    rep = validate(path, n_threads=2)
+    assert rep.passed, rep
+    revert_gguf(path)
+    assert sha256(path) == sha0
+    assert [n for n in tmpdir_.iterdir()] == []  # no temporary copy left
+
+
+def test_cli_tune_factors_json_and_qwen2_refusal(tmp_path, tmpdir_, text):
+    import json
+
+    from conftest import FIXTURES, require, run_cli
+
+    require("llama_cpp")
+    tf = tmp_path / "t.txt"
+    tf.write_text(text)
+    p = run_cli("tune", str(FIXTURES / "tiny-llama-f32.gguf"), "--ctx", str(CTX), "--text", str(tf),
+                "--method", "factors", "--budget", "0.01", "--tolerance", "0.5", "--threads", "2", "-q", "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["method"] == "factors" and d["winner"]["options"]["points"] and d["window"]["label"] == "window"
+    q = run_cli("tune", str(FIXTURES / "tiny-qwen2-f32.gguf"), "--ctx", str(CTX), "--text", str(tf),
+                "--method", "factors", "--threads", "2", "-q")
+    assert q.returncode == 2 and len(q.stderr.strip().splitlines()) == 1
+    assert "tiny-qwen2-f32.gguf" in q.stderr and "qwen2" in q.stderr
+    assert [n for n in tmpdir_.iterdir()] == []
+
+
+def test_tune_ntk_parts_searches_alpha_on_one_copy_repatched_in_place(tmpdir_, text, monkeypatch):
+    from conftest import FIXTURES, require, sha256
+
+    require("llama_cpp")
+    from ropepatch.quality import factor_model as FM
+    from ropepatch.quality.tune import tune
+
+    model = str(FIXTURES / "tiny-llama-f32.gguf")
+    sha0 = sha256(model)
+    calls, real = [], FM.patch_gguf
+
+    def spy(path, ctx, method, alpha=None, **kw):
+        r = real(path, ctx, method, alpha, **kw)
+        calls.append((path, kw.get("out"), r.mode))
+        return r
+
+    monkeypatch.setattr(FM, "patch_gguf", spy)
+    r = tune(model, CTX, text, method="ntk-parts", tolerance=0.5, grid=[4.0, 8.0], refine=0, n_threads=2,
+             n_batch=128)
+    assert r.method == "ntk-parts" and len(r.tried) >= 2 and r.winner is not None
+    assert calls[0][0] == model and calls[0][2] == "rewrite"  # the copy, written once
+    assert all(p == calls[0][1] and out is None and mode == "in-place" for p, out, mode in calls[1:])
+    assert len(calls) == len(r.tried)
+    assert sha256(model) == sha0 and list(tmpdir_.iterdir()) == []
