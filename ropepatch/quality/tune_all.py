@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ropepatch.errors import RopepatchError, UsageError
+from ropepatch.quality import factor_model
 from ropepatch.quality.buckets import default_buckets
 from ropepatch.quality.options import RunOptions
 from ropepatch.quality.progress import Meter, ProgressFn
@@ -220,6 +221,8 @@ def run_tune(model_path: str, ctx: int, text, tokens, method: str, tolerance: fl
     original = extension_original(model_path, ctx, opts.original)
     if method == ALL:
         names, skipped = _plannable(original, ctx, names, skipped)
+    else:  # a factor method the file refuses (qwen2), or no room for its copy: one line, before scoring
+        factor_model.check_specs(model_path, original, ctx, [MethodSpec(method, method)])
     say = log or (lambda _m: None)
     with contextlib.ExitStack() as held:
         windows = None

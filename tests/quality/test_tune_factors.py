@@ -208,3 +208,19 @@ def test_tune_ntk_parts_searches_alpha_on_one_copy_repatched_in_place(tmpdir_, t
     assert all(p == calls[0][1] and out is None and mode == "in-place" for p, out, mode in calls[1:])
     assert len(calls) == len(r.tried)
     assert sha256(model) == sha0 and list(tmpdir_.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["ntk-parts", "factors"])
+def test_tune_refuses_a_factor_method_on_qwen2_before_scoring(method, text):
+    from conftest import FIXTURES, require
+
+    require("llama_cpp")
+    from ropepatch.errors import UnsupportedModelError
+    from ropepatch.quality.tune import tune
+
+    seen: list = []
+    with pytest.raises(UnsupportedModelError) as ei:
+        tune(str(FIXTURES / "tiny-qwen2-f32.gguf"), CTX, text, method=method, n_threads=2, progress=seen.append)
+    msg = str(ei.value)
+    assert "\n" not in msg and "tiny-qwen2-f32.gguf" in msg and method in msg and "qwen2" in msg
+    assert seen == []  # refused before the window (or anything) was scored
