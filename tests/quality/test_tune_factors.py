@@ -156,6 +156,7 @@ def test_tune_factors_tiny_budget_then_apply_validate_revert(copy_fixture, tmpdi
     # --apply wrote the winner: the provenance records its points, the tensor holds its profile
     info = inspect_gguf(path)
     assert info.provenance.method == "factors"
+    assert tuple(info.provenance.options["points"]) == win  # the winner's points, in the provenance
     assert tuple(info.current.freq_factors) == profile_factors(8, win)
     rep = validate(path, n_threads=2)
     assert rep.passed, rep
