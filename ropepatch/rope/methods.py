@@ -113,10 +113,8 @@ class Method:
 def note_values(plan: "Plan") -> dict:
     """The fields a method's note templates may use."""
     L = plan.original.n_ctx_train
-    f = plan.target.freq_factors or (1.0,)
     return {"ctx": plan.ctx, "L": L, "alpha": plan.alpha, "base": plan.target.freq_base,
-            "orig_base": plan.original.freq_base, "runtime_len": int(L * plan.alpha),
-            "method": plan.method, "n_pairs": len(plan.target.freq_factors), "ff_min": min(f), "ff_max": max(f)}
+            "orig_base": plan.original.freq_base, "runtime_len": int(L * plan.alpha)}
 
 
 def method_note(plan: "Plan", which: str) -> str:
@@ -186,8 +184,6 @@ _POINTS = (
                  "never decreasing, interpolated in log space (default: the ntk-parts ramp for alpha "
                  f"at {ff.DEFAULT_POINTS} points; `tune --method factors` searches them)"),
 )
-_FACTORS_NOTE = ("{method}: rope_freqs.weight holds {n_pairs} per-pair divisors {ff_min:.4g}..{ff_max:.4g}; "
-                 "llama.cpp applies them only for llama-family architectures")
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -258,7 +254,6 @@ METHODS: dict[str, Method] = {
             _ntk_parts,
             options=_BETAS,
             writes_factors=True,
-            gguf_note=_FACTORS_NOTE,
         ),
         Method(
             "factors",
@@ -271,7 +266,6 @@ METHODS: dict[str, Method] = {
             _profile,
             options=_POINTS,
             writes_factors=True,
-            gguf_note=_FACTORS_NOTE,
         ),
         Method(
             "none",
