@@ -94,7 +94,7 @@ def factor_line(plan: Plan) -> str:
         return ""
     opts = ", ".join(f"{k} {g(v) if isinstance(v, float) else ','.join(map(g, v)) if v else 'default'}"
                      for k, v in plan.options)
-    return (f"rope_freqs.weight: {len(f)} per-pair divisors {g(min(f))}..{g(max(f))}"
+    return (f"rope_freqs.weight: {len(f)} per-pair divisors {min(f):.6g}..{max(f):.6g}"
             + (f" ({opts})" if opts else ""))
 
 
