@@ -29,6 +29,7 @@ Usage::
 
     python tools/crash_harness.py                  # the long run: all fixtures, all scenarios
     python tools/crash_harness.py --quick          # one fixture, a few scenarios (what CI runs)
+    python tools/crash_harness.py --factors        # the per-pair factor scenarios, all fixtures
     python tools/crash_harness.py --random 40 --json out.json
     python tools/crash_harness.py --random 25 --stress 40 --big 128 --seed 1   # docs/reliability.md
 
@@ -169,6 +170,13 @@ FACTOR_SCENARIOS = [
              ("patch", 1024, "yarn", True), llama_only=True),
     Scenario("revert ntk-parts (removes rope_freqs)", (_p(1024, "ntk-parts"),), ("revert", "{f}"), ("pristine",),
              llama_only=True),
+    Scenario("factors first patch to a copy (-o)", (), _p(2048, "factors", "--factors", "1,2,4", "-o", "{o}"),
+             ("patch", 2048, "factors", True, None, (("points", (1.0, 2.0, 4.0)),)), output=True, llama_only=True),
+    Scenario("re-patch yarn->ntk-parts (adds rope_freqs, rewrite)", (_p(1024, "yarn"),), _p(2048, "ntk-parts"),
+             ("patch", 2048, "ntk-parts", True), llama_only=True),
+    Scenario("re-patch ntk-parts->factors (header + one data pwrite)", (_p(1024, "ntk-parts"),),
+             _p(1024, "factors", "--factors", "1,3"), ("patch", 1024, "factors", True, None, (("points", (1.0, 3.0)),)),
+             llama_only=True, partial_ok=True),
 ]
 SCENARIOS += FACTOR_SCENARIOS
 
@@ -218,9 +226,9 @@ def _validate(path: str, expect: tuple, pristine: str, use_llama: bool) -> str |
             return "not the pristine bytes"
         target_ctx, target = info.current.n_ctx_train, info.current
     else:
-        _, ctx, method, record, *alpha = expect
+        _, ctx, method, record, *rest = expect  # rest: (alpha, options as (name, value) pairs)
         orig = gp.inspect_gguf(pristine).original
-        plan = make_plan(orig, ctx, method, *alpha)
+        plan = make_plan(orig, ctx, method, *rest[:1], options=dict(rest[1]) if len(rest) > 1 else None)
         t, c = plan.target, info.current
         if t.freq_factors != c.freq_factors:
             return f"rope_freqs {c.freq_factors} != plan {t.freq_factors}"
@@ -946,9 +954,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-llama", action="store_true", help="skip the llama-cpp-python load check")
     ap.add_argument("--json", help="write the counts here")
+    ap.add_argument("--factors", action="store_true",
+                    help="only the per-pair factor scenarios (rope_freqs.weight writes), no disk/link checks")
     args = ap.parse_args(argv)
     fixtures = args.fixtures or (GGUF_FIXTURES[:1] if args.quick else GGUF_FIXTURES)
-    scenarios = QUICK_SCENARIOS if args.quick else SCENARIOS
+    scenarios = FACTOR_SCENARIOS if args.factors else QUICK_SCENARIOS if args.quick else SCENARIOS
     t0 = time.monotonic()
     work = tempfile.mkdtemp(prefix="ropepatch-crash-")
     report: dict = {"command": "python tools/crash_harness.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -964,11 +974,12 @@ def main(argv=None) -> int:
         report["kill_rows"] = rows
         report["problems"] = total.problems
         checks: list[Check] = []
-        print("disk full / read-only / concurrent / links")
-        checks += disk_full_checks(fixtures[0], work, quick=args.quick)
-        checks += readonly_checks(fixtures[0], work)
-        checks += concurrency_checks(fixtures[0], work, stress=args.stress, seed=args.seed)
-        checks += link_checks(fixtures[0], work, quick=args.quick)
+        if not args.factors:
+            print("disk full / read-only / concurrent / links")
+            checks += disk_full_checks(fixtures[0], work, quick=args.quick)
+            checks += readonly_checks(fixtures[0], work)
+            checks += concurrency_checks(fixtures[0], work, stress=args.stress, seed=args.seed)
+            checks += link_checks(fixtures[0], work, quick=args.quick)
         for c in checks:
             mark = "skip" if c.ok is None else ("ok  " if c.ok else "FAIL")
             print(f"  [{mark}] {c.name}" + (f"\n         {c.detail}" if c.detail else ""))
@@ -978,7 +989,7 @@ def main(argv=None) -> int:
     secs = time.monotonic() - t0
     t = report["kills"]
     print(f"\nkills tried {t['kills']}, originals intact {t['original']}, patched files valid {t['patched']}, "
-          f"other valid {t['other_valid']}, corrupt {t['corrupt']}; temp file left by {t['temps_left']} kills, "
+          f"partial {t['partial']}, other valid {t['other_valid']}, corrupt {t['corrupt']}; temp file left by {t['temps_left']} kills, "
           f"all removed by the retry: {t['retry_failed'] == 0}; retries ok {t['retry_ok']}/{t['kills']}; {secs:.0f} s")
     failed = [c for c in report["checks"] if c["ok"] is False]
     report["seconds"] = round(secs, 1)

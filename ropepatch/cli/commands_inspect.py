@@ -63,7 +63,9 @@ def _gguf_dict(info) -> dict:
         "patched_by_ropepatch": prov is not None,
         "provenance": None
         if prov is None
-        else {"version": prov.version, "method": prov.method, "ctx": prov.ctx, "alpha": prov.alpha},
+        else {"version": prov.version, "method": prov.method, "ctx": prov.ctx, "alpha": prov.alpha,
+              "options": {name: list(v) if isinstance(v, tuple) else v for name, v in prov.options.items()},
+              "replace_scaling": prov.replace_scaling},
         "split": list(info.split) if info.split else None,
         "file_size": info.file_size,
         "n_tensors": info.n_tensors,
@@ -85,8 +87,24 @@ def _gguf_text(info) -> str:
             f"  patched by ropepatch {prov.version}: method {prov.method}, ctx {prov.ctx}, "
             f"alpha {g(prov.alpha)}; {info.slack} bytes reserved for in-place re-patches"
         )
+        if prov.options or prov.replace_scaling:
+            lines.append("  options:  " + options_text(prov.options, prov.replace_scaling))
         lines.append("  original: " + describe_params(info.original))
     return "\n".join(lines)
+
+
+def options_text(options: dict, replaced: bool) -> str:
+    """The recorded method options in one line: ``points 1, 1.5, 3`` / ``beta_fast 32, beta_slow 1``."""
+    def shown(v) -> str:
+        if not isinstance(v, tuple):
+            return "default" if v is None else g(v)
+        more = f", ... ({len(v)} values)" if len(v) > 12 else ""  # a damaged record: no screenful
+        return ", ".join(g(x) for x in v[:12]) + more
+
+    parts = [f"{name} {shown(v)}" for name, v in sorted(options.items())]
+    if replaced:
+        parts.append("the factors replaced the file's own rope_freqs (--replace-scaling)")
+    return "; ".join(parts)
 
 
 def _inspect_hf(args) -> int:

@@ -38,8 +38,9 @@ from ropepatch.errors import FormatError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import KV, GGUFHeader, kv_from_value_raw, make_kv, serialize_header
 from ropepatch.formats.gguf.keys import ValueType, k
-from ropepatch.formats.gguf.tensors import GGML_F32, MAX_FACTOR_PAIRS, ROPE_FREQS, find_tensor
+from ropepatch.formats.gguf.tensors import GGML_F32, MAX_FACTOR_PAIRS, ROPE_FREQS, data_end, find_tensor, overlapping
 from ropepatch.formats.jsontext import parse_json
+from ropepatch.rope.methods import METHODS
 from ropepatch.safeio.commit import PAGE
 from ropepatch.safeio.paths import shown
 
@@ -290,20 +291,32 @@ def _bounded(rec: GgufUndoRecord, h: GGUFHeader) -> GgufUndoRecord:
     if rec.rope_freqs is not None and not _freqs_fit(rec.rope_freqs, h):
         raise _damaged(h.path, "the recorded original rope_freqs tensor does not fit the file's; the "
                                "provenance is damaged")
+    method = h.get(K.RP_METHOD)
+    if _factor_method(method) and (rec.rope_freqs is None or find_tensor(h, ROPE_FREQS) is None):
+        lost = ("its undo record holds no original rope_freqs state" if rec.rope_freqs is None
+                else f"it has no {ROPE_FREQS}")
+        raise _damaged(h.path, f"the file says it was patched with per-pair factors ({method}) but {lost}; "
+                               f"the provenance is damaged")
     return rec
 
 
 def _freqs_fit(f: FreqsRecord, h: GGUFHeader) -> bool:
-    """Whether the file can hold what ``f`` says: the same-size F32 tensor for recorded bytes;
-    for an added one, an original data length within the data, and the tensor, if present, the
-    last one (where a patch appends it), F32, past that length."""
+    """Whether the file can hold what ``f`` says: the same-size F32 tensor, sharing no bytes,
+    for recorded bytes; for an added one, an original data length within the data that keeps
+    every other tensor's bytes (revert truncates to it), and the tensor, if present, the last
+    one (where a patch appends it), F32, past that length."""
     t = find_tensor(h, ROPE_FREQS)
     if f.raw is not None:
-        return t is not None and t.ggml_type == GGML_F32 and t.shape == (len(f.raw) // 4,)
-    if f.data_length > h.data_length:
+        return (t is not None and t.ggml_type == GGML_F32 and t.shape == (len(f.raw) // 4,)
+                and overlapping(h, t) is None)
+    if not data_end([x for x in h.tensors if x is not t]) <= f.data_length <= h.data_length:
         return False
     return t is None or (h.tensors[-1] is t and t.ggml_type == GGML_F32 and len(t.shape) == 1
                          and t.offset >= f.data_length)
+
+
+def _factor_method(name) -> bool:
+    return isinstance(name, str) and name in METHODS and METHODS[name].writes_factors
 
 
 def original_kvs(h: GGUFHeader, prov: Provenance | None) -> list[KV]:

@@ -27,6 +27,7 @@ from ropepatch.formats.gguf.tensors import (
     encode_tensor_info,
     factor_bytes,
     find_tensor,
+    overlapping,
     pad_to,
     read_tensor_bytes,
     rope_freqs_problem,
@@ -71,7 +72,8 @@ def unchanged(h: GGUFHeader) -> TensorLayout:
 def original_freqs(path: str, h: GGUFHeader, prov: Provenance | None, plan: Plan | None) -> FreqsRecord | None:
     """The original rope_freqs state: the record's, else (never touched) the file's own, read
     only when ``plan`` writes factors (None otherwise: nothing to restore or record). Refuses
-    (one line) a factor plan on a file whose rope_freqs is not F32 of rope_dim/2 values."""
+    (one line) a factor plan on a file whose rope_freqs is not F32 of rope_dim/2 values, or
+    shares bytes with another tensor."""
     if prov is not None and prov.record.rope_freqs is not None:
         return prov.record.rope_freqs
     if plan is None or not get_method(plan.method).writes_factors:
@@ -80,6 +82,8 @@ def original_freqs(path: str, h: GGUFHeader, prov: Provenance | None, plan: Plan
     if t is None:
         return FreqsRecord(None, h.data_length)
     problem = rope_freqs_problem(t, plan.original.rope_dim)
+    if not problem and (other := overlapping(h, t)) is not None:
+        problem = f"shares data bytes with tensor {other!r} (llama.cpp refuses such a file)"
     if problem:
         raise UnsupportedModelError(
             f"{shown(path)}: its {ROPE_FREQS} {problem}; ropepatch writes per-pair factors as F32 "

@@ -231,8 +231,13 @@ def _read_tensor_infos(c: _Cursor, path: str, n_tensors: int) -> list[TensorInfo
     # every tensor info needs >= 8+4+8+4+8 bytes
     c.need(n_tensors * 32, f"{n_tensors} tensor infos")
     tensors: list[TensorInfo] = []
+    seen: set[str] = set()
     for i in range(n_tensors):
         name = c.string(f"name of tensor {i}")
+        if name in seen:  # llama.cpp refuses these (gguf.cpp: "duplicate tensor name")
+            raise FormatError(f"{path}: duplicate tensor name {name!r}; llama.cpp refuses such files; the file "
+                              f"is corrupt")
+        seen.add(name)
         n_dims = c.u32(f"dimension count of tensor {name!r}")
         if n_dims > GGML_MAX_DIMS:
             raise FormatError(

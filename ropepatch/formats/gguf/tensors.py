@@ -75,6 +75,24 @@ def rope_freqs_problem(t: TensorInfo, rope_dim: int) -> str:
     return ""
 
 
+def overlapping(h: GGUFHeader, t: TensorInfo) -> str | None:
+    """The name of another tensor of ``h`` whose data bytes overlap ``t``'s (llama.cpp refuses
+    such files: offsets must be consecutive); None when none does (unknown types: not checked)."""
+    n = ggml_nbytes(t.ggml_type, t.shape)
+    for u in h.tensors:
+        m = ggml_nbytes(u.ggml_type, u.shape)
+        if u is not t and n is not None and m is not None and n and m and (
+                u.offset < t.offset + n and t.offset < u.offset + m):
+            return u.name
+    return None
+
+
+def data_end(tensors: Sequence[TensorInfo]) -> int:
+    """Where the last byte of any of ``tensors`` (of a known type) ends, relative to the data start."""
+    ends = [t.offset + n for t in tensors if (n := ggml_nbytes(t.ggml_type, t.shape)) is not None]
+    return max(ends, default=0)
+
+
 def usable_factors(raw: bytes) -> tuple[float, ...]:
     """The divisors in ``raw``; () when any is not a finite number > 0 (a runtime would divide
     by it: such a file is not one ropepatch composes with)."""
