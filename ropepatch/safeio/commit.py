@@ -57,19 +57,20 @@ def changed_run(old: bytes, new: bytes, block: int = PAGE) -> tuple[int, int] | 
         end = b0
 
 
-def page_local_run(old: bytes, new: bytes) -> tuple[int, bytes] | None:
-    """The one in-place write that turns ``old`` into ``new`` (both the file's bytes from offset
-    0): ``(offset, bytes)`` from the first changed byte to the last, when the lengths are equal
-    and that run lies inside one 4 KiB page (``(0, b"")`` when nothing changes); else None."""
+def page_local_run(old: bytes, new: bytes, base: int = 0) -> tuple[int, bytes] | None:
+    """The one in-place write that turns ``old`` into ``new`` (the file's bytes from offset
+    ``base``): ``(offset in the file, bytes)`` from the first changed byte to the last, when the
+    lengths are equal and that run lies inside one 4 KiB page of the file (``(0, b"")`` when
+    nothing changes); else None."""
     if len(old) != len(new):
         return None
     run = changed_run(old, new)
     if run is None:
         return 0, b""
     first, end = run
-    if first // PAGE != (end - 1) // PAGE:
+    if (base + first) // PAGE != (base + end - 1) // PAGE:
         return None
-    return first, new[first:end]
+    return base + first, new[first:end]
 
 
 class Commit(NamedTuple):
@@ -127,16 +128,7 @@ def _data_run(data_offset: int, span) -> tuple[int, bytes] | None:
     if span is None:
         return 0, b""
     rel, old, new = span
-    if len(old) != len(new):
-        return None
-    run = changed_run(old, new)
-    if run is None:
-        return 0, b""
-    first, end = run
-    start = data_offset + rel + first
-    if start // PAGE != (start + end - first - 1) // PAGE:
-        return None
-    return start, new[first:end]
+    return page_local_run(old, new, data_offset + rel)
 
 
 def commit_model(
