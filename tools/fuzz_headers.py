@@ -24,7 +24,11 @@ patched and --no-record-patched copies, a v2 file, a file with general.alignment
 structure-aware mutations: bit and byte flips in the header, every length / count / type field
 set to edge values (0, 1, 2^31, 2^32-1, 2^63, 2^64-1, ...), truncation, deleting / duplicating /
 swapping / retyping metadata entries (with and without fixing the count), RoPE keys given hostile
-types and values, ropepatch's undo record (JSON) damaged, crafted entries with absurd lengths.
+types and values, ropepatch's undo record (JSON) damaged, crafted entries with absurd lengths;
+per-pair factors (issue 14): llama3-style and ntk-parts/factors-patched seeds, the rope_freqs.weight
+tensor's values (NaN, inf, 0, negative), type, shape, offset (overlapping, past the end) and a
+duplicate of its info, the record's ``rope_freqs`` field and ``ropepatch.options`` damaged, and
+hostile --factors / --beta-* options through the patch targets.
 
 Every case must end in a ``RopepatchError`` whose message is one line, or a correct result.
 Anything else is a finding: ``crash`` (another exception), ``hang`` (over the time limit; SIGALRM),
@@ -249,7 +253,7 @@ def gguf_seeds(work: str, big: bool = True) -> list[tuple[str, bytes]]:
         with contextlib.suppress(RopepatchError):
             gp.patch_gguf(p, 256, "ntk", record=False)
             out.append((f"{name}+norecord", Path(p).read_bytes()))
-    return out
+    return out + factor_seeds(work)
 
 
 # ---- GGUF structure-aware mutation ---------------------------------------------------------
@@ -320,8 +324,11 @@ HOSTILE_STRINGS = [(T.STRING, v) for v in ("", "none", "linear", "yarn", "longro
 
 
 def _hostile_records(rng: random.Random, rec: dict) -> str:
-    choice = rng.randrange(14)
+    choice = rng.randrange(16)
     r = json.loads(json.dumps(rec))
+    if choice >= 14:  # the rope_freqs field (issue 14)
+        r["rope_freqs"] = _hostile_freqs_field(rng, r.get("rope_freqs"))
+        return json.dumps(r)
     if choice == 0:
         return "[" * rng.choice([10, 1000, 100000]) + "]" * rng.choice([0, 10])
     if choice == 1:
@@ -376,8 +383,8 @@ def _mutate_gguf(rng: random.Random, data: bytes, lay: Layout | None) -> bytes:
     for _ in range(ops):
         lay = lay if lay is not None and bytes(buf) == data else layout(bytes(buf))
         hdr_end = lay.h.data_offset if lay else min(len(buf), 4096)
-        op = rng.choices(["flip", "field", "trunc", "kv", "semantic", "record", "insert", "splice"],
-                         [18, 25, 6, 14, 20, 9, 6, 2])[0]
+        op = rng.choices(["flip", "field", "trunc", "kv", "semantic", "record", "insert", "splice", "factors"],
+                         [18, 25, 6, 14, 20, 9, 6, 2, 8])[0]
         if op == "flip" or (lay is None and op not in ("trunc",)):
             for _ in range(rng.choice([1, 1, 2, 4, 16])):
                 if not buf:
@@ -407,6 +414,8 @@ def _mutate_gguf(rng: random.Random, data: bytes, lay: Layout | None) -> bytes:
             buf = bytearray(_record_op(rng, bytes(buf), lay))
         elif op == "insert":
             buf = bytearray(_insert_crafted(rng, bytes(buf), lay))
+        elif op == "factors":
+            buf = bytearray(factors_op(rng, bytes(buf), lay))
         elif op == "splice":
             a = rng.randrange(len(buf)) if buf else 0
             b = rng.randrange(len(buf)) if buf else 0
@@ -522,6 +531,123 @@ def _insert_crafted(rng, data, lay):
     return _rebuild(lay, data, raws)
 
 
+# ---- per-pair factors (issue 14): rope_freqs.weight and the records around it --------------
+
+ROPE_FREQS = "rope_freqs.weight"
+LLAMA3 = (1.0, 1.0, 1.0, 1.25, 2.0, 4.0, 8.0, 8.0)
+HOSTILE_FACTORS = [float("nan"), float("inf"), float("-inf"), 0.0, -0.0, -1.0, 1e-45, 3.4e38, 1.0, 8.0]
+HOSTILE_OPTIONS = ["points: 1, 2", "[1,2]", "{}", "null", '{"points":[NaN,2]}', '{"points":[1,1e400]}',
+                   '{"points":"1,2"}', '{"points":[[1],[2]]}', '{"beta_fast":true}', '{"points":[3,1]}',
+                   '{"points":[]}', '{"points":[0,0]}', '{"bogus":1}', '{"beta_fast":-5,"beta_slow":1}',
+                   '{"points":[1,2],"replace_scaling":"yes"}', '{"points":[1,2],"replace_scaling":true}',
+                   '{"points":[' + ",".join(["1"] * 70000) + "]}", "{" * 5000]
+
+
+def with_rope_freqs(data: bytes, values, ggml_type: int = 0, shape=None) -> bytes:
+    """``data`` with a llama3-style rope_freqs.weight (F32, or F16 with ``ggml_type=1``) holding
+    ``values`` appended: its info after the others, its bytes after the data's padded end."""
+    from ropepatch.formats.gguf.header import TensorInfo
+    from ropepatch.formats.gguf.tensors import data_size, encode_tensor_info
+
+    h = parse_header(data, "seed", len(data))
+    off = data_size(h.tensors, h.alignment) or 0
+    blob = struct.pack(f"<{len(values)}{'e' if ggml_type == 1 else 'f'}", *values)
+    info = encode_tensor_info(TensorInfo(ROPE_FREQS, shape or (len(values),), ggml_type, off))
+    head = serialize_header(h.version, h.kvs, h.tensor_info_raw + info, len(h.tensors) + 1)
+    head += bytes(-len(head) % h.alignment)
+    body = data[h.data_offset:]
+    body += bytes(max(0, off - len(body))) + blob + bytes(-len(blob) % h.alignment)
+    return head + body
+
+
+def factor_seeds(work: str) -> list[tuple[str, bytes]]:
+    """A llama3-style small file, and small files patched with ntk-parts / factors (the tensor
+    appended, or composed with / replacing the file's own)."""
+    l3 = with_rope_freqs(small_gguf(), LLAMA3)
+    out = [("small-llama3", l3)]
+    for name, data, method, opts, rs in (("small-llama", small_gguf(), "ntk-parts", None, False),
+                                         ("small-llama", small_gguf(), "factors", {"points": (1.0, 2.0, 4.0)}, False),
+                                         ("small-llama3", l3, "ntk-parts", {"beta_fast": 16.0}, False),
+                                         ("small-llama3", l3, "factors", {"points": (1.0, 3.0)}, True)):
+        p = os.path.join(work, "seed.gguf")
+        Path(p).write_bytes(data)
+        gp.patch_gguf(p, 512, method, options=opts, replace_scaling=rs)
+        out.append((f"{name}+{method}{'+rs' if rs else ''}", Path(p).read_bytes()))
+    return out
+
+
+def hostile_options(rng: random.Random, method: str) -> dict | None:
+    """Method options for a patch call (mostly none; hostile ones for the factor methods)."""
+    if method == "factors" and rng.random() < 0.5:
+        return {"points": rng.choice([(1.0, 2.0), (1.0, 1.5, 3.0), (2.0, 1.0), (1.0, float("nan")), (1.0,),
+                                      (1.0, 1e300), (0.0, 1.0), tuple(range(1, 40))])}
+    if method == "ntk-parts" and rng.random() < 0.5:
+        return {rng.choice(["beta_fast", "beta_slow"]): rng.choice([32.0, 0.5, -1.0, 0.0, float("nan"), 1e300])}
+    return None
+
+
+def _hostile_freqs_field(rng: random.Random, cur) -> object:
+    n = cur.get("data_length", 0) if isinstance(cur, dict) and isinstance(cur.get("data_length"), int) else 0
+    return rng.choice([None, 5, "x", [], {}, {"raw": "zz"}, {"raw": "0000803"}, {"raw": "0000803f"},
+                       {"raw": "0000803f" * 8}, {"raw": "0000c07f" * 8}, {"raw": "00" * (1 << 18)},
+                       {"data_length": -1}, {"data_length": 0}, {"data_length": 1 << 64}, {"data_length": 1.5},
+                       {"data_length": True}, {"data_length": "1"}, {"raw": "0000803f" * 8, "data_length": 1},
+                       {"data_length": max(0, n + rng.choice([-64, -32, -8, -1, 1, 8, 32]))}])
+
+
+def factors_op(rng: random.Random, data: bytes, lay) -> bytes:
+    """A per-pair-factor mutation: the rope_freqs tensor's values, type, shape, offset or a
+    duplicate of its info; ``ropepatch.options`` garbage; or a rope_freqs added to a file."""
+    t = next((x for x in lay.h.tensors if x.name == ROPE_FREQS), None)
+    kind = rng.randrange(7)
+    if kind == 0 or (t is None and kind < 5):
+        if t is not None or lay.h.get("general.architecture") is None:
+            return _set_options(rng, data, lay)
+        n = rng.choice([8, 8, 4, 16])
+        vals = [rng.choice(HOSTILE_FACTORS) for _ in range(n)] if rng.random() < 0.5 else list(LLAMA3[:n]) * (n // 8 or 1)
+        return with_rope_freqs(data, vals[:n], rng.choice([0, 0, 0, 1]))
+    if kind == 5:
+        return _set_options(rng, data, lay)
+    if t is None:
+        return data
+    from ropepatch.formats.gguf.tensors import encode_tensor_info
+
+    enc = encode_tensor_info(t)
+    i = data.find(enc, lay.tstart, lay.h.data_offset)
+    if i < 0:
+        return data
+    buf = bytearray(data)
+    end = i + len(enc)
+    if kind == 1:  # values
+        at = lay.h.data_offset + t.offset
+        for j in range(rng.randrange(1, 4)):
+            k = at + 4 * rng.randrange(max(1, t.shape[0] if t.shape else 1))
+            buf[k:k + 4] = struct.pack("<f", rng.choice(HOSTILE_FACTORS))
+    elif kind == 2:  # type
+        buf[end - 12:end - 8] = struct.pack("<I", rng.choice([1, 8, 30, 99, 0xFFFFFFFF]))
+    elif kind == 3:  # shape
+        dim = i + 8 + len(t.name.encode()) + 4
+        buf[dim:dim + 8] = struct.pack("<Q", rng.choice([0, 1, 4, 16, 1 << 16, (1 << 16) + 1, 1 << 63]))
+    elif kind == 4:  # offset: another tensor's, misaligned, past the end
+        other = rng.choice(lay.h.tensors).offset
+        buf[end - 8:end] = struct.pack("<Q", rng.choice([0, other, t.offset + 1, t.offset + 32, 1 << 40]))
+    else:  # a duplicate info (count fixed)
+        buf[end:end] = enc
+        buf[8:16] = struct.pack("<Q", len(lay.h.tensors) + 1)
+        head_end = lay.h.data_offset - len(lay.h.padding)
+        pad = -(head_end + len(enc)) % lay.h.alignment
+        return bytes(buf[:head_end + len(enc)]) + bytes(pad) + data[lay.h.data_offset:]
+    return bytes(buf)
+
+
+def _set_options(rng: random.Random, data: bytes, lay) -> bytes:
+    new = make_kv("ropepatch.options", T.STRING, rng.choice(HOSTILE_OPTIONS)).raw
+    raws = [new if kv.key == "ropepatch.options" else kv.raw for kv in lay.h.kvs]
+    if lay.h.entry("ropepatch.options") is None:
+        raws.insert(rng.randrange(len(raws) + 1), new)
+    return _rebuild(lay, data, raws)
+
+
 # ---- GGUF targets -------------------------------------------------------------------------
 
 
@@ -559,20 +685,22 @@ def check_gguf(stats: Stats, rng: random.Random, data: bytes, work: str, save=No
     ctx = rng.choice([256, 512, 1024, 4096, 1 << 20, 0xFFFFFFFF, 1 << 33, 129, 1])
     alpha = rng.choice([None, None, None, 1.0, 2.5, 1e30, float("inf")])
     rs = rng.random() < 0.3
-    res = guarded(stats, "patch_gguf(dry_run)", lambda: gp.patch_gguf(path, ctx, method, alpha, dry_run=True, replace_scaling=rs),
-                  data, budget, timeout, save, ".gguf")
+    opts = hostile_options(rng, method)
+    res = guarded(stats, "patch_gguf(dry_run)", lambda: gp.patch_gguf(path, ctx, method, alpha, dry_run=True, replace_scaling=rs,
+                                                                      options=opts), data, budget, timeout, save, ".gguf")
     guarded(stats, "revert_gguf(dry_run)", lambda: gp.revert_gguf(path, dry_run=True), data, budget, timeout, save, ".gguf")
-    argv = rng.choice([["inspect", path], ["gguf", path, "--ctx", str(ctx), "--method", method, "--dry-run"],
+    flags = ["--factors", "1,2,4"] if method == "factors" and rng.random() < 0.5 else []
+    argv = rng.choice([["inspect", path], ["gguf", path, "--ctx", str(ctx), "--method", method, "--dry-run", *flags],
                        ["plan", path, "--ctx", str(ctx)], ["revert", path, "--dry-run"]])
     guarded(stats, "cli " + argv[0], _cli(argv + (["--json"] if rng.random() < 0.4 else [])), data, budget, timeout, save, ".gguf")
     if wrote():
         stats.finding("wrote", "dry-run entry points", "the input file or its directory changed", data, save, ".gguf")
         return
     if res is not None and deep:
-        _deep(stats, rng, data, path, d, ctx, method, alpha, rs, save, timeout)
+        _deep(stats, rng, data, path, d, ctx, method, alpha, rs, save, timeout, opts)
 
 
-def _deep(stats, rng, data, path, d, ctx, method, alpha, rs, save, timeout) -> None:
+def _deep(stats, rng, data, path, d, ctx, method, alpha, rs, save, timeout, opts=None) -> None:
     """The dry run accepted the input: write the patch for real (to a copy), re-patch it in
     place, revert it: every step must work and the revert must give the input's bytes."""
     out = os.path.join(d, "out.gguf")
@@ -591,7 +719,7 @@ def _deep(stats, rng, data, path, d, ctx, method, alpha, rs, save, timeout) -> N
                 expect = Path(orig).read_bytes()
             except RopepatchError:
                 expect = None
-        r = gp.patch_gguf(path, ctx, method, alpha, out=out, replace_scaling=rs)
+        r = gp.patch_gguf(path, ctx, method, alpha, out=out, replace_scaling=rs, options=opts)
         read_header(out)
         gp.inspect_gguf(out)
         prov = gp.inspect_gguf(out).provenance
@@ -873,6 +1001,7 @@ def corpus_cases() -> dict[str, bytes]:
         "valid-patched.gguf": patched,
         "valid-legacy-layout.gguf": legacy_patched(base),
     }
+    cases.update(factor_corpus_cases(base))
     st = dict(st_seeds())["small.safetensors"]
     n = struct.unpack_from("<Q", st)[0]
     hdr = json.loads(st[8:8 + n])
@@ -896,6 +1025,45 @@ def corpus_cases() -> dict[str, bytes]:
         "st-dtype-list.safetensors": st_with(json.dumps({**hdr, "a": {**hdr["a"], "dtype": ["F32"]}})),
     })
     return cases
+
+
+def factor_corpus_cases(base: bytes) -> dict[str, bytes]:
+    """Per-pair factor inputs (issue 14): the first four were accepted (and written to) before
+    the fix, the rest pin refusals and valid round trips."""
+    from ropepatch.formats.gguf.header import TensorInfo
+    from ropepatch.formats.gguf.tensors import encode_tensor_info
+
+    l3 = with_rope_freqs(base, LLAMA3)
+    ntkp = _patched(base, 512, "ntk-parts")
+    lay = layout(l3)
+    t = lay.h.tensors[-1]
+    dup = encode_tensor_info(TensorInfo(t.name, t.shape, t.ggml_type, t.offset + 32))
+    head_end = lay.h.data_offset - len(lay.h.padding)
+    dup_file = (l3[:8] + struct.pack("<Q", len(lay.h.tensors) + 1) + l3[16:head_end] + dup)
+    dup_file += bytes(-len(dup_file) % 32) + l3[lay.h.data_offset:] + struct.pack("<8f", *LLAMA3)
+    overlap = l3.replace(encode_tensor_info(t), encode_tensor_info(TensorInfo(t.name, t.shape, 0, 0)), 1)
+
+    def freqs(change):
+        return _record(ntkp, lambda r: json.dumps({**r, "rope_freqs": change(r.get("rope_freqs"))}))
+
+    return {
+        "factors-duplicate-tensor-name.gguf": dup_file,
+        "factors-rope-freqs-overlaps-token-embd.gguf": overlap,
+        "factors-record-data-length-short.gguf": freqs(lambda f: {"data_length": f["data_length"] - 8}),
+        "factors-record-without-rope-freqs.gguf": _record(ntkp, lambda r: json.dumps(
+            {k: v for k, v in r.items() if k != "rope_freqs"})),
+        "factors-record-data-length-long.gguf": freqs(lambda f: {"data_length": f["data_length"] + 8}),
+        "factors-record-raw-4-values.gguf": freqs(lambda f: {"raw": "0000803f" * 4}),
+        "factors-record-not-an-object.gguf": freqs(lambda f: "absent"),
+        "factors-rope-freqs-f16.gguf": with_rope_freqs(base, LLAMA3, 1),
+        "factors-rope-freqs-nan.gguf": with_rope_freqs(base, (1.0, float("nan"), 1.0, 1.0, 2.0, 2.0, 2.0, 2.0)),
+        "factors-rope-freqs-shape-16.gguf": with_rope_freqs(base, LLAMA3 * 2),
+        "factors-options-nan.gguf": _with_kvs(ntkp, _set("ropepatch.options", T.STRING, '{"beta_fast":NaN}')),
+        "factors-options-unknown-name.gguf": _with_kvs(ntkp, _set("ropepatch.options", T.STRING, '{"bogus":1}')),
+        "valid-llama3.gguf": l3,
+        "valid-ntk-parts.gguf": ntkp,
+        "valid-llama3-factors.gguf": _patched(l3, 512, "factors"),
+    }
 
 
 def write_corpus(d: str) -> None:

@@ -319,3 +319,20 @@ def test_inspect_shows_the_recorded_options(copy_fixture, cli):
     gp.patch_gguf(p, 512, "yarn")
     assert "options:" not in cli("inspect", p).stdout
     assert json.loads(cli("inspect", p, "--json").stdout)["provenance"]["options"] == {}
+
+
+CORPUS = FIXTURES.parent / "tests" / "fuzz_corpus"
+FIXED = {  # accepted before the fix (and written to by a patch): now one line, nothing written
+    "factors-duplicate-tensor-name.gguf": "duplicate tensor name 'rope_freqs.weight'",
+    "factors-rope-freqs-overlaps-token-embd.gguf": "shares data bytes with tensor 'token_embd.weight'",
+    "factors-record-data-length-short.gguf": "rope_freqs tensor does not fit the file's",
+    "factors-record-without-rope-freqs.gguf": "holds no original rope_freqs state",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXED))
+def test_fuzz_corpus_factor_inputs_refused(tmp_path, cli, name):
+    p = str(shutil.copyfile(CORPUS / name, tmp_path / name))
+    before = sha256(p)
+    refused(cli, ("gguf", p, "--ctx", "1024", "--method", "ntk-parts", "--replace-scaling"), FIXED[name])
+    assert sha256(p) == before
