@@ -69,6 +69,7 @@ COMMANDS = {
         "examples:\n  ropepatch tune model.gguf --ctx 16384 --text corpus.txt\n"
         "  ropepatch tune model.gguf --ctx 16384 --text corpus.txt --method yarn --apply\n"
         "  ropepatch tune model.gguf --ctx 16384 --text corpus.txt --method all --apply\n"
+        "  ropepatch tune model.gguf --ctx 16384 --text corpus.txt --method factors --budget 20 --apply\n"
         "  ropepatch tune model.gguf --ctx 32768 --text corpus.txt --method ntk --apply --force\n\n"
         "Every run also measures 'window' (the unscaled model scoring the same tokens with a sliding\n"
         "window of its training length, stride half of it). When no candidate within the ppl_in\n"
