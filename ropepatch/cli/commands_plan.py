@@ -68,7 +68,8 @@ def cmd_plan(args) -> int:
 
 
 def method_options(args, method: str, only: bool = False) -> dict:
-    """The method options given on the command line (--beta-fast, --beta-slow, --factors), for
+    """The method options given on the command line (--beta-fast, --beta-slow, --factors,
+    --attn-factor), for
     ``make_plan`` / ``patch_gguf``: name -> value. An option ``method`` does not take is
     refused in one line naming its flag, unless ``only`` (plan --method all: each method gets
     the ones it takes)."""

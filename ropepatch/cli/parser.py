@@ -74,7 +74,7 @@ def _plan_args(p: argparse.ArgumentParser) -> None:
 
 def _method_option_args(p: argparse.ArgumentParser, example: str) -> None:
     """Each registry method option's flag (ntk-parts' --beta-fast/--beta-slow, factors'
-    --factors), given to the method as ``options``; help examples for the factor methods."""
+    --factors, --attn-factor), given to the method as ``options``; help examples for the factor methods."""
     seen: set[str] = set()
     for m in METHODS.values():
         for o in m.options:
@@ -88,7 +88,8 @@ def _method_option_args(p: argparse.ArgumentParser, example: str) -> None:
     p.epilog = (p.epilog or "") + (
         f"\n\nper-pair frequency factors (rope_freqs.weight; GGUF, llama-family models only):\n"
         f"  ropepatch {example} --method ntk-parts --beta-fast 32 --beta-slow 1\n"
-        f"  ropepatch {example} --method factors --factors 1,1,1.5,2,3,4")
+        f"  ropepatch {example} --method factors --factors 1,1,1.5,2,3,4\n"
+        f"  ropepatch {example} --method factors --attn-factor 1.139   # YaRN's 1 + 0.1 ln s at s = 4")
 
 
 def _gguf_args(p: argparse.ArgumentParser) -> None:

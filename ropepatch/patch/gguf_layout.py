@@ -83,16 +83,21 @@ def recorded_layout(h: GGUFHeader, prov: Provenance | None, plan: Plan, new_kvs:
     says all that. ``replaced``: the plan's factors replace the file's own (recorded in
     ``ropepatch.options``)."""
     arch = plan.target.arch
-    touched = [(t, k(t, arch)) for t in K.TOUCHED_KEYS]
+    changes_attn = plan.target.attn_factor != plan.original.attn_factor  # recorded once a plan changes it
+    lazy = [t for t in K.LAZY_TOUCHED_KEYS if changes_attn or (prov is not None and k(t, arch) in prov.record.keys)]
+    touched = [(t, k(t, arch)) for t in K.TOUCHED_KEYS + tuple(lazy)]
     touched_keys = {key for _, key in touched}
     kept = [kv for kv in new_kvs if kv.key not in touched_keys]
     reuse = (prov is not None and prov.record.at is not None and prov.record.link == link
-             and prov.record.rope_freqs == freqs)
+             and prov.record.rope_freqs == freqs and touched_keys <= set(prov.record.keys))
     rec_kv = h.entry(K.RP_ORIGINAL) if reuse else None
-    if rec_kv is None:  # first patch, a file patched before keys moved, the link or rope_freqs changes
+    if rec_kv is None:  # first patch, a file patched before keys moved, the link, rope_freqs or lazy keys change
         rec = new_record(h, arch) if prov is None else prov.record
         at = {kv.key: i for i, kv in enumerate(base_kvs) if kv.key in touched_keys}
-        rec = dataclasses.replace(rec, at=rec.at if rec.at is not None else at, link=link, rope_freqs=freqs)
+        base = {kv.key: kv for kv in base_kvs}  # a lazy key not yet recorded: base_kvs hold its original state
+        keys = {**{key: base.get(key) for _, key in touched}, **rec.keys}
+        at = at if rec.at is None else {**{key: i for key, i in at.items() if key not in rec.keys}, **rec.at}
+        rec = dataclasses.replace(rec, keys=keys, at=at, link=link, rope_freqs=freqs)
         rec_kv = record_kv(rec, 24 + sum(len(kv.raw) for kv in kept))
     by_key = {kv.key: kv for kv in new_kvs}
     slots = [by_key.get(key) or make_kv(K.RP_UNSET + t.replace("{arch}.", ""), ValueType.UINT8, 0)

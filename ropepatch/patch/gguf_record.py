@@ -281,8 +281,9 @@ def _bounded(rec: GgufUndoRecord, h: GGUFHeader) -> GgufUndoRecord:
         raise _damaged(h.path, f"the recorded padding is {len(rec.padding) // 2} bytes, not less than "
                                f"the alignment ({h.alignment}); the provenance is damaged")
     arch = h.get(K.GENERAL_ARCHITECTURE)
-    if isinstance(arch, str) and not set(rec.keys) <= {k(t, arch) for t in K.TOUCHED_KEYS}:
-        odd = sorted(set(rec.keys) - {k(t, arch) for t in K.TOUCHED_KEYS})[0]
+    allowed = {k(t, arch) for t in K.TOUCHED_KEYS + K.LAZY_TOUCHED_KEYS} if isinstance(arch, str) else set()
+    if isinstance(arch, str) and not set(rec.keys) <= allowed:
+        odd = sorted(set(rec.keys) - allowed)[0]
         raise _damaged(h.path, f"records key {odd!r}, which no patch of a {arch!r} model touches; "
                                f"the provenance is damaged")
     if rec.at is not None and not (set(rec.at) <= set(rec.keys)

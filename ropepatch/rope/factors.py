@@ -17,6 +17,8 @@ from ropepatch.errors import UsageError
 DEFAULT_BETA_FAST = 32.0  # YaRN paper: dims turning more than 32 times in L extrapolate
 DEFAULT_BETA_SLOW = 1.0  # ... and dims turning less than once in L interpolate
 DEFAULT_POINTS = 8  # control points of a `factors` profile started from the ntk-parts ramp
+ATTN_FACTOR_HELP = ("attention temperature M: llama.cpp multiplies cos and sin by M (attention logits by M^2), "
+                    "written as rope.scaling.attn_factor; default 1 (none); YaRN's is 1 + 0.1 ln s")
 
 
 def f32(x: float) -> float:
@@ -59,6 +61,23 @@ def ntk_parts_factors(rope_dim: int, base: float, orig_ctx: int, scale: float,
         ramp = 1.0 - min(1.0, max(0.0, (i - low) / max(0.001, high - low)))  # 1 = keep theta
         out.append(f32(1.0 / ((1.0 - ramp) / scale + ramp)))  # divisor: 1 .. s
     return tuple(out)
+
+
+def yarn_attn_factor(scale: float) -> float:
+    """YaRN's attention temperature for scale s: 1 + 0.1 ln s (1 for s <= 1)."""
+    return 1.0 if scale <= 1.0 else 1.0 + 0.1 * math.log(scale)
+
+
+def check_attn_factor(m) -> float:
+    """A `factors` attention temperature: a finite number between 0.5 and 2."""
+    try:
+        m = float(m)
+    except (TypeError, ValueError):
+        raise UsageError(f"--attn-factor: expected a number between 0.5 and 2, found {m!r}") from None
+    if not (math.isfinite(m) and 0.5 <= m <= 2.0):
+        raise UsageError(f"--attn-factor: expected a finite number between 0.5 and 2 (YaRN's is 1 + 0.1 ln s), "
+                         f"found {m:g}")
+    return m
 
 
 def check_points(points: Sequence[float], n_pairs: int) -> tuple[float, ...]:

@@ -169,7 +169,8 @@ def _profile(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) 
     pts = opts["points"]
     if pts is None:  # the search's start: the ntk-parts ramp for alpha, read at a few points
         pts = ff.sample_points(ff.ntk_parts_factors(orig.rope_dim, orig.freq_base, orig.n_ctx_train, alpha))
-    return _factors_target(orig, ctx, ff.profile_factors(orig.rope_dim // 2, pts))
+    target = _factors_target(orig, ctx, ff.profile_factors(orig.rope_dim // 2, pts))
+    return target.with_(attn_factor=orig.attn_factor * ff.check_attn_factor(opts["attn_factor"]))
 
 
 _BETAS = (
@@ -183,6 +184,7 @@ _POINTS = (
                  "control points P1,...,PK: per-pair divisors from the highest to the lowest frequency, "
                  "never decreasing, interpolated in log space (default: the ntk-parts ramp for alpha "
                  f"at {ff.DEFAULT_POINTS} points; `tune --method factors` searches them)"),
+    MethodOption("attn_factor", "--attn-factor", 1.0, ff.ATTN_FACTOR_HELP),
 )
 
 METHODS: dict[str, Method] = {

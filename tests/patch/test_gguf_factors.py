@@ -134,7 +134,7 @@ def test_factors_points_and_method_switches_revert_to_original(copy_fixture):
     res = gp.patch_gguf(path, CTX, "factors", options={"points": pts})
     assert res.plan.target.freq_factors == ff.profile_factors(N_PAIRS, pts)
     assert gguf_py_factors(path) == ff.profile_factors(N_PAIRS, pts)
-    assert gp.inspect_gguf(path).provenance.options == {"points": pts}
+    assert gp.inspect_gguf(path).provenance.options == {"points": pts, "attn_factor": 1.0}
     for method, tensor in (("yarn", None), ("ntk-parts", "added"), ("ntk", None), ("factors", "added")):
         r = gp.patch_gguf(path, 1024, method)
         assert r.mode == "rewrite", method
@@ -296,7 +296,7 @@ def test_recorded_plan_rebuilds_the_written_factors(tmp_path, replace):
     gp.patch_gguf(path, CTX, "factors", options={"points": (1.0, 2.0, 2.0)}, replace_scaling=replace)
     info = gp.inspect_gguf(path)
     prov = info.provenance
-    assert prov.replace_scaling is replace and prov.options == {"points": (1.0, 2.0, 2.0)}
+    assert prov.replace_scaling is replace and prov.options == {"points": (1.0, 2.0, 2.0), "attn_factor": 1.0}
     rebuilt = make_plan(info.original, prov.ctx, prov.method, prov.alpha, prov.replace_scaling, options=prov.options)
     assert rebuilt.target.freq_factors == info.current.freq_factors == gguf_py_factors(path)
 
@@ -315,7 +315,7 @@ def test_cli_factor_options_json_and_refusals(cli, copy_fixture):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     want = list(ff.profile_factors(N_PAIRS, (1.0, 1.5, 3.0)))
-    assert d["plan"]["params"]["freq_factors"] == want and d["plan"]["options"] == {"points": [1.0, 1.5, 3.0]}
+    assert d["plan"]["params"]["freq_factors"] == want and d["plan"]["options"] == {"points": [1.0, 1.5, 3.0], "attn_factor": 1.0}
     assert d["tensor_change"].startswith(f"{ROPE_FREQS} added") and d["mode"] == "rewrite"
     assert "rope flags" not in d["next_steps"]["llama-server"] and d["next_steps"]["llama-server"].endswith("-c 512")
     r = cli("gguf", path, "--ctx", "512", "--method", "ntk-parts", "--beta-fast", "16")

@@ -257,7 +257,7 @@ def test_unusable_options_are_shown_refused_by_validate_and_replaced(copy_fixtur
     assert r.returncode == 1 and "cannot be rebuilt" in r.stdout and why in r.stdout
     r = cli("gguf", p, "--ctx", "512", "--method", "factors", "--factors", "1,3")
     assert r.returncode == 0, r.stderr
-    assert gp.inspect_gguf(p).provenance.options == {"points": (1.0, 3.0)}
+    assert gp.inspect_gguf(p).provenance.options == {"points": (1.0, 3.0), "attn_factor": 1.0}
     assert cli("revert", p).returncode == 0 and sha256(p) == PRISTINE
 
 
@@ -311,9 +311,9 @@ def test_inspect_shows_the_recorded_options(copy_fixture, cli):
     p = copy_fixture("tiny-llama-f32.gguf")
     gp.patch_gguf(p, 512, "factors", options={"points": (1.0, 1.5, 3.0)})
     r = cli("inspect", p)
-    assert "  options:  points 1, 1.5, 3\n" in r.stdout
+    assert "  options:  attn_factor 1; points 1, 1.5, 3\n" in r.stdout
     d = json.loads(cli("inspect", p, "--json").stdout)["provenance"]
-    assert d["options"] == {"points": [1.0, 1.5, 3.0]} and d["replace_scaling"] is False
+    assert d["options"] == {"points": [1.0, 1.5, 3.0], "attn_factor": 1.0} and d["replace_scaling"] is False
     gp.patch_gguf(p, 512, "ntk-parts", options={"beta_fast": 16.0})
     assert "  options:  beta_fast 16; beta_slow 1\n" in cli("inspect", p).stdout
     gp.patch_gguf(p, 512, "yarn")

@@ -70,6 +70,9 @@ TOUCHED_KEYS = (
     ROPE_SCALING_FACTOR,
     ROPE_SCALING_ORIG_CTX,
 )
+# Touched only by a plan that changes it (factors --attn-factor): recorded, and given a slot, from the
+# first patch that does (so the bytes of every other patch stay as they were); revert restores it.
+LAZY_TOUCHED_KEYS = (ROPE_SCALING_ATTN_FACTOR,)
 
 # ---- ropepatch provenance keys (llama.cpp loads and ignores unknown keys) -----------------
 # RP_VERSION (STRING), RP_METHOD (STRING), RP_CTX (UINT32), RP_ALPHA (FLOAT64), RP_ORIGINAL

@@ -209,6 +209,8 @@ def params_to_kvs(plan: Plan, *, reset_scaling: bool = True) -> dict[str, tuple[
         want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, ScalingType.NONE.value)
     if t.orig_ctx:
         want[k(K.ROPE_SCALING_ORIG_CTX, arch)] = (ValueType.UINT32, t.orig_ctx)
+    if t.attn_factor != o.attn_factor:  # factors --attn-factor (keys.LAZY_TOUCHED_KEYS)
+        want[k(K.ROPE_SCALING_ATTN_FACTOR, arch)] = (ValueType.FLOAT32, t.attn_factor)
     return want
 
 
