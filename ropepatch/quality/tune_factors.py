@@ -2,22 +2,27 @@
 
 The candidate is a profile of K control points (:func:`ropepatch.rope.factors.profile_factors`:
 per-pair divisors from the highest to the lowest frequency, never decreasing, interpolated in
-log space; K = 8, or d/2 when that is smaller). Objective and constraint are tune's: minimise
+log space; K = 8, or d/2 when that is smaller) plus an attention temperature M (``attn_factor``:
+cos and sin times M, written as rope.scaling.attn_factor; in [0.5, 2]). Objective and constraint are tune's: minimise
 ``ppl_ext`` subject to ``ppl_in`` within the tolerance of the unscaled model's ``ppl_in`` on the
 same tokens; a candidate whose ``ppl_in`` (exact once positions < L are scored) is over the
 limit is stopped there -- the sound prefix evaluation -- and its ``ppl_ext`` is not measured.
 
 Stages, each candidate scored once (a profile already tried is not scored again):
 
-1. ``start``: the ntk-parts ramp for alpha = s = ctx / L (YaRN's frequencies), the NTK base
-   change written as factors (``s^(2i/(d-2))``) and linear interpolation (every divisor s),
-   each read off at the K control points;
+1. ``start``: first "yarn as factors" -- the ntk-parts ramp for alpha = s = ctx / L with
+   YaRN's temperature M = 1 + 0.1 ln s, which is YaRN itself (docs/methods.md), the best known
+   point --; then the same ramp with no temperature (M = 1), the NTK base change written as
+   factors (``s^(2i/(d-2))``) and linear interpolation (every divisor s), each read off at the K
+   control points;
 2. ``coord``: coordinate search from the best candidate: for each control point (lowest
    frequency first) try multiplying it by r and by 1/r (the points after it raised, or the ones
-   before it lowered, so the profile stays monotone; every divisor >= 1) and keep the first
-   that improves; when a whole pass improves nothing, r shrinks to sqrt(r) (1.5 down to 1.02);
-3. ``evolve``: a few rounds of uniform crossover of the best profiles plus log-normal
-   mutation (made monotone again), then one more short coordinate pass when they improved.
+   before it lowered, so the profile stays monotone; every divisor >= 1), then M by r^(1/4) and
+   r^(-1/4) (clamped to [0.5, 2]), and keep the first that improves; when a whole pass improves
+   nothing, r shrinks to sqrt(r) (1.5 down to 1.02);
+3. ``evolve``: a few rounds of uniform crossover of the best candidates plus log-normal
+   mutation (made monotone again; M taken from one parent), then one more short coordinate
+   pass when they improved.
 
 "Improves": a feasible candidate with a lower ``ppl_ext``; while nothing is feasible, a lower
 ``ppl_in`` (the search walks toward feasibility). ``--budget MINUTES`` (default 30) stops the
@@ -50,9 +55,12 @@ DEFAULT_BUDGET = 30.0  # minutes
 R_START, R_MIN = 1.5, 1.02  # coordinate step ratios
 EVOLVE_ROUNDS, CHILDREN, PARENTS, SIGMA = 2, 4, 4, 0.15
 MAX_DIVISOR = 1e6
+ATTN_MIN, ATTN_MAX = 0.5, 2.0  # the attn_factor range (rope.factors.check_attn_factor)
 
-# measure(points, stop_in) -> (ppl_in, ppl_ext or None when stopped)
-Measure = Callable[[tuple[float, ...], Callable[[float], bool]], tuple[float, float | None]]
+# measure(points, stop_in, attn_factor) -> (ppl_in, ppl_ext or None when stopped)
+Measure = Callable[[tuple[float, ...], Callable[[float], bool], float], tuple[float, float | None]]
+# a candidate: (control points, attn_factor)
+Candidate = tuple[tuple[float, ...], float]
 
 
 class OutOfBudget(Exception):
@@ -68,9 +76,15 @@ def round_points(points: Sequence[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def points_label(points: Sequence[float]) -> str:
-    """``factors[1,1,1.2,...]``: a candidate's name (unique per profile, so caches keyed on it work)."""
-    return f"{METHOD}[{','.join(f'{p:g}' for p in points)}]"
+def round_attn(m: float) -> float:
+    """An attn_factor made valid: 4 significant digits, clamped to [0.5, 2]."""
+    return min(ATTN_MAX, max(ATTN_MIN, float(f"{m:.4g}")))
+
+
+def points_label(points: Sequence[float], attn: float = 1.0) -> str:
+    """``factors[1,1,1.2,...]`` (``@M`` added for an attn_factor M != 1): a candidate's name
+    (unique per candidate, so caches keyed on it work)."""
+    return f"{METHOD}[{','.join(f'{p:g}' for p in points)}]" + ("" if attn == 1.0 else f"@{attn:g}")
 
 
 def points_of(t: Trial) -> tuple[float, ...]:
@@ -78,18 +92,41 @@ def points_of(t: Trial) -> tuple[float, ...]:
     return tuple(dict(t.options)["points"])
 
 
+def attn_of(t: Trial) -> float:
+    """The attn_factor a factors trial carries (1 = none)."""
+    return float(dict(t.options).get("attn_factor", 1.0))
+
+
+def cand_of(t: Trial) -> Candidate:
+    return points_of(t), attn_of(t)
+
+
+def cand_text(c: Candidate) -> str:
+    """``1,1,1.2,2`` or ``1,1,1.2,2 attn_factor 1.069``: a candidate for notes and the table."""
+    pts = ",".join(f"{p:g}" for p in c[0])
+    return pts if c[1] == 1.0 else f"{pts} attn_factor {c[1]:g}"
+
+
 def start_profiles(original: RopeParams, ctx: int, count: int = ff.DEFAULT_POINTS
-                   ) -> list[tuple[str, tuple[float, ...]]]:
-    """The starting profiles for alpha = s = ctx / L (see the module docstring)."""
+                   ) -> list[tuple[str, tuple[float, ...], float]]:
+    """The starting candidates (name, points, attn_factor) for alpha = s = ctx / L, the best
+    known first (see the module docstring)."""
     d, n, L = original.rope_dim, original.rope_dim // 2, original.n_ctx_train
     s = ctx / L
     k = max(2, min(count, n))
     ntk = [s ** (2 * i / (d - 2)) for i in range(n)] if d > 2 else [s] * n
+    ramp = round_points(ff.sample_points(ff.ntk_parts_factors(d, original.freq_base, L, s), k))
     return [
-        ("ntk-parts ramp", round_points(ff.sample_points(ff.ntk_parts_factors(d, original.freq_base, L, s), k))),
-        ("ntk as factors", round_points(ff.sample_points(ntk, k))),
-        ("linear", round_points([s] * k)),
+        ("yarn as factors", ramp, round_attn(ff.yarn_attn_factor(s))),
+        ("ntk-parts ramp", ramp, 1.0),
+        ("ntk as factors", round_points(ff.sample_points(ntk, k)), 1.0),
+        ("linear", round_points([s] * k), 1.0),
     ]
+
+
+def start_cand(start: Sequence) -> Candidate:
+    """A start (name, points[, attn_factor]) as a candidate (attn_factor 1 when not given)."""
+    return round_points(start[1]), round_attn(start[2] if len(start) > 2 else 1.0)
 
 
 def move(points: tuple[float, ...], j: int, ratio: float) -> tuple[float, ...]:
@@ -111,7 +148,7 @@ class FactorSearch:
         self.measure, self.L, self.limit = measure, L, limit
         self.budget_s, self.max_trials, self.say, self.clock = budget_s, max_trials, say, clock
         self.rng = random.Random(seed)
-        self.tried: dict[tuple[float, ...], Trial] = {}
+        self.tried: dict[Candidate, Trial] = {}
         self.t0 = clock()
         self.out_of_budget = False
 
@@ -124,21 +161,22 @@ class FactorSearch:
         if self.budget_s is not None and self.clock() - self.t0 >= self.budget_s:
             raise OutOfBudget
 
-    def trial(self, points: Sequence[float], stage: str, note: str = "") -> Trial:
-        """Score the profile ``points`` unless it was already tried (OutOfBudget when spent)."""
-        pts = round_points(points)
-        if pts in self.tried:
-            return self.tried[pts]
+    def trial(self, points: Sequence[float], stage: str, note: str = "", attn: float = 1.0) -> Trial:
+        """Score the profile ``points`` with attn_factor ``attn`` unless that candidate was
+        already tried (OutOfBudget when spent)."""
+        pts, attn = round_points(points), round_attn(attn)
+        if (pts, attn) in self.tried:
+            return self.tried[(pts, attn)]
         self._check_budget()
-        lab = points_label(pts)
+        lab = points_label(pts, attn)
         self.say(f"{stage}: {lab}")
         limit = self.limit
-        pin, pext = self.measure(pts, lambda p: p > limit)
+        pin, pext = self.measure(pts, lambda p: p > limit, attn)
         feas = pin <= limit
         t = Trial(profile_alpha(pts), lab, pin, pext if feas else None, feas, stage,
                   note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {self.L}"),
-                  options=(("points", pts),))
-        self.tried[pts] = t
+                  options=(("points", pts), ("attn_factor", attn)))
+        self.tried[(pts, attn)] = t
         self.say(f"  ppl_in {pin:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
                  f"{'' if feas else ' (infeasible)'}")
         return t
@@ -163,12 +201,14 @@ class FactorSearch:
         return tuple(self.tried.values())  # in the order they were scored
 
     # -- stages
-    def run(self, starts: Sequence[tuple[str, Sequence[float]]], *, r_start: float = R_START,
+    def run(self, starts: Sequence[Sequence], *, r_start: float = R_START,
             evolve_rounds: int = EVOLVE_ROUNDS) -> None:
-        """Every stage, until done or out of budget (then ``out_of_budget`` is set)."""
+        """Every stage, until done or out of budget (then ``out_of_budget`` is set); ``starts``:
+        (name, points[, attn_factor]) each."""
         try:
-            for name, pts in starts:
-                self.trial(pts, "start", name)
+            for start in starts:
+                pts, attn = start_cand(start)
+                self.trial(pts, "start", start[0], attn)
             self.coordinate(r_start)
             if self.evolve(evolve_rounds):
                 self.coordinate(math.sqrt(r_start))
@@ -177,16 +217,19 @@ class FactorSearch:
             self.say(f"budget spent after {len(self.tried)} candidates: the best so far wins")
 
     def coordinate(self, r: float, r_min: float = R_MIN) -> None:
-        """Multiply one control point at a time by r or 1/r; shrink r when a pass gains nothing."""
+        """Multiply one control point at a time by r or 1/r, then the attn_factor by r^(1/4) or
+        r^(-1/4); shrink r when a pass gains nothing."""
         while r >= r_min:
             improved = False
-            for j in reversed(range(len(points_of(self.leader())))):
-                for ratio in (r, 1.0 / r):
+            for j in [*reversed(range(len(points_of(self.leader())))), -1]:  # -1: the attn_factor
+                for ratio in ((r, 1.0 / r) if j >= 0 else (r ** 0.25, r ** -0.25)):
                     lead = self.leader()
-                    cand = move(points_of(lead), j, ratio)
-                    if cand == points_of(lead):
+                    pts, attn = cand_of(lead)
+                    cand = (move(pts, j, ratio), attn) if j >= 0 else (pts, round_attn(attn * ratio))
+                    if cand == (pts, attn):
                         continue
-                    if self.key(self.trial(cand, "coord", f"point {j + 1} x{ratio:.3g}")) < self.key(lead):
+                    what = f"point {j + 1}" if j >= 0 else "attn_factor"
+                    if self.key(self.trial(cand[0], "coord", f"{what} x{ratio:.3g}", cand[1])) < self.key(lead):
                         improved = True
                         break
             if not improved:
@@ -200,20 +243,25 @@ class FactorSearch:
             if len(parents) < 2:
                 break
             for _ in range(children):
-                a, b = (points_of(t) for t in self.rng.sample(parents, 2))
+                ta, tb = self.rng.sample(parents, 2)
+                a, b = points_of(ta), points_of(tb)
                 child = [x if self.rng.random() < 0.5 else y for x, y in zip(a, b)]
                 child = [p * math.exp(self.rng.gauss(0.0, SIGMA)) if self.rng.random() < 2 / len(child) else p
                          for p in child]
-                self.trial(round_points(child), "evolve")
+                attn = attn_of(ta if self.rng.random() < 0.5 else tb)
+                self.trial(round_points(child), "evolve", attn=attn)
         return self.key(self.leader()) < before
 
 
 def spec_measure(scorer: Scorer, step: Callable[[str], None] = lambda _w: None) -> Measure:
-    """A :data:`Measure` from tune's scorer of method specs: each profile is the spec
-    ``factors`` with the option ``points`` (scored on the run's temporary patched copy)."""
+    """A :data:`Measure` from tune's scorer of method specs: each candidate is the spec
+    ``factors`` with the options ``points`` and ``attn_factor`` (scored on the run's temporary
+    patched copy)."""
 
-    def measure(points: tuple[float, ...], stop_in: Callable[[float], bool]) -> tuple[float, float | None]:
-        spec = MethodSpec(points_label(points), METHOD, profile_alpha(points), (("points", points),))
+    def measure(points: tuple[float, ...], stop_in: Callable[[float], bool], attn: float = 1.0
+                ) -> tuple[float, float | None]:
+        spec = MethodSpec(points_label(points, attn), METHOD, profile_alpha(points),
+                          (("points", points), ("attn_factor", attn)))
         step(f"tuning {METHOD}: scoring {spec.label}")
         return measured(scorer(spec, stop_in))
 
@@ -235,29 +283,29 @@ def budget_note(search: FactorSearch, budget_min: float | None) -> str:
     return f"{n} profiles scored; the search converged (coordinate steps down to x{R_MIN:g})"
 
 
-def tuning_note(search: FactorSearch, starts: Sequence[tuple[str, tuple[float, ...]]],
-                budget_min: float | None) -> str:
-    """The best profile against the untuned start (the ntk-parts ramp for alpha = s)."""
-    names = {pts: name for name, pts in starts}
-    start = starts[0][1]
+def tuning_note(search: FactorSearch, starts: Sequence[Sequence], budget_min: float | None) -> str:
+    """The best candidate against the untuned first start (yarn as factors for alpha = s)."""
+    names = {start_cand(st): st[0] for st in starts}
+    start, first = start_cand(starts[0]), starts[0][0]
     w, d = search.best(), search.tried.get(start)
-    won_start = w is not None and points_of(w) in names
-    what = f"the {names[points_of(w)]} starting profile" if won_start else "the searched profile"
+    won_start = w is not None and cand_of(w) in names
+    what = f"the {names[cand_of(w)]} starting profile" if won_start else "the searched profile"
     if w is None:
         head = "no factors profile kept ppl_in within the tolerance"
     elif d is None or not d.feasible or d.ppl_ext is None:
-        head = f"best profile {','.join(f'{p:g}' for p in points_of(w))}: ppl_ext {w.ppl_ext:.4g}"
-    elif points_of(w) == start:
-        head = f"the ntk-parts ramp (alpha = ctx/L) is already the best profile tried (ppl_ext {w.ppl_ext:.4g})"
+        head = f"best profile {cand_text(cand_of(w))}: ppl_ext {w.ppl_ext:.4g}"
+    elif cand_of(w) == start:
+        head = f"the {first} start (alpha = ctx/L) is already the best profile tried (ppl_ext {w.ppl_ext:.4g})"
     else:
-        head = (f"{what} beats the ntk-parts ramp (alpha = ctx/L) on ppl_ext: {w.ppl_ext:.4g} vs "
+        head = (f"{what} beats the {first} start (alpha = ctx/L) on ppl_ext: {w.ppl_ext:.4g} vs "
                 f"{d.ppl_ext:.4g} ({100 * (1 - w.ppl_ext / d.ppl_ext):.1f}% lower)")
     return f"{head}; {budget_note(search, budget_min)}"
 
 
 def _shown(t: Trial, name: str) -> Trial:
-    """``t`` with its control points (and the starting profile's name) in the note, for the table."""
-    pts = ",".join(f"{p:g}" for p in points_of(t))
+    """``t`` with its control points and attn_factor (and the starting profile's name) in the
+    note, for the table."""
+    pts = cand_text(cand_of(t))
     extra = "; ".join(x for x in (name, t.note if not t.feasible else "") if x)
     return dataclasses.replace(t, note=f"{pts}" + (f" ({extra})" if extra else ""))
 
@@ -273,10 +321,10 @@ def search_factors(shared: TuneShared, method: str = METHOD) -> TuneResult:
                           budget_s=60.0 * budget, say=shared.log)
     shared.log(f"factors: {len(starts[0][1])} control points, budget {budget:g} min")
     search.run(starts)
-    names = {pts: name for name, pts in starts}
-    table = [_shown(t, names.get(points_of(t), "")) for t in search.table()]
+    names = {start_cand(st): st[0] for st in starts}
+    table = [_shown(t, names.get(cand_of(t), "")) for t in search.table()]
     best = search.best()
-    winner = next((t for t in table if best is not None and points_of(t) == points_of(best)), None)
+    winner = next((t for t in table if best is not None and cand_of(t) == cand_of(best)), None)
     return shared.finish(method, table, winner, tuning_note(search, starts, budget))
 
 

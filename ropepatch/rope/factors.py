@@ -18,7 +18,7 @@ DEFAULT_BETA_FAST = 32.0  # YaRN paper: dims turning more than 32 times in L ext
 DEFAULT_BETA_SLOW = 1.0  # ... and dims turning less than once in L interpolate
 DEFAULT_POINTS = 8  # control points of a `factors` profile started from the ntk-parts ramp
 ATTN_FACTOR_HELP = ("attention temperature M: llama.cpp multiplies cos and sin by M (attention logits by M^2), "
-                    "written as rope.scaling.attn_factor; default 1 (none); YaRN's is 1 + 0.1 ln s")
+                    "written as rope.scaling.attn_factor; 1 = none, YaRN's is 1 + 0.1 ln s")
 
 
 def f32(x: float) -> float:

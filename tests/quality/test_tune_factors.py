@@ -17,17 +17,19 @@ OPT = (1.0, 1.0, 1.3, 1.8, 2.6, 3.5, 4.2, 4.2)  # a monotone optimum
 LIMIT = 1.2
 
 
-def synthetic(calls: list):
-    """ppl_ext: a bowl around OPT in log space; ppl_in grows with the high-frequency divisors
-    (the first half of the points) and is over LIMIT once their log-sum passes 0.6."""
+def synthetic(calls: list, attn_opt: float = 1.0):
+    """ppl_ext: a bowl around (OPT, attn_opt) in log space; ppl_in grows with the high-frequency
+    divisors (the first half of the points) and is over LIMIT once their log-sum passes 0.6."""
 
-    def measure(points, stop_in):
-        calls.append(points)
+    def measure(points, stop_in, attn=1.0):
+        calls.append((points, attn))
         assert all(b >= a >= 1.0 for a, b in zip(points, points[1:]))  # monotone, >= 1
+        assert 0.5 <= attn <= 2.0
         pin = 1.0 + 0.3 * sum(math.log(p) for p in points[:4])
         if stop_in(pin):
             return pin, None
-        ext = 5.0 * math.exp(sum((math.log(p) - math.log(o)) ** 2 for p, o in zip(points, OPT)))
+        ext = 5.0 * math.exp(sum((math.log(p) - math.log(o)) ** 2 for p, o in zip(points, OPT))
+                             + 4 * math.log(attn / attn_opt) ** 2)
         return pin, ext
 
     return measure
@@ -44,12 +46,27 @@ def test_round_points_and_move_keep_profiles_monotone():
 def test_start_profiles_are_monotone_and_start_at_ntk_parts():
     orig = RopeParams(arch="llama", n_ctx_train=8192, rope_dim=64, head_dim=64, freq_base=100000.0)
     starts = TF.start_profiles(orig, 4 * 8192)
-    assert [n for n, _ in starts] == ["ntk-parts ramp", "ntk as factors", "linear"]
-    for _, pts in starts:
+    assert [n for n, _, _ in starts] == ["yarn as factors", "ntk-parts ramp", "ntk as factors", "linear"]
+    for _, pts, _ in starts:
         assert len(pts) == 8 and pts[0] >= 1.0 and pts[-1] == pytest.approx(4.0, rel=1e-3)
         assert all(b >= a for a, b in zip(pts, pts[1:]))
     assert starts[0][1][0] == 1.0  # the ramp keeps the highest frequencies
-    assert set(starts[2][1]) == {4.0}
+    # yarn as factors: the ramp with YaRN's temperature 1 + 0.1 ln s (s = 4); the others have none
+    assert starts[0][1] == starts[1][1] and starts[0][2] == round(1 + 0.1 * math.log(4), 3) == 1.139
+    assert [a for _, _, a in starts[1:]] == [1.0, 1.0, 1.0]
+    assert set(starts[3][1]) == {4.0}
+
+
+def test_search_finds_the_attn_factor_optimum_and_records_it():
+    calls: list = []
+    s = TF.FactorSearch(synthetic(calls, attn_opt=1.1), 128, 1e9)
+    s.run([("flat", [2.0] * 8, 1.0)])
+    b = s.best()
+    assert abs(math.log(TF.attn_of(b) / 1.1)) < 0.02, TF.attn_of(b)
+    assert dict(b.options)["attn_factor"] == TF.attn_of(b) and "@" in b.label
+    assert any(t.note.startswith("attn_factor x") for t in s.tried.values())
+    assert len(calls) == len(set(calls)) == len(s.tried)
+    assert TF.round_attn(3.0) == 2.0 and TF.round_attn(0.1) == 0.5
 
 
 def test_search_finds_the_known_optimum_within_the_constraint():
@@ -147,7 +164,9 @@ def test_tune_factors_tiny_budget_then_apply_validate_revert(copy_fixture, tmpdi
         assert (t.ppl_ext is None) == (not t.feasible)  # infeasible: stopped at L
     feasible = [t for t in r.tried if t.feasible]
     assert r.winner is not None and r.winner.ppl_ext == min(t.ppl_ext for t in feasible)
-    assert r.tried[0].stage == "start" and "ntk-parts ramp" in r.tried[0].note
+    assert r.tried[0].stage == "start" and "yarn as factors" in r.tried[0].note
+    assert TF.attn_of(r.tried[0]) == TF.round_attn(1 + 0.1 * math.log(CTX / 128))
+    assert "attn_factor 1.139" in r.tried[0].note
     assert any(line.startswith("start: factors[") for line in logs)  # progress per candidate
     win = TF.points_of(r.winner)
     assert ",".join(f"{p:g}" for p in win) in format_tune(r)
@@ -158,6 +177,8 @@ def test_tune_factors_tiny_budget_then_apply_validate_revert(copy_fixture, tmpdi
     assert info.provenance.method == "factors"
     assert tuple(info.provenance.options["points"]) == win  # the winner's points, in the provenance
     assert tuple(info.current.freq_factors) == profile_factors(8, win)
+    assert info.provenance.options["attn_factor"] == TF.attn_of(r.winner) == d["winner"]["options"]["attn_factor"]
+    assert info.current.attn_factor == pytest.approx(TF.attn_of(r.winner))
     rep = validate(path, n_threads=2)
     assert rep.passed, rep
     revert_gguf(path)
