@@ -174,7 +174,7 @@ def plan_drift(header: GGUFHeader, plan: Plan) -> list[tuple[str, object, object
     left = {kv.key: (kv.type, kv.value) for kv in original_kvs(header, read_provenance(header))}
     left.update(params_to_kvs(plan))
     drift = []
-    for template in K.TOUCHED_KEYS:
+    for template in K.TOUCHED_KEYS + K.LAZY_TOUCHED_KEYS:
         key = k(template, plan.target.arch)
         t, v = left.get(key, (None, None))
         kv = header.entry(key)

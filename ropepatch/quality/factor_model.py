@@ -36,6 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from ropepatch.errors import RopepatchError, UsageError
 from ropepatch.patch.gguf import PatchResult, inspect_gguf, patch_gguf
 from ropepatch.quality.specs import UNSCALED, WINDOW, MethodSpec
+from ropepatch.rope.factors import f32
 from ropepatch.rope.methods import Plan, alpha_for, get_method, make_plan
 from ropepatch.rope.params import RopeParams
 from ropepatch.runtime.session import DEFAULT_N_BATCH, Model
@@ -209,6 +210,16 @@ def scope(model: Model, tmp_dir: str | None = None) -> Iterator[None]:
         copy.close()
 
 
+def _file_carries(path: str, original: RopeParams, ctx: int, method: str, alpha: float | None,
+                  options: Mapping[str, Any] | None) -> bool:
+    """The file holds the factors and the attn_factor (factors --attn-factor) the plan needs."""
+    cur = inspect_gguf(path).current
+    attn = (original.attn_factor if method == WINDOW
+            else copy_plan(original, ctx, method, alpha, options).target.attn_factor)
+    return (tuple(cur.freq_factors) == needed_factors(original, ctx, method, alpha, options)
+            and f32(cur.attn_factor) == f32(attn))
+
+
 @contextlib.contextmanager
 def scoring_model(model: Model, original: RopeParams, ctx: int, method: str, alpha: float | None = None,
                   options: Mapping[str, Any] | None = None) -> Iterator[Model]:
@@ -216,8 +227,7 @@ def scoring_model(model: Model, original: RopeParams, ctx: int, method: str, alp
     plan, else a temporary copy patched with it (the :func:`scope`'s, re-patched in place, or a
     copy for this block alone): when the per-pair factors the plan needs (:func:`needed_factors`)
     are not the ones the file holds now. A model that is already a copy is used as it is."""
-    if is_copy(model) or tuple(inspect_gguf(model.path).current.freq_factors) == needed_factors(
-            original, ctx, method, alpha, options):
+    if is_copy(model) or _file_carries(model.path, original, ctx, method, alpha, options):
         yield model  # context settings apply the plan (or the copy already carries it)
         return
     name = UNSCALED if method == WINDOW else method

@@ -98,7 +98,8 @@ def test_validate_passes_and_a_tampered_key_fails_b(copy_fixture):
     assert st["a"] == st["b"] == st["c"] == PASSED, format_report(r)
     poke_f32(path, KEY, 1.2)
     r = validate(path, reference_forward=False)
-    assert r.check("b").status == FAILED, format_report(r)
+    assert r.check("a").status == r.check("b").status == FAILED, format_report(r)
+    assert KEY in r.check("a").reason
     assert "attn_factor: runtime 1.20000005, plan 1.07000005" in r.check("b").reason
 
 
@@ -133,3 +134,23 @@ def test_plan_target_multiplies_the_original_attn_factor():
     orig = inspect_gguf(str(__import__("conftest").FIXTURES / NAME)).original.with_(attn_factor=1.5)
     plan = make_plan(orig, 1024, "factors", options={"attn_factor": 1.2})
     assert plan.target.attn_factor == pytest.approx(1.8) and plan.option("attn_factor") == 1.2
+
+
+def test_measuring_reuses_the_file_only_when_its_attn_factor_is_the_plans(copy_fixture, tmp_path, monkeypatch):
+    """quality.factor_model: a file carrying the plan's factors but another attn_factor is scored on
+    a patched copy (its own key would otherwise apply); with the same attn_factor, the file itself."""
+    import tempfile
+
+    from ropepatch.quality.factor_model import scoring_model
+    from ropepatch.runtime.session import Model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = copy_fixture(NAME, "carry.gguf")
+    orig = inspect_gguf(path).original
+    pts = (1.0, 2.0)
+    patch_gguf(path, 1024, "factors", options={"points": pts, "attn_factor": 1.2})
+    with Model(path, n_threads=1) as m:
+        with scoring_model(m, orig, 1024, "factors", options={"points": pts, "attn_factor": 1.2}) as used:
+            assert used is m
+        with scoring_model(m, orig, 1024, "factors", options={"points": pts}) as used:
+            assert used is not m and inspect_gguf(used.path).current.attn_factor == 1.0
