@@ -295,17 +295,22 @@ def tune_lines(tm: str, t: dict) -> list[str]:
     out = [f"Tuning `{tm}` (tolerance {r['tolerance']:.0%} on ppl_in vs unscaled {_g(r['baseline_ppl_in'])}, "
            f"limit {_g(r['ppl_in_limit'])}" + (f", budget {budget:g} min" if budget else "") +
            f"; window ppl_ext {_g((r.get('window') or {}).get('ppl_ext'))}):", "",
-           "| # | stage | points / alpha | ppl_in | ppl_ext | feasible | note |", "|---|---|---|---|---|---|---|"]
+           "| # | stage | points / alpha | attn_factor | ppl_in | ppl_ext | feasible | note |",
+           "|---|---|---|---|---|---|---|---|"]
     for i, x in enumerate(r["tried"], 1):
         pts = (x.get("options") or {}).get("points")
         what = ",".join(f"{p:g}" for p in pts) if pts else f"alpha {_g(x['alpha'])}"
+        attn = (x.get("options") or {}).get("attn_factor")
+        what += f" | {attn:g}" if attn is not None else " | -"
         note = x.get("note", "") if not pts else ("" if x["feasible"] else "stopped at L (ppl_in over the limit)")
         out.append(f"| {i} | {x['stage']} | {what} | {_g(x['ppl_in'])} | {_g(x['ppl_ext'])} | "
                    f"{'yes' if x['feasible'] else 'no'} | {note} |")
     w = r.get("winner")
     if w:
         pts = (w.get("options") or {}).get("points")
-        out += ["", f"Winner: {w['label']}" + (f", points {','.join(f'{p:g}' for p in pts)}" if pts else "") + "."]
+        attn = (w.get("options") or {}).get("attn_factor")
+        out += ["", f"Winner: {w['label']}" + (f", points {','.join(f'{p:g}' for p in pts)}" if pts else "")
+                + (f", attn_factor {attn:g}" if attn is not None else "") + "."]
     else:
         out += ["", "No feasible candidate."]
     out += [x for x in (r.get("tuning"), r.get("verdict")) if x]
