@@ -120,11 +120,12 @@ def next_step_lines(steps: dict[str, str]) -> list[str]:
 
 
 def _plan_table(plans: list[Plan]) -> list[str]:
-    rows = [f"{'method':8} {'alpha':>8} {'freq_base':>14} {'scaling':>8} {'factor':>8} {'orig ctx':>8}"]
+    w = max([8, *(len(p.method) for p in plans)])
+    rows = [f"{'method':{w}} {'alpha':>8} {'freq_base':>14} {'scaling':>8} {'factor':>8} {'orig ctx':>8}"]
     for p in plans:
         t = p.target
         rows.append(
-            f"{p.method:8} {g(p.alpha) if METHODS[p.method].takes_alpha else '-':>8} {g(t.freq_base):>14} "
+            f"{p.method:{w}} {g(p.alpha) if METHODS[p.method].takes_alpha else '-':>8} {g(t.freq_base):>14} "
             f"{t.scaling_type.value:>8} {g(t.scaling_factor) if t.scaling_factor else '-':>8} "
             f"{t.orig_ctx or '-':>8}"
         )
