@@ -58,6 +58,30 @@ def copy_fixture(tmp_path):
     return _copy
 
 
+def one_line(r, *texts) -> str:
+    """The CLI result ``r`` failed with exit status 2 and one ``ropepatch: error:`` line holding
+    each of ``texts``; returns that line."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("ropepatch: error: ") and "Traceback" not in r.stderr
+    for t in texts:
+        assert t in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """A private temporary directory for ropepatch's temporary model copies (other test runs
+    may share /tmp): ``tempfile``'s directory and ``$TMPDIR`` point at it."""
+    import tempfile
+
+    d = tmp_path / "tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    monkeypatch.setenv("TMPDIR", str(d))
+    return d
+
+
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     """Run ``python -m ropepatch ARGS`` as a user would; returns the completed process."""
     return subprocess.run(

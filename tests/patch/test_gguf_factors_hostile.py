@@ -11,7 +11,7 @@ import shutil
 import struct
 
 import pytest
-from conftest import FIXTURES, sha256
+from conftest import FIXTURES, one_line, sha256
 
 from ropepatch.formats.gguf.header import TensorInfo, make_kv, read_header, serialize_header
 from ropepatch.formats.gguf.keys import ValueType
@@ -21,16 +21,6 @@ from ropepatch.patch import gguf as gp
 FIXTURE = FIXTURES / "tiny-llama-f32.gguf"
 PRISTINE = sha256(FIXTURE)
 ONES = (1.0,) * 8
-
-
-def one_line(r, *texts) -> str:
-    """``r`` failed with exit status 2 and one ``ropepatch: error:`` line holding ``texts``."""
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("ropepatch: error: ") and "Traceback" not in r.stderr
-    for t in texts:
-        assert t in lines[0], lines[0]
-    return lines[0]
 
 
 def refused(cli, args, *texts) -> None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FIXTURES, ROOT, sha256
+from conftest import FIXTURES, ROOT, one_line, sha256
 
 from ropepatch.errors import FormatError, RopepatchError, UsageError
 from ropepatch.formats.gguf.header import KV, read_header, serialize_header
@@ -25,16 +25,6 @@ from ropepatch.safeio import files as fileio
 FIXTURE = "tiny-llama-f32.gguf"
 PRISTINE = sha256(FIXTURES / FIXTURE)
 CTX = "llama.context_length"
-
-
-def one_line(r, *texts) -> str:
-    """The CLI result ``r`` failed with one ``ropepatch: error:`` line holding each of ``texts``."""
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith("ropepatch: error: ") and "Traceback" not in r.stderr
-    for t in texts:
-        assert t in lines[0], lines[0]
-    return lines[0]
 
 
 def tree(d) -> dict:

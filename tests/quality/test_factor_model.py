@@ -9,7 +9,6 @@ still measured relative to its original; refusals (qwen2, no room) are one line.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import pytest
@@ -25,15 +24,6 @@ from ropepatch.quality.scoring import runtime_settings_for  # noqa: E402
 MODEL = str(FIXTURES / "tiny-llama-f32.gguf")
 QWEN = str(FIXTURES / "tiny-qwen2-f32.gguf")
 CTX = 512
-
-
-@pytest.fixture
-def tmpdir_(tmp_path, monkeypatch):
-    """A private temporary directory for the copies (other test runs may share /tmp)."""
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +54,10 @@ def _nll(res, label):
     return m.nll_sum / np.maximum(m.count, 1)
 
 
-def test_eval_through_the_copy_equals_the_file_patched_by_ropepatch_gguf(copy_fixture, tmpdir_, tokens, model):
+def test_eval_through_the_copy_equals_the_file_patched_by_ropepatch_gguf(copy_fixture, private_tmp, tokens, model):
     before = sha256(MODEL)
     res = E.evaluate(MODEL, CTX, tokens=tokens, methods="none,ntk-parts,factors", window=False, model=model)
-    assert sha256(MODEL) == before and _copies(tmpdir_) == []  # the user's file only read; no copy left
+    assert sha256(MODEL) == before and _copies(private_tmp) == []  # the user's file only read; no copy left
     patched = copy_fixture("tiny-llama-f32.gguf", "np.gguf")
     p = run_cli("gguf", patched, "--ctx", str(CTX), "--method", "ntk-parts")
     assert p.returncode == 0, p.stderr
@@ -78,7 +68,7 @@ def test_eval_through_the_copy_equals_the_file_patched_by_ropepatch_gguf(copy_fi
         settings, _ = runtime_settings_for(E.extension_original(MODEL, CTX), CTX, "none", None)
         with pm.context(settings) as c:
             raw = c.score(seq)
-    assert _copies(tmpdir_) == []
+    assert _copies(private_tmp) == []
     np.testing.assert_array_equal(_nll(res, "ntk-parts")[1:], _nll(direct, "ntk-parts")[1:])
     np.testing.assert_array_equal(_nll(res, "ntk-parts")[1:], raw[1:])
     # the factors default (the ntk-parts ramp read at 8 points = every pair of this 16-dim model)
@@ -86,7 +76,7 @@ def test_eval_through_the_copy_equals_the_file_patched_by_ropepatch_gguf(copy_fi
     assert not np.array_equal(_nll(res, "none")[1:], raw[1:])  # the factors do reach llama.cpp
 
 
-def test_a_factor_patched_file_is_still_measured_relative_to_its_original(copy_fixture, tmpdir_, tokens, model):
+def test_a_factor_patched_file_is_still_measured_relative_to_its_original(copy_fixture, private_tmp, tokens, model):
     patched = copy_fixture("tiny-llama-f32.gguf", "np.gguf")
     assert run_cli("gguf", patched, "--ctx", str(CTX), "--method", "ntk-parts").returncode == 0
     before = sha256(patched)
@@ -94,10 +84,10 @@ def test_a_factor_patched_file_is_still_measured_relative_to_its_original(copy_f
     res = E.evaluate(patched, CTX, tokens=tokens, methods="none", n_threads=2, n_batch=128)
     for label in ("none", "window"):  # a copy patched with none: the original's unscaled model
         np.testing.assert_array_equal(_nll(res, label)[1:], _nll(orig, label)[1:])
-    assert sha256(patched) == before and _copies(tmpdir_) == []
+    assert sha256(patched) == before and _copies(private_tmp) == []
 
 
-def test_one_copy_serves_a_run_repatched_in_place(tmpdir_, tokens, model, monkeypatch):
+def test_one_copy_serves_a_run_repatched_in_place(private_tmp, tokens, model, monkeypatch):
     calls, real = [], FM.patch_gguf
 
     def spy(path, ctx, method, alpha=None, **kw):
@@ -110,18 +100,18 @@ def test_one_copy_serves_a_run_repatched_in_place(tmpdir_, tokens, model, monkey
     (src, out, m1, mode1), (again, out2, m2, mode2) = calls  # ntk needs no copy
     assert src == MODEL and out is not None and mode1 == "rewrite" and m1 == "ntk-parts"
     assert again == out and out2 is None and mode2 == "in-place" and m2 == "factors"
-    assert _copies(tmpdir_) == []
+    assert _copies(private_tmp) == []
 
 
-def test_copy_is_removed_on_error_and_ctrl_c_and_orphans_are_swept(tmpdir_):
+def test_copy_is_removed_on_error_and_ctrl_c_and_orphans_are_swept(private_tmp):
     for exc in (RuntimeError, KeyboardInterrupt):
         with pytest.raises(exc):
             with FM.PatchedCopy(MODEL, n_threads=2) as pc:
                 pc.load(CTX, "ntk-parts", None)
-                assert len(_copies(tmpdir_)) == 1 and FM.is_copy(pc.model)
+                assert len(_copies(private_tmp)) == 1 and FM.is_copy(pc.model)
                 raise exc("stop")
-        assert _copies(tmpdir_) == []
-    orphan = tmpdir_ / f"{FM.PREFIX}dead{FM.SUFFIX}"  # left by a run killed outright
+        assert _copies(private_tmp) == []
+    orphan = private_tmp / f"{FM.PREFIX}dead{FM.SUFFIX}"  # left by a run killed outright
     orphan.mkdir()
     (orphan / "x.gguf").write_bytes(b"x")
     assert FM.sweep() == 1 and not orphan.exists()
@@ -130,10 +120,10 @@ def test_copy_is_removed_on_error_and_ctrl_c_and_orphans_are_swept(tmpdir_):
         live.patch(CTX, "ntk-parts", None)
         assert not orphan.exists()  # a new copy sweeps first
         assert FM.sweep() == 0 and os.path.exists(live.path)  # the live run's flock keeps its own
-    assert _copies(tmpdir_) == []
+    assert _copies(private_tmp) == []
 
 
-def test_no_room_for_the_copy_is_one_line_and_writes_nothing(tmpdir_, tokens, model, monkeypatch):
+def test_no_room_for_the_copy_is_one_line_and_writes_nothing(private_tmp, tokens, model, monkeypatch):
     import shutil
 
     monkeypatch.setattr(FM.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
@@ -141,22 +131,22 @@ def test_no_room_for_the_copy_is_one_line_and_writes_nothing(tmpdir_, tokens, mo
         E.evaluate(MODEL, CTX, tokens=tokens, methods="none,ntk-parts", model=model)
     msg = str(ei.value)
     assert "\n" not in msg and "TMPDIR" in msg and "tiny-llama-f32.gguf" in msg and "1 MiB free" in msg
-    assert _copies(tmpdir_) == []
+    assert _copies(private_tmp) == []
 
 
-def test_qwen2_refuses_factor_methods_in_one_line_before_scoring(tmpdir_, text):
+def test_qwen2_refuses_factor_methods_in_one_line_before_scoring(private_tmp, text):
     seen = []
     with pytest.raises(UnsupportedModelError) as ei:
         E.evaluate(QWEN, CTX, text, methods="none,ntk-parts", n_threads=2, progress=seen.append)
     msg = str(ei.value)
     assert "\n" not in msg and "tiny-qwen2-f32.gguf" in msg and "qwen2" in msg and "ntk-parts" in msg
-    assert seen == [] and _copies(tmpdir_) == []  # nothing scored, nothing copied
+    assert seen == [] and _copies(private_tmp) == []  # nothing scored, nothing copied
 
 
-def test_cli_eval_and_passkey_with_factor_methods(tmp_path, tmpdir_, text, monkeypatch):
+def test_cli_eval_and_passkey_with_factor_methods(tmp_path, private_tmp, text, monkeypatch):
     tf = tmp_path / "t.txt"
     tf.write_text(text)
-    monkeypatch.setenv("TMPDIR", str(tmpdir_))  # the workers' copies go there too
+    monkeypatch.setenv("TMPDIR", str(private_tmp))  # the workers' copies go there too
     p = run_cli("eval", MODEL, "--ctx", str(CTX), "--text", str(tf), "--methods", "ntk-parts,factors",
                 "--threads", "2", "-q", "--json")
     assert p.returncode == 0, p.stderr
@@ -167,7 +157,7 @@ def test_cli_eval_and_passkey_with_factor_methods(tmp_path, tmpdir_, text, monke
     assert '"ntk-parts"' in k.stdout
     q = run_cli("eval", QWEN, "--ctx", str(CTX), "--text", str(tf), "--methods", "factors", "-q")
     assert q.returncode == 2 and len(q.stderr.strip().splitlines()) == 1 and "qwen2" in q.stderr
-    assert _copies(tmpdir_) == []
+    assert _copies(private_tmp) == []
 
 
 def test_refusal_names_why_a_method_cannot_be_measured():

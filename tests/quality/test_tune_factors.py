@@ -122,18 +122,6 @@ def test_first_start_always_runs_even_with_no_budget():
 CTX = 512
 
 
-@pytest.fixture
-def tmpdir_(tmp_path, monkeypatch):
-    """A private temporary directory for the copies (other runs may share /tmp)."""
-    import tempfile
-
-    d = tmp_path / "tmp"
-    d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(d))
-    monkeypatch.setenv("TMPDIR", str(d))
-    return d
-
-
 @pytest.fixture(scope="module")
 def text() -> str:
     import _pydecimal
@@ -142,7 +130,7 @@ def text() -> str:
         return f.read()[:4000]
 
 
-def test_tune_factors_tiny_budget_then_apply_validate_revert(copy_fixture, tmpdir_, text):
+def test_tune_factors_tiny_budget_then_apply_validate_revert(copy_fixture, private_tmp, text):
     from conftest import require, sha256
 
     require("llama_cpp")
@@ -183,10 +171,10 @@ def test_tune_factors_tiny_budget_then_apply_validate_revert(copy_fixture, tmpdi
     assert rep.passed, rep
     revert_gguf(path)
     assert sha256(path) == sha0
-    assert [n for n in tmpdir_.iterdir()] == []  # no temporary copy left
+    assert [n for n in private_tmp.iterdir()] == []  # no temporary copy left
 
 
-def test_cli_tune_factors_json_and_qwen2_refusal(tmp_path, tmpdir_, text):
+def test_cli_tune_factors_json_and_qwen2_refusal(tmp_path, private_tmp, text):
     import json
 
     from conftest import FIXTURES, require, run_cli
@@ -203,10 +191,10 @@ def test_cli_tune_factors_json_and_qwen2_refusal(tmp_path, tmpdir_, text):
                 "--method", "factors", "--threads", "2", "-q")
     assert q.returncode == 2 and len(q.stderr.strip().splitlines()) == 1
     assert "tiny-qwen2-f32.gguf" in q.stderr and "qwen2" in q.stderr
-    assert [n for n in tmpdir_.iterdir()] == []
+    assert [n for n in private_tmp.iterdir()] == []
 
 
-def test_tune_ntk_parts_searches_alpha_on_one_copy_repatched_in_place(tmpdir_, text, monkeypatch):
+def test_tune_ntk_parts_searches_alpha_on_one_copy_repatched_in_place(private_tmp, text, monkeypatch):
     from conftest import FIXTURES, require, sha256
 
     require("llama_cpp")
@@ -229,7 +217,7 @@ def test_tune_ntk_parts_searches_alpha_on_one_copy_repatched_in_place(tmpdir_, t
     assert calls[0][0] == model and calls[0][2] == "rewrite"  # the copy, written once
     assert all(p == calls[0][1] and out is None and mode == "in-place" for p, out, mode in calls[1:])
     assert len(calls) == len(r.tried)
-    assert sha256(model) == sha0 and list(tmpdir_.iterdir()) == []
+    assert sha256(model) == sha0 and list(private_tmp.iterdir()) == []
 
 
 @pytest.mark.parametrize("method", ["ntk-parts", "factors"])
