@@ -73,7 +73,8 @@ COMMANDS = {
         "  ropepatch tune model.gguf --ctx 32768 --text corpus.txt --method ntk --apply --force\n\n"
         "Every run also measures 'window' (the unscaled model scoring the same tokens with a sliding\n"
         "window of its training length, stride half of it). When no candidate within the ppl_in\n"
-        "tolerance beats it on ppl_ext, tune says 'extension does not pay here: use a sliding window',\n"
+        "tolerance beats it on ppl_ext (the paired 95% interval of the ratio wholly below 1, as in\n"
+        "eval; a tie does not pay), tune says 'extension does not pay here: use a sliding window',\n"
         "and --apply refuses to write the winner (exit 2, file untouched) unless --force is given.",
     ),
     "passkey": (

@@ -51,6 +51,15 @@ def measured(r) -> tuple[float, float | None]:
     return float(res["ppl_in"]), (None if ext is None or not r.get("complete", True) else float(ext))
 
 
+def ext_samples(r, L: int):
+    """The samples the paired verdict needs from what a scorer returned: ``(unit, per-block or
+    per-window mean NLL over positions >= L)`` of a complete :class:`MethodResult`; None for a
+    candidate stopped early or a scorer that returns bare figures."""
+    if not isinstance(r, MethodResult) or not (r.n_ext and math.isfinite(r.ppl_ext)):
+        return None
+    return r.samples("ext", L)
+
+
 def label(method: str, alpha: float) -> str:
     return f"{method}@{alpha:.4g}"
 
@@ -73,9 +82,11 @@ class AlphaSearch:
         self.extend()
         self.refine(refine)
 
-    def measure(self, spec: MethodSpec, stop_in: Callable[[float], bool]) -> tuple[float, float | None]:
+    def measure(self, spec: MethodSpec, stop_in: Callable[[float], bool]):
+        """``(ppl_in, ppl_ext or None, ext samples or None)`` of one candidate."""
         self.step(f"tuning {self.method}: scoring {spec.label}")
-        return measured(self.scorer(spec, stop_in))
+        r = self.scorer(spec, stop_in)
+        return (*measured(r), ext_samples(r, self.L))
 
     def trial(self, alpha: float, stage: str, note: str = "") -> Trial:
         """Score ``alpha`` (rounded to 4 digits, at least 1) unless it was already tried."""
@@ -85,10 +96,11 @@ class AlphaSearch:
         lab = label(self.method, alpha)
         self.say(f"{stage}: {lab}")
         limit = self.limit
-        pin, pext = self.measure(MethodSpec(lab, self.method, alpha), lambda p: p > limit)
+        pin, pext, ext = self.measure(MethodSpec(lab, self.method, alpha), lambda p: p > limit)
         feas = pin <= limit
         t = Trial(alpha, lab, pin, pext if feas else None, feas, stage,
-                  note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {self.L}"))
+                  note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {self.L}"),
+                  ext=ext if feas else None)
         self.tried[alpha] = t
         self.say(f"  ppl_in {pin:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
                  f"{'' if feas else ' (infeasible)'}")

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ropepatch.quality import factor_model
 from ropepatch.quality.specs import MethodSpec
-from ropepatch.quality.tune_alpha import Scorer, measured
+from ropepatch.quality.tune_alpha import Scorer, ext_samples, measured
 from ropepatch.quality.tune_result import Trial, TuneResult
 from ropepatch.rope import factors as ff
 from ropepatch.rope.params import RopeParams
@@ -57,8 +57,9 @@ EVOLVE_ROUNDS, CHILDREN, PARENTS, SIGMA = 2, 4, 4, 0.15
 MAX_DIVISOR = 1e6
 ATTN_MIN, ATTN_MAX = 0.5, 2.0  # the attn_factor range (rope.factors.check_attn_factor)
 
-# measure(points, stop_in, attn_factor) -> (ppl_in, ppl_ext or None when stopped)
-Measure = Callable[[tuple[float, ...], Callable[[float], bool], float], tuple[float, float | None]]
+# measure(points, stop_in, attn_factor) -> (ppl_in, ppl_ext or None when stopped), optionally
+# followed by the ext samples of the paired verdict (tune_alpha.ext_samples)
+Measure = Callable[[tuple[float, ...], Callable[[float], bool], float], tuple]
 # a candidate: (control points, attn_factor)
 Candidate = tuple[tuple[float, ...], float]
 
@@ -171,11 +172,11 @@ class FactorSearch:
         lab = points_label(pts, attn)
         self.say(f"{stage}: {lab}")
         limit = self.limit
-        pin, pext = self.measure(pts, lambda p: p > limit, attn)
+        pin, pext, *ext = self.measure(pts, lambda p: p > limit, attn)
         feas = pin <= limit
         t = Trial(profile_alpha(pts), lab, pin, pext if feas else None, feas, stage,
                   note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {self.L}"),
-                  options=(("points", pts), ("attn_factor", attn)))
+                  options=(("points", pts), ("attn_factor", attn)), ext=ext[0] if ext and feas else None)
         self.tried[(pts, attn)] = t
         self.say(f"  ppl_in {pin:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
                  f"{'' if feas else ' (infeasible)'}")
@@ -253,17 +254,17 @@ class FactorSearch:
         return self.key(self.leader()) < before
 
 
-def spec_measure(scorer: Scorer, step: Callable[[str], None] = lambda _w: None) -> Measure:
+def spec_measure(scorer: Scorer, L: int, step: Callable[[str], None] = lambda _w: None) -> Measure:
     """A :data:`Measure` from tune's scorer of method specs: each candidate is the spec
     ``factors`` with the options ``points`` and ``attn_factor`` (scored on the run's temporary
     patched copy)."""
 
-    def measure(points: tuple[float, ...], stop_in: Callable[[float], bool], attn: float = 1.0
-                ) -> tuple[float, float | None]:
+    def measure(points: tuple[float, ...], stop_in: Callable[[float], bool], attn: float = 1.0) -> tuple:
         spec = MethodSpec(points_label(points, attn), METHOD, profile_alpha(points),
                           (("points", points), ("attn_factor", attn)))
         step(f"tuning {METHOD}: scoring {spec.label}")
-        return measured(scorer(spec, stop_in))
+        r = scorer(spec, stop_in)
+        return (*measured(r), ext_samples(r, L))
 
     return measure
 
@@ -317,7 +318,7 @@ def search_factors(shared: TuneShared, method: str = METHOD) -> TuneResult:
     budget = DEFAULT_BUDGET if shared.budget_min is None else shared.budget_min
     factor_model.check_specs(shared.model_path, shared.original, shared.ctx, [MethodSpec(method, method)])
     starts = start_profiles(shared.original, shared.ctx)
-    search = FactorSearch(spec_measure(shared.scorer, shared.step), shared.L, shared.limit,
+    search = FactorSearch(spec_measure(shared.scorer, shared.L, shared.step), shared.L, shared.limit,
                           budget_s=60.0 * budget, say=shared.log)
     shared.log(f"factors: {len(starts[0][1])} control points, budget {budget:g} min")
     search.run(starts)

@@ -1,20 +1,32 @@
 """What ``tune`` found: the trials, the sliding-window row, the verdict (does extension pay?),
 their JSON shape (``ropepatch tune --json``) and the text tables.
 
-"Extension pays" when the best candidate whose ``ppl_in`` stays within the tolerance has a
-LOWER ``ppl_ext`` than ``window`` (the unscaled model scoring the same tokens through a sliding
-window of its training length L, stride L/2). When it does not, the honest advice is to use a
+"Extension pays" when the best candidate whose ``ppl_in`` stays within the tolerance BEATS
+``window`` (the unscaled model scoring the same tokens through a sliding window of its training
+length L, stride L/2) on ``ppl_ext``: the 95% interval of the ratio winner / window, PAIRED on
+the same tokens (:func:`ropepatch.quality.intervals.paired_interval`: block by block within the
+one window tune scores, a rough guide as in ``eval --windows 1``), lies wholly below 1 -- the
+rule ``eval``'s verdict uses. A tie (an interval that includes 1) does not pay, nor does a worse
+winner. Without samples (a caller's scorer that returns bare figures) the point estimates
+decide, and the verdict says so. When extension does not pay, the honest advice is to use a
 sliding window, and ``tune --apply`` refuses to write such a winner unless forced.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ropepatch.patch.gguf import PatchResult
+from ropepatch.quality.intervals import paired_interval, ratio_text
 from ropepatch.quality.results import num
+from ropepatch.quality.stats import Interval
+
+# (unit, per-sample mean NLL over positions >= L): "block"s of the one window, or "window"s
+ExtSamples = tuple[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -29,6 +41,7 @@ class Trial:
     stage: str  # "grid" | "extend" | "refine" (a plug-in search may name its own)
     note: str = ""
     options: tuple[tuple[str, Any], ...] = ()  # method options to write with it (factor methods)
+    ext: ExtSamples | None = field(default=None, compare=False, repr=False)  # for the paired verdict
 
     def to_json(self) -> dict:
         d = {"alpha": num(self.alpha), "label": self.label, "ppl_in": num(self.ppl_in),
@@ -48,6 +61,7 @@ class WindowRow:
     ppl_ext: float
     length: int  # L
     stride: int  # L / 2
+    ext: ExtSamples | None = field(default=None, compare=False, repr=False)  # for the paired verdict
 
     @property
     def note(self) -> str:
@@ -58,19 +72,53 @@ class WindowRow:
                 "window": self.length, "stride": self.stride}
 
 
+def vs_window(window: WindowRow, winner: Trial) -> tuple[float, Interval | None]:
+    """``(ratio, interval)``: the winner's ppl_ext over the window's on the same tokens, and
+    the paired 95% interval of that ratio (None without matching samples)."""
+    x, y = window.ppl_ext, winner.ppl_ext
+    if y is None or not (math.isfinite(x) and x > 0 and math.isfinite(y)):
+        return math.nan, None
+    ratio = y / x
+    iv = paired_interval(winner.ext, window.ext, math.log(ratio))
+    return ratio, None if iv is None else iv.map(math.exp)
+
+
+def _paired_words(window: WindowRow, iv: Interval | None) -> str:
+    if iv is None:
+        return "no interval, point estimates"
+    unit = window.ext[0] if window.ext else "block"
+    return f"paired over {iv.n} {'windows' if unit == 'window' else 'blocks of one window, a rough guide'}"
+
+
 def pay_verdict(window: WindowRow, winner: Trial | None, what: str) -> tuple[bool, str]:
     """``(pays, verdict)``: does the best feasible candidate ``winner`` (of ``what``: a method
-    name, or "any method") beat the sliding window on ``ppl_ext``? Ties do not pay."""
+    name, or "any method") BEAT the sliding window on ``ppl_ext``: the paired 95% interval of
+    the ratio wholly below 1 (the point estimate when there is no interval)? Ties do not pay."""
     x = window.ppl_ext
     if winner is None or winner.ppl_ext is None:
         return False, (f"extension does not pay here: use a sliding window (window ppl_ext {x:.4g}; "
                        f"no {what} candidate kept ppl_in within the tolerance)")
     y = winner.ppl_ext
-    if math.isfinite(x) and y < x:
+    ratio, iv = vs_window(window, winner)
+    how = f"{ratio_text(ratio, iv)}, {_paired_words(window, iv)}"
+    if math.isfinite(ratio) and (iv.hi < 1 if iv is not None else ratio < 1):
         return True, (f"extension pays: {winner.label} beats the sliding window on ppl_ext "
-                      f"({y:.4g} vs window {x:.4g}, {100 * (1 - y / x):.1f}% lower)")
+                      f"({y:.4g} vs window {x:.4g}, {how})")
+    if iv is not None and iv.lo <= 1:
+        return False, (f"extension does not pay here: use a sliding window ({winner.label} ties with it on "
+                       f"ppl_ext: {y:.4g} vs window {x:.4g}, {how}; the interval includes 0%, more text "
+                       f"would narrow it: eval --windows 2 or more)")
     return False, (f"extension does not pay here: use a sliding window (window ppl_ext {x:.4g} vs best "
-                   f"{y:.4g}, {winner.label})")
+                   f"{y:.4g}, {winner.label}{'' if not math.isfinite(ratio) else ': ' + how})")
+
+
+def _vs_window_json(window: WindowRow | None, winner: Trial | None) -> dict | None:
+    """The winner's ppl_ext against the window, for ``--json``: the ratio and its paired interval."""
+    if window is None or winner is None or winner.ppl_ext is None:
+        return None
+    ratio, iv = vs_window(window, winner)
+    return {"ppl_ext_ratio": num(ratio), "ci": None if iv is None else [num(iv.lo), num(iv.hi)],
+            "paired_over": None if iv is None else f"{iv.n} {window.ext[0]}s"}
 
 
 @dataclass(frozen=True)
@@ -110,6 +158,7 @@ class TuneResult:
             "window": self.window.to_json() if self.window else None,
             "winner": {**self.winner.to_json(), "method": self.method} if self.winner else None,
             "pays": self.pays, "verdict": self.verdict, "tuning": self.tuning,
+            "vs_window": _vs_window_json(self.window, self.winner),
         }
         return _finish_json(self, d)
 
@@ -148,6 +197,7 @@ class TuneAllResult:
             "skipped": dict(self.skipped),
             "winner": {**self.winner.to_json(), "method": self.winner_method} if self.winner else None,
             "pays": self.pays, "verdict": self.verdict,
+            "vs_window": _vs_window_json(self.window, self.winner),
         }
         return _finish_json(self, d)
 

@@ -206,7 +206,8 @@ def test_tune_table_winner_and_apply(copy_fixture, tokens, model):
     from ropepatch.quality.tune import format_tune, tune
 
     path = copy_fixture("tiny-llama-f32.gguf")
-    r = tune(path, CTX, tokens=tokens, method="ntk", tolerance=0.5, refine=1, apply=True, model=model)
+    r = tune(path, CTX, tokens=tokens, method="ntk", tolerance=0.5, refine=1, apply=True, force=True,
+             model=model)  # force: on this random-weight fixture the winner ties with the window
     assert len(r.tried) >= 2 and r.winner is not None and r.winner.feasible
     assert any(t.alpha == pytest.approx(CTX / L) for t in r.tried)  # the untuned formula is in the table
     feasible = [t for t in r.tried if t.feasible]
@@ -438,9 +439,11 @@ def test_tune_isolated_searches_in_the_worker_and_applies_here(copy_fixture, tok
     real = isolated.apply_tune
     monkeypatch.setattr(isolated, "apply_tune", lambda p, r, **k: applied_in.append(p) or real(p, r, **k))
     logged = []
-    there = isolated.tune_isolated(path, CTX, apply=True, log=logged.append, **kw)
+    # force: on this random-weight fixture the winner ties with the window (does not pay)
+    there = isolated.tune_isolated(path, CTX, apply=True, force=True, log=logged.append, **kw)
     assert [t.to_json() for t in there.tried] == [t.to_json() for t in here.tried]
-    assert there.winner == here.winner and there.verdict == here.verdict
+    assert there.winner == here.winner and there.verdict == here.verdict and there.pays == here.pays
+    assert there.to_json()["vs_window"] == here.to_json()["vs_window"] and here.to_json()["vs_window"]["ci"]
     assert applied_in == [path] and there.applied is not None and logged
     prov = inspect_gguf(path).provenance
     assert prov is not None and prov.alpha == pytest.approx(there.winner.alpha)

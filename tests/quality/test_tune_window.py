@@ -9,9 +9,11 @@ pydecimal (extension pays) and "abcdefghij" repeated (the window beats every can
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 from conftest import FIXTURES, require, sha256
 
@@ -33,6 +35,7 @@ from ropepatch.quality.tune import (  # noqa: E402
     tune,
 )
 from ropepatch.quality.tune_alpha import measured  # noqa: E402
+from ropepatch.quality.tune_result import vs_window  # noqa: E402
 
 MODEL = str(FIXTURES / "tiny-llama-f32.gguf")
 L = 128
@@ -78,11 +81,40 @@ def test_pay_verdict():
     assert pays and v.startswith("extension pays: yarn@2 beats the sliding window") and "4.69" in v
     pays, v = pay_verdict(w, _t("ntk@2.178", 49.7), "ntk")
     assert not pays and v == ("extension does not pay here: use a sliding window "
-                              "(window ppl_ext 4.69 vs best 49.7, ntk@2.178)")
+                              "(window ppl_ext 4.69 vs best 49.7, ntk@2.178: +959.7%, no interval, point estimates)")
     assert not pay_verdict(w, _t("ntk@2", 4.69), "ntk")[0]  # a tie does not pay
     pays, v = pay_verdict(w, None, "ntk")
     assert not pays and v.startswith("extension does not pay here: use a sliding window (window ppl_ext 4.69;")
     assert "no ntk candidate kept ppl_in within the tolerance" in v
+
+
+def _paired(ext_window: list[float], ext_method: list[float]) -> tuple[WindowRow, Trial]:
+    """A window row and a trial whose ppl_ext are the exp of their block means' mean."""
+    a, b = np.array(ext_window), np.array(ext_method)
+    w = WindowRow(5.0, math.exp(a.mean()), 8192, 4096, ext=("block", a))
+    return w, Trial(2.0, "yarn@2", 5.0, math.exp(b.mean()), True, "grid", ext=("block", b))
+
+
+def test_pay_verdict_is_paired_on_the_same_blocks():
+    # the same 4 blocks, the method lower on every one by 0.05 +- 0.01: beats (the interval is below 0%)
+    w, t = _paired([1.0, 2.0, 1.5, 1.2], [0.95, 1.94, 1.46, 1.15])
+    pays, v = pay_verdict(w, t, "yarn")
+    assert pays and v.startswith("extension pays: yarn@2 beats the sliding window on ppl_ext")
+    assert "paired over 4 blocks of one window, a rough guide" in v and "-4.9% [" in v
+    # the same mean difference, but the blocks disagree (one far worse): a tie, which does not pay
+    w, t = _paired([1.0, 2.0, 1.5, 1.2], [0.7, 1.7, 1.2, 1.9])
+    pays, v = pay_verdict(w, t, "yarn")
+    assert not pays and v.startswith("extension does not pay here: use a sliding window (yarn@2 ties with it")
+    assert "the interval includes 0%" in v and "--windows" in v
+    # worse on every block: does not pay, with the paired interval
+    w, t = _paired([1.0, 2.0, 1.5, 1.2], [1.1, 2.12, 1.6, 1.29])
+    pays, v = pay_verdict(w, t, "yarn")
+    assert not pays and "vs best" in v and "paired over 4 blocks" in v and v.count("+") >= 3
+    # point estimates alone would call the tie a win: the paired rule is what decides
+    w, t = _paired([1.0, 2.0, 1.5, 1.2], [0.7, 1.7, 1.2, 1.9])
+    assert t.ppl_ext < w.ppl_ext
+    assert not pay_verdict(w, t, "yarn")[0]
+    assert pay_verdict(WindowRow(w.ppl_in, w.ppl_ext, 8192, 4096), dataclasses.replace(t, ext=None), "yarn")[0]
 
 
 # ---- the window row ----------------------------------------------------------------------------
@@ -99,7 +131,13 @@ def test_window_row_is_evals_window_on_the_same_tokens(model, pays_tokens):
     assert r.baseline_ppl_in == r.window.ppl_in
     assert r.baseline_ppl_in == pytest.approx(ev.methods["none"].ppl_in, rel=1e-6)
     assert sum("scoring window" in s for s in steps) == 1
-    assert r.pays and r.verdict.startswith("extension pays: ") and r.winner.ppl_ext < r.window.ppl_ext
+    # the winner's point estimate is below the window's, but on 4 blocks of 32 tokens the paired
+    # interval includes 0%: a tie, which does not pay (the samples came from the real scoring)
+    assert r.winner.ppl_ext < r.window.ppl_ext
+    ratio, iv = vs_window(r.window, r.winner)
+    assert iv is not None and iv.n == 4 and iv.lo < 1 < iv.hi and ratio == pytest.approx(r.winner.ppl_ext / w.ppl_ext)
+    assert not r.pays and r.verdict.startswith(f"extension does not pay here: use a sliding window ({r.winner.label} "
+                                               f"ties with it on ppl_ext")
     table = format_tune(r).splitlines()
     row = next(line for line in table if line.split()[:1] == ["window"])
     assert f"{w.ppl_in:.4g}" in row and f"{w.ppl_ext:.4g}" in row and "sliding window of 128, stride 64" in row
@@ -107,7 +145,10 @@ def test_window_row_is_evals_window_on_the_same_tokens(model, pays_tokens):
     d = json.loads(json.dumps(r.to_json()))
     assert d["window"] == {"label": "window", "ppl_in": pytest.approx(w.ppl_in, rel=1e-5),
                            "ppl_ext": pytest.approx(w.ppl_ext, rel=1e-5), "window": L, "stride": L // 2}
-    assert d["pays"] is True and d["verdict"] == r.verdict and d["tuning"] and d["winner"]["method"] == "ntk"
+    assert d["pays"] is False and d["verdict"] == r.verdict and d["tuning"] and d["winner"]["method"] == "ntk"
+    assert d["vs_window"] == {"ppl_ext_ratio": pytest.approx(ratio, rel=1e-5),
+                              "ci": [pytest.approx(iv.lo, rel=1e-5), pytest.approx(iv.hi, rel=1e-5)],
+                              "paired_over": "4 blocks"}
 
 
 # ---- does not pay: the verdict, --apply refuses, --force applies -----------------------------------
@@ -118,8 +159,13 @@ def test_does_not_pay_is_said_plainly(losing):
     assert r.winner is not None and r.winner.feasible  # a feasible winner ...
     assert r.winner.ppl_ext >= r.window.ppl_ext  # ... that the window beats (this text's premise)
     assert not r.pays
-    assert r.verdict == (f"extension does not pay here: use a sliding window (window ppl_ext "
-                         f"{r.window.ppl_ext:.4g} vs best {r.winner.ppl_ext:.4g}, {r.winner.label})")
+    ratio, iv = vs_window(r.window, r.winner)  # +16.6% [-13.7%, +57.6%] here: worse, but a tie on 4 blocks
+    assert ratio > 1 and iv is not None and iv.lo < 1
+    assert r.verdict == (f"extension does not pay here: use a sliding window ({r.winner.label} ties with it on "
+                         f"ppl_ext: {r.winner.ppl_ext:.4g} vs window {r.window.ppl_ext:.4g}, "
+                         f"{100 * (ratio - 1):+.1f}% [{100 * (iv.lo - 1):+.1f}%, {100 * (iv.hi - 1):+.1f}%], paired "
+                         f"over 4 blocks of one window, a rough guide; the interval includes 0%, more text would "
+                         f"narrow it: eval --windows 2 or more)")
     assert format_tune(r).splitlines()[-1] == r.verdict
     assert r.to_json()["pays"] is False
 
@@ -185,7 +231,8 @@ def test_method_all_picks_the_best_across_methods_and_applies_it(model, pays_tok
     path = copy_fixture("tiny-llama-f32.gguf")
     before = sha256(path)
     r = tune(path, CTX, tokens=pays_tokens, method="all", tolerance=0.3, model=model, on_step=steps.append,
-             apply=True, budget=0.01, **FAST)  # budget: the factors search (when plugged in) stops at once
+             apply=True, force=True, budget=0.01, **FAST)  # budget: the factors search stops at once
+    # (force: on this random-weight fixture the winner ties with the window, which does not pay)
     assert isinstance(r, TuneAllResult)
     searched = [x.method for x in r.results]
     assert {"ntk", "dynamic", "linear", "yarn", "ntk-parts"} <= set(searched)  # all but (maybe) factors
@@ -195,8 +242,9 @@ def test_method_all_picks_the_best_across_methods_and_applies_it(model, pays_tok
     assert all(x.window == r.window and x.baseline_ppl_in == r.baseline_ppl_in for x in r.results)
     assert sum("scoring window" in s for s in steps) == 1  # window and baseline: once for all methods
     assert any("(method 2 of" in s for s in steps)
-    assert r.pays == (r.winner.ppl_ext < r.window.ppl_ext) and r.verdict == pay_verdict(r.window, r.winner,
-                                                                                           "any method")[1]
+    ratio, iv = vs_window(r.window, r.winner)
+    assert iv is not None and r.pays == (iv.hi < 1)  # paired, like eval's verdict
+    assert r.verdict == pay_verdict(r.window, r.winner, "any method")[1]
     text = format_tune(r)
     assert f"winner: {r.winner.label}" in text and text.splitlines()[-2] == r.verdict
     assert sum(line.split()[:1] == ["window"] for line in text.splitlines()) == 1
