@@ -218,6 +218,8 @@ def patch_gguf(
         raise UsageError(f"{shown(path)}: --no-record cannot write the per-pair factors of {method}: without "
                          f"an undo record the original {ROPE_FREQS} state cannot be restored; drop --no-record")
     h, prov, current, original = _load(path)
+    if prov is not None and record:
+        _recorded_original(h, prov)  # the record must still restore the original before it is built on
     warnings: list[str] = []
     if not record:
         warnings.append(_no_record_warning(path, prov))
@@ -346,6 +348,17 @@ def _original_header(h: GGUFHeader, prov: Provenance, tensors: TensorLayout) -> 
     return header, sha
 
 
+def _recorded_original(h: GGUFHeader, prov: Provenance) -> tuple[TensorLayout, bytes, str]:
+    """What the undo record restores: the tensor layout, the original header bytes and their
+    sha256, refused (one line) unless the record reproduces the recorded header exactly. Revert
+    writes it; a re-patch checks it first, so a forged or damaged record is refused before the
+    patch builds on it (not only later, by revert)."""
+    freqs = prov.record.rope_freqs
+    tensors = freqs_layout(h.path, h, freqs, freqs.raw if freqs is not None else None)
+    header, sha = _original_header(h, prov, tensors)
+    return tensors, header, sha
+
+
 def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progress=None) -> RevertResult:
     """Restore the exact original bytes of a GGUF file ropepatch patched. A file that was a
     symlink when it was patched becomes that symlink again when its target still holds the
@@ -359,9 +372,7 @@ def revert_gguf(path: str, out: str | None = None, dry_run: bool = False, progre
             f"{shown(path)}: no ropepatch provenance (key {K.RP_ORIGINAL!r} is absent): the file "
             f"was not patched by ropepatch, or was patched with --no-record; nothing to revert"
         )
-    freqs = prov.record.rope_freqs
-    tensors = freqs_layout(path, h, freqs, freqs.raw if freqs is not None else None)
-    header, sha = _original_header(h, prov, tensors)
+    tensors, header, sha = _recorded_original(h, prov)
     changes = changed_entries(list(h.kvs), original_kvs(h, prov))
     recorded = prov.record.link if out is None else None
     size = len(header) + tensors.keep + len(tensors.trailing)

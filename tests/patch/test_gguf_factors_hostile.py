@@ -197,6 +197,28 @@ def test_absent_claim_on_a_file_that_had_the_tensor_is_refused(tmp_path, cli):
     assert cli("revert", p).returncode == 0 and sha256(p) == pristine  # the true record still works
 
 
+def test_forged_raw_claim_is_refused_by_a_re_patch_too(copy_fixture, cli):
+    """The reverse forgery: ropepatch ADDED rope_freqs (the record says absent), and the record
+    now claims the tensor was the original's. Revert refuses it (the rebuilt header does not hash
+    to the recorded one); a re-patch checks the same before building on the record, so it is
+    refused too instead of rewriting the tensor as if it were the file's own."""
+    p = copy_fixture("tiny-llama-f32.gguf")
+    pristine = sha256(p)
+    gp.patch_gguf(p, 512, "ntk-parts")
+    good = read_header(p).get("ropepatch.original")
+    set_string(p, "ropepatch.original", record(lambda d: d.update(rope_freqs={"raw": struct.pack(
+        "<8f", *[1.0] * 8).hex()}))(good))
+    before = sha256(p)
+    for args in (("gguf", p, "--ctx", "1024", "--method", "ntk-parts"), ("gguf", p, "--ctx", "1024"),
+                 ("gguf", p, "--ctx", "1024", "--method", "factors", "--factors", "1,2"),
+                 ("gguf", p, "--ctx", "1024", "--dry-run"), ("revert", p)):
+        one_line(cli(*args), "changed outside ropepatch")
+    assert sha256(p) == before
+    set_string(p, "ropepatch.original", good)  # the true record: re-patch and revert work again
+    assert cli("gguf", p, "--ctx", "1024", "--method", "ntk-parts").returncode == 0
+    assert cli("revert", p).returncode == 0 and sha256(p) == pristine
+
+
 OPTIONS_REFUSED = {  # damaged beyond use: inspect and re-patch refuse (one line); revert works
     "not-json": "points: 1, 2",
     "not-an-object": "[1,2]",
