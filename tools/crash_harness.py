@@ -177,6 +177,16 @@ FACTOR_SCENARIOS = [
     Scenario("re-patch ntk-parts->factors (header + one data pwrite)", (_p(1024, "ntk-parts"),),
              _p(1024, "factors", "--factors", "1,3"), ("patch", 1024, "factors", True, None, (("points", (1.0, 3.0)),)),
              llama_only=True, partial_ok=True),
+    # the attn_factor key is added lazily: the first re-patch that sets it grows the header
+    Scenario("re-patch ntk->factors --attn-factor (adds rope_freqs and the attn_factor key)", (_p(1024, "ntk"),),
+             _p(1024, "factors", "--factors", "1,2", "--attn-factor", "1.25"),
+             ("patch", 1024, "factors", True, None, (("points", (1.0, 2.0)), ("attn_factor", 1.25))),
+             llama_only=True),
+    Scenario("re-patch factors->factors, new attn_factor (header + one data pwrite)",
+             (_p(1024, "factors", "--factors", "1,2", "--attn-factor", "1.1"),),
+             _p(1024, "factors", "--factors", "1,3", "--attn-factor", "1.2"),
+             ("patch", 1024, "factors", True, None, (("points", (1.0, 3.0)), ("attn_factor", 1.2))),
+             llama_only=True, partial_ok=True),
 ]
 SCENARIOS += FACTOR_SCENARIOS
 
@@ -232,8 +242,10 @@ def _validate(path: str, expect: tuple, pristine: str, use_llama: bool) -> str |
         t, c = plan.target, info.current
         if t.freq_factors != c.freq_factors:
             return f"rope_freqs {c.freq_factors} != plan {t.freq_factors}"
-        want = (t.n_ctx_train, _f32(t.freq_base), t.scaling_type, _f32(t.scaling_factor) if t.scaling_factor else 0.0, t.orig_ctx)
-        got = (c.n_ctx_train, _f32(c.freq_base), c.scaling_type, _f32(c.scaling_factor) if c.scaling_factor else 0.0, c.orig_ctx)
+        want = (t.n_ctx_train, _f32(t.freq_base), t.scaling_type, _f32(t.scaling_factor) if t.scaling_factor else 0.0,
+                t.orig_ctx, _f32(t.attn_factor))
+        got = (c.n_ctx_train, _f32(c.freq_base), c.scaling_type, _f32(c.scaling_factor) if c.scaling_factor else 0.0,
+               c.orig_ctx, _f32(c.attn_factor))
         if want != got:
             return f"values {got} != plan {want}"
         if record:
