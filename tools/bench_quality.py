@@ -341,8 +341,11 @@ class Bench:
         return d
 
     # -- passkey
-    def passkey_path(self, ctx: int, label: str) -> Path:
-        return self.dir / f"passkey-{ctx}-{safe(label)}.json"
+    def passkey_path(self, ctx: int, label: str, depths=GOAL_DEPTHS) -> Path:
+        """One file per (ctx, method) at the goal depths; a run at other depths (``--depths 0.5``:
+        a long run split up) gets its own file, which the report merges with the rest."""
+        tag = "" if [round(d, 6) for d in depths] == list(GOAL_DEPTHS) else "-d" + "_".join(f"{d:g}" for d in depths)
+        return self.dir / f"passkey-{ctx}-{safe(label)}{tag}.json"
 
     def passkey_key(self, ctx: int, label: str, depths, trials: int, seed: int) -> dict:
         return {"version": VERSION, "model": model_id(self.path), "ctx": ctx, "label": label,
@@ -353,7 +356,7 @@ class Bench:
 
         spec = self.canon(spec, ctx)
         key = self.passkey_key(ctx, spec.label, depths, trials, seed)
-        p = self.passkey_path(ctx, spec.label)
+        p = self.passkey_path(ctx, spec.label, depths)
         hit = cache_get(p, key)
         if hit is not None:
             return hit

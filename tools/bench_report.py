@@ -5,6 +5,7 @@ the cache is shown; nothing here measures anything."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import os
@@ -221,7 +222,8 @@ def passkey_goal(p) -> tuple[str, str]:
             continue
         cands.append((min(d.accuracy for d in ds), m.correct / max(m.trials, 1), name, m, ds))
     if not cands:
-        return "not measured", "no method was run at every goal depth."
+        part = [partial_note(n, m) for n, m in res.methods.items() if n != WINDOW and m.trials]
+        return "not measured", "no method was run at every goal depth." + (" " + " ".join(part) if part else "")
     lo, _, name, m, ds = max(cands, key=lambda c: (c[0], c[1]))
     cells = ", ".join(f"{d.depth:g}: {d.correct}/{d.trials}" for d in ds)
     iv = m.ci
@@ -322,23 +324,61 @@ def _depth(x: dict) -> DepthResult:
                        x["key_nll"], tuple(x.get("greedy", ())))
 
 
-def passkey_tables(bench, ctx: int, a):
-    """(lines, machines, dates, PasskeyResult) of the passkey entries measured with this run's
-    depths, trials and seed at ctx; None when there are none."""
-    methods, machines, dates, first = {}, set(), set(), None
-    for p in sorted(bench.dir.glob(f"passkey-{ctx}-*.json")):
+def _passkey_entries(bench, ctx: int, a) -> tuple[dict, set, set, dict | None]:
+    """Per method, its depth results from every cache entry at ``ctx`` with this run's trials and
+    seed whose depths are among this run's (a run at some depths only -- ``--depths 0.5`` -- is
+    merged with others; a depth measured twice keeps the later entry's), and the machines and dates."""
+    by_method: dict[str, dict[float, DepthResult]] = {}
+    params, machines, dates, first = {}, set(), set(), None
+    for p in sorted(bench.dir.glob(f"passkey-{ctx}-*.json"), key=lambda q: q.stat().st_mtime):
         d = load_json(p)
         if not d:
             continue
         k = d["key"]
-        if [k.get(x) for x in ("version", "depths", "trials", "seed")] != [VERSION, a.depth_list, a.trials, a.seed]:
+        if [k.get(x) for x in ("version", "trials", "seed")] != [VERSION, a.trials, a.seed] or \
+                not set(k.get("depths", ())) <= set(a.depth_list):
             continue
         for label, mj in d["result"]["methods"].items():
             name = WINDOW if label == WINDOW else d.get("name", label)
-            methods[name] = MethodPasskey(name, mj["params"], tuple(_depth(x) for x in mj["depths"]))
+            params[name] = mj["params"]
+            by_method.setdefault(name, {}).update({round(x["depth"], 6): _depth(x) for x in mj["depths"]})
         machines.add(d["machine"])
         dates.add(d["date"])
         first = first or d["result"]
+    methods = {n: MethodPasskey(n, params[n], tuple(v[k] for k in sorted(v))) for n, v in by_method.items()}
+    return methods, machines, dates, first
+
+
+def _is_partial(m: MethodPasskey, depths) -> bool:
+    return {round(x.depth, 6) for x in m.depths} != {round(x, 6) for x in depths}
+
+
+def _passkey_row(name: str, m: MethodPasskey, depths) -> str:
+    by = {round(x.depth, 6): x for x in m.depths}
+    cells = []
+    for d in depths:
+        x = by.get(round(d, 6))
+        cells.append("not measured" if x is None else "not in view" if x.accuracy is None
+                     else f"{x.correct}/{x.trials} {_pct(x.ci)} (NLL {x.key_nll:.2f})")
+    overall = f"{m.correct}/{m.trials} {_pct(m.ci)}" if m.trials else "–"
+    status = "(baseline)" if name == WINDOW else m.status()
+    if name != WINDOW and _is_partial(m, depths) and status != "fails":
+        status = f"partial ({len(m.depths)} of {len(depths)} depths)"
+    return f"| {name} | " + " | ".join(cells) + f" | {overall} | {status} |"
+
+
+def partial_note(name: str, m: MethodPasskey) -> str:
+    """One line on a method measured at some depths only."""
+    cells = ", ".join(f"{x.depth:g}: {x.correct}/{x.trials} {_pct(x.ci)}" for x in m.depths if x.accuracy is not None)
+    end = (" -- below 80% there with 95% confidence, so it cannot pass" if m.status() == "fails"
+           else " -- the other depths are not measured yet")
+    return f"{name}: measured at depth {cells} only{end}."
+
+
+def passkey_tables(bench, ctx: int, a):
+    """(lines, machines, dates, PasskeyResult) of the passkey entries measured with this run's
+    trials and seed at ctx, at this run's depths or some of them; None when there are none."""
+    methods, machines, dates, first = _passkey_entries(bench, ctx, a)
     if not methods:
         return None
     order = {m: i for i, m in enumerate(ALL_METHODS)}
@@ -351,19 +391,18 @@ def passkey_tables(bench, ctx: int, a):
              f"the end; correct = greedy decoding gives exactly the key (teacher-forced argmax at each answer "
              f"token). {a.trials} keys per depth (seed {a.seed}), the same for every method; `[a-b%]`: 95% Wilson "
              f"interval; `overall` pools the depths a method can see (window sees only the last L tokens: "
-             f"`not in view`); status: `passes` = pooled interval >= 80% and no depth below, `fails` = below 80%, "
-             f"`undecided` = more trials would decide.", "",
+             f"`not in view`) and was measured at; status: `passes` = pooled interval >= 80% and no depth below, "
+             f"`fails` = below 80% (at one depth suffices), `undecided` = more trials would decide, `partial` = "
+             f"not every depth measured yet.", "",
              "| method | " + " | ".join(f"depth {d:g}" for d in depths) + " | overall | status |",
              "|---|" + "---|" * (len(depths) + 2)]
-    for name, m in methods.items():
-        cells = [f"{x.correct}/{x.trials} {_pct(x.ci)} (NLL {x.key_nll:.2f})" if x.accuracy is not None
-                 else "not in view" for x in m.depths]
-        n = m.trials
-        overall = f"{m.correct}/{n} {_pct(m.ci)}" if n else "–"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {overall} | "
-                     f"{'(baseline)' if name == WINDOW else m.status()} |")
-    lines += ["", passkey_verdict(res), ""]
-    return lines, machines, dates, res
+    lines += [_passkey_row(name, m, depths) for name, m in methods.items()]
+    whole = {n: m for n, m in methods.items() if not _is_partial(m, depths) or n == WINDOW}
+    if len(whole) > (WINDOW in whole):
+        lines += ["", passkey_verdict(dataclasses.replace(res, methods=whole))]
+    notes = [partial_note(n, m) for n, m in methods.items() if n != WINDOW and _is_partial(m, depths)]
+    lines += [""] + notes if notes else []
+    return lines + [""], machines, dates, res
 
 
 def _pct(iv) -> str:
@@ -375,6 +414,12 @@ def _pct(iv) -> str:
 def missing_lines(tables, pk, a) -> list[str]:
     miss = [f"{t} ctx {c}: {', '.join(tb.missing)}" for (t, c), tb in tables.items() if tb.missing]
     miss += [f"passkey ctx {c} (depths {a.depths}, {a.trials} trials)" for c, p in pk.items() if p is None]
+    for c, p in pk.items():
+        for n, m in (p[3].methods.items() if p is not None else ()):
+            have = {round(x.depth, 6) for x in m.depths}
+            left = [f"{d:g}" for d in a.depth_list if round(d, 6) not in have]
+            if left:
+                miss.append(f"passkey ctx {c}, {n}: depths {', '.join(left)} ({a.trials} trials)")
     out = ["## Not measured yet", ""]
     out += [f"- {m}" for m in miss] or ["- nothing: every configured run is in the cache."]
     return out + ["", f"Report written {_dt.date.today().isoformat()}."]

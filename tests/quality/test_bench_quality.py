@@ -59,3 +59,27 @@ def test_bench_report_and_resume(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "eval " not in log and "tune " not in log  # everything came from the cache
     assert (tmp_path / "out" / "results.md").read_text().split("Report written")[0] == md.split("Report written")[0]
+
+
+def test_passkey_run_in_parts_is_merged(tmp_path):
+    """A long passkey run split by depth (``--depths 0.5`` now, the rest later) is one row: the
+    depths not yet measured say so, the status is `partial` until every depth is in, and the
+    goal line and "Not measured yet" name what is left."""
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "yarn", "--passkey-only", "--depths", "0.5")
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "yarn", "--report-only")
+    md = (tmp_path / "out" / "results.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| yarn | "))
+    assert row.count("not measured") == 4 and "/2 [" in row
+    assert "| partial (1 of 5 depths) |" in row or "| fails |" in row
+    assert "yarn: measured at depth 0.5: " in md
+    assert "- passkey ctx 512, yarn: depths 0.1, 0.3, 0.7, 0.9 (2 trials)" in md
+    assert "(c) passkey at 512, depths 0.1, 0.3, 0.5, 0.7, 0.9: **not measured** -- no method was run at every " \
+           "goal depth. yarn: measured at depth 0.5" in md
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "yarn", "--passkey-only",
+         "--depths", "0.1,0.3,0.7,0.9")
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "yarn", "--report-only")
+    md = (tmp_path / "out" / "results.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| yarn | "))
+    assert "not measured" not in row and row.count("/2 [") == 5 and "partial" not in row
+    assert "(c) passkey at 512, depths 0.1, 0.3, 0.5, 0.7, 0.9: **not measured" not in md
+    assert "- passkey ctx 512, yarn" not in md
