@@ -19,7 +19,7 @@ Stages, each candidate scored once (a profile already tried is not scored again)
    frequency first) try multiplying it by r and by 1/r (the points after it raised, or the ones
    before it lowered, so the profile stays monotone; every divisor >= 1), then M by r^(1/4) and
    r^(-1/4) (clamped to [0.5, 2]), and keep the first that improves; when a whole pass improves
-   nothing, r shrinks to sqrt(r) (1.5 down to 1.02);
+   nothing, r shrinks to sqrt(r) (1.2 down to 1.02);
 3. ``evolve``: a few rounds of uniform crossover of the best candidates plus log-normal
    mutation (made monotone again; M taken from one parent), then one more short coordinate
    pass when they improved.
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 METHOD = "factors"
 DEFAULT_BUDGET = 30.0  # minutes
-R_START, R_MIN = 1.5, 1.02  # coordinate step ratios
+R_START, R_MIN = 1.2, 1.02  # coordinate step ratios (1.2: see docs/methods.md, "the search")
 EVOLVE_ROUNDS, CHILDREN, PARENTS, SIGMA = 2, 4, 4, 0.15
 MAX_DIVISOR = 1e6
 ATTN_MIN, ATTN_MAX = 0.5, 2.0  # the attn_factor range (rope.factors.check_attn_factor)
