@@ -316,6 +316,9 @@ def tune_lines(tm: str, t: dict) -> list[str]:
     else:
         out += ["", "No feasible candidate."]
     out += [x for x in (r.get("tuning"), r.get("verdict")) if x]
+    if r.get("verdict") and "vs_window" not in r:  # measured before tune's verdict was paired
+        out.append("(That verdict was recorded when tune compared point estimates; tune's verdict is now "
+                   "paired, as the table's: see the `tuned` row above.)")
     return out + [""]
 
 
