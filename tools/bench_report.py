@@ -196,7 +196,7 @@ def goal_lines(tables, pk, a) -> list[str]:
     out.append(f"- (a) {c16}, both texts: **{sa}** -- {figs}.")
     tb32 = [tables.get((t, c32)) for t in TEXTS]
     r32 = [None if tb is None else _beats(tb) for tb in tb32]
-    sb = "met" if any(r32) else "not measured" if all(r is None for r in r32) else "not met"
+    sb = "met" if any(r32) else "not measured" if any(r is None for r in r32) else "not met"
     figs = "; ".join(best_figures(tb) if tb else f"{t}: not measured" for t, tb in zip(TEXTS, tb32, strict=True))
     out.append(f"- (b) {c32}, at least one text: **{sb}** -- {figs}.")
     sc, text = passkey_goal(pk.get(c32))
