@@ -230,8 +230,10 @@ def factor_refusal(arch: str, method: str) -> str | None:
                 f"({e.source}), so {method} would change nothing; {fix}")
     if e.rope_freqs == "special":
         return f"architecture {arch!r}: {FREQS_SPECIAL[arch]}; ropepatch does not write {method} there; {fix}"
-    return (f"architecture {arch!r} takes no per-pair factors: llama.cpp's {arch} builder does not create "
-            f"rope_freqs.weight, so the extra tensor would fail the load (\"wrong number of tensors\"); "
+    longrope = (" (its per-pair factors are LongRoPE's rope_factors_long/short, which ropepatch does not "
+                "write yet)" if e.longrope == "always" else "")
+    return (f"architecture {arch!r} takes no per-pair factors in rope_freqs.weight: llama.cpp's {arch} builder "
+            f"does not create it, so the extra tensor would fail the load (\"wrong number of tensors\"){longrope}; "
             f"{method} needs a llama-family architecture ({FAMILY}, ...: docs/effects.md); {fix}")
 
 

@@ -178,3 +178,12 @@ def test_phi3_long_short_factors_stay_applied_after_replace_scaling_and_that_is_
     w = fx.plan_warnings(plan)
     assert len(w) == 1 and "rope_factors_long/short whatever rope.scaling.type says" in w[0] and w[0] in plan.warnings
     assert fx.plan_warnings(make_plan(params("phi3"), 16384, "yarn")) == ()
+
+
+def test_longrope_architectures_are_told_where_their_factors_live():
+    """phi3-style models carry per-pair factors, but as LongRoPE's long/short pair: the refusal
+    says so instead of implying the architecture has none; qwen2's does not mention LongRoPE."""
+    phi3 = fx.factor_refusal("phi3", "ntk-parts")
+    assert "rope_factors_long/short, which ropepatch does not write yet" in phi3 and "\n" not in phi3
+    assert "LongRoPE" not in fx.factor_refusal("qwen2", "ntk-parts")
+    assert fx.factor_refusal("llama", "ntk-parts") is None
