@@ -14,6 +14,8 @@ Writes, from one fixed numpy seed:
     DIR/hf/tiny-qwen2/{config.json,model.safetensors}   Qwen2ForCausalLM, same model
     DIR/tiny-exaone-f32.gguf    architecture "exaone" (NEOX rope): the tiny-qwen2 tensors plus
                                 per-pair frequency factors (rope_freqs.weight, llama3-style)
+    DIR/tiny-llama-longrope-f32.gguf  tiny-llama with LongRoPE: rope.scaling.type longrope,
+                                original_context_length 32, attn_factor, rope_factors_long/short
 
 All models share one set of random weights ("HF layout"). The llama GGUF files
 store q/k weights permuted exactly like llama.cpp's convert_hf_to_gguf.py does
@@ -39,9 +41,8 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import gguf
+import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType
 from safetensors.numpy import save_file
 
@@ -66,6 +67,15 @@ SPACE_PIECE = "\u2581"  # SentencePiece whitespace marker
 LLAMA3_FACTOR = 4.0
 LLAMA3_LOW_FREQ_FACTOR = 1.0
 LLAMA3_HIGH_FREQ_FACTOR = 4.0
+
+# tiny-llama-longrope: LongRoPE keys and tensors on the tiny-llama model, Phi-3-128k style: trained
+# (context_length) at N_CTX_TRAIN with long factors from an original context LONGROPE_ORIG_CTX,
+# attention factor sqrt(1 + ln(s) / ln(orig)) for s = N_CTX_TRAIN / LONGROPE_ORIG_CTX.
+LONGROPE_ORIG_CTX = 32
+LONGROPE_TOP = 4.0  # the long factors run 1 .. 4
+LONGROPE_SHORT_TOP = 1.25  # the short ones 1 .. 1.25
+LONGROPE_ATTN_FACTOR = float(np.float32(np.sqrt(
+    1 + np.log(N_CTX_TRAIN / LONGROPE_ORIG_CTX) / np.log(LONGROPE_ORIG_CTX))))
 
 
 def build_vocab() -> tuple[list[str], list[float], list[int]]:
@@ -208,7 +218,17 @@ def llama3_rope_factors(n_rot: int = N_ROT, base: float = ROPE_THETA, orig_ctx: 
     return np.asarray(out, dtype=np.float32)
 
 
+def longrope_factors(n_rot: int = N_ROT, top: float = LONGROPE_TOP, power: float = 1.5) -> np.ndarray:
+    """LongRoPE-style per-pair divisors (float32, n_rot/2 values): monotone from 1 at the highest
+    frequency to ``top`` at the lowest, ``top ** ((i / (n - 1)) ** power)`` (a searched profile's
+    shape; the values themselves are made up: the fixture has random weights)."""
+    n = n_rot // 2
+    return np.asarray([top ** ((i / (n - 1)) ** power) for i in range(n)], dtype=np.float32)
+
+
 def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], qtype: str) -> None:
+    longrope = arch == "llama-longrope"
+    arch = "llama" if longrope else arch
     assert arch in ("llama", "qwen2", "exaone") and qtype in ("f32", "q8_0")
     ftype = LlamaFileType.ALL_F32 if qtype == "f32" else LlamaFileType.MOSTLY_Q8_0
     w = GGUFWriter(path, arch)  # adds general.architecture
@@ -229,6 +249,10 @@ def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], qtype: str
     w.add_head_count_kv(N_HEAD_KV)
     w.add_rope_dimension_count(N_ROT)
     w.add_rope_freq_base(ROPE_THETA)
+    if longrope:  # as convert_hf_to_gguf.py writes a LongRoPE model (Phi3MiniModel), plus the type
+        w.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+        w.add_rope_scaling_orig_ctx_len(LONGROPE_ORIG_CTX)
+        w.add_rope_scaling_attn_factors(LONGROPE_ATTN_FACTOR)
     w.add_layer_norm_rms_eps(RMS_EPS)
 
     w.add_tokenizer_model("llama")
@@ -246,6 +270,9 @@ def write_gguf(path: Path, arch: str, weights: dict[str, np.ndarray], qtype: str
     tensors = gguf_tensors(weights, "qwen2" if arch == "exaone" else arch)
     if arch == "exaone":  # first, as convert_hf_to_gguf.py's generate_extra_tensors puts it
         tensors.insert(0, ("rope_freqs.weight", llama3_rope_factors()))
+    if longrope:  # first, long then short, as convert_hf_to_gguf.py's Phi3MiniModel puts them
+        tensors[:0] = [("rope_factors_long.weight", longrope_factors()),
+                       ("rope_factors_short.weight", longrope_factors(top=LONGROPE_SHORT_TOP))]
     for name, arr in tensors:
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         if qtype == "q8_0" and arr.ndim == 2:
@@ -317,7 +344,7 @@ GGUF_FILES = [
 ]
 HF_DIRS = [("hf/tiny-llama", "llama"), ("hf/tiny-qwen2", "qwen2")]
 # models with per-pair frequency factors (kept out of GGUF_FILES: not every method applies to them)
-FACTOR_FILES = [("tiny-exaone-f32.gguf", "exaone", "f32")]
+FACTOR_FILES = [("tiny-exaone-f32.gguf", "exaone", "f32"), ("tiny-llama-longrope-f32.gguf", "llama-longrope", "f32")]
 
 # Every generated path, relative to the output directory (fixtures/README.md is hand-written).
 GENERATED_FILES = [name for name, _, _ in GGUF_FILES] + [

@@ -1,13 +1,15 @@
 """Per-pair frequency factors in ``ropepatch validate``: what the file holds, what is expected,
 and how two sets compare.
 
-The factors are the divisors ``ff_i`` of ``rope_freqs.weight`` (F32, rope_dim/2 values): the
+The factors are the divisors ``ff_i`` of ``rope_freqs.weight`` (F32, rope_dim/2 values; LongRoPE's
+``rope_factors_long.weight`` where that pair applies, the one the runtime uses past the original
+context -- validate probes there): the
 ROPE op computes ``theta_i = p * b^(-2i/d) / ff_i`` (ggml_rope_cache_init). They are compared
 exactly as float32, the type the tensor stores and the kernel divides by.
 
 Expected factors (:func:`factors_of`): ``()`` = none (the ROPE op's src[2] must be NULL), a
 tuple = those values, ``None`` = the file carries factor tensors ropepatch does not read
-(longrope's ``rope_factors_long/short``): the checks then use the runtime's own and say so.
+(e.g. LongRoPE factors of another type or shape): the checks then use the runtime's own and say so.
 """
 
 from __future__ import annotations
@@ -18,22 +20,28 @@ from typing import Sequence
 import numpy as np
 
 from ropepatch.formats.gguf.header import GGUFHeader
+from ropepatch.formats.gguf.tensors import header_factors_tensor
 from ropepatch.rope.params import RopeParams
 
-#: the tensor llama-family builders load as per-pair divisors (one for every layer)
-FACTOR_TENSOR = "rope_freqs.weight"
 _GGML_F32 = 0
 
 
+def factor_tensor(header: GGUFHeader) -> str:
+    """The tensor whose divisors the runtime applies past the original context: rope_freqs.weight
+    (llama family), or LongRoPE's rope_factors_long.weight where that pair applies."""
+    return header_factors_tensor(header.kvs)
+
+
 def file_factors(path: str, header: GGUFHeader) -> tuple[tuple[float, ...] | None, str]:
-    """(the values of the file's ``rope_freqs.weight``, "") read straight from the tensor data
-    (independently of the patch layer's reader); (None, "") when the file has no such tensor;
-    (None, why) when it cannot be read as rope_dim/2 float32 values."""
-    info = next((t for t in header.tensors if t.name == FACTOR_TENSOR), None)
+    """(the values of the file's factor tensor (:func:`factor_tensor`), "") read straight from
+    the tensor data (independently of the patch layer's reader); (None, "") when the file has
+    no such tensor; (None, why) when it cannot be read as rope_dim/2 float32 values."""
+    name = factor_tensor(header)
+    info = next((t for t in header.tensors if t.name == name), None)
     if info is None:
         return None, ""
     if info.ggml_type != _GGML_F32:
-        return None, f"{FACTOR_TENSOR} has ggml type {info.ggml_type}, the ROPE op needs F32 (type 0)"
+        return None, f"{name} has ggml type {info.ggml_type}, the ROPE op needs F32 (type 0)"
     n = 1
     for d in info.shape:
         n *= int(d)
@@ -41,13 +49,13 @@ def file_factors(path: str, header: GGUFHeader) -> tuple[tuple[float, ...] | Non
         f.seek(header.data_offset + info.offset)
         raw = f.read(4 * n)
     if len(raw) != 4 * n:
-        return None, f"{FACTOR_TENSOR}: the file ends inside its data ({len(raw)} of {4 * n} bytes)"
+        return None, f"{name}: the file ends inside its data ({len(raw)} of {4 * n} bytes)"
     return tuple(float(v) for v in np.frombuffer(raw, dtype="<f4")), ""
 
 
 def factors_of(params: RopeParams) -> tuple[float, ...] | None:
     """The divisors ``params`` asks the runtime to apply: () none, the values, or None when the
-    file has factor tensors whose values ropepatch does not read (longrope)."""
+    file has factor tensors whose values ropepatch does not read."""
     if not params.has_freq_factors:
         return ()
     return tuple(float(v) for v in params.freq_factors) or None

@@ -137,11 +137,12 @@ def _figures(plan: ForwardPlan, cmp, L: int, tol_class: str, on_gpu: bool, want_
 
 
 def check_forward(path: str, plan: ForwardPlan, expected_op: Mapping, L: int, gpu_layers: int, on_gpu: bool,
-                  n_threads: int, want_ff: tuple | None = ()) -> CheckResult:
+                  n_threads: int, want_ff: tuple | None = (), min_ctx: int = 0) -> CheckResult:
     """Check d: decode ``plan``'s tokens in the runtime (F32 KV cache, no flash attention) and
     compare its logits with the reference forward's, whose rotary divides by ``want_ff`` (the
     expected per-pair factors; () none; None: the file's own, when ropepatch does not know
-    what to expect)."""
+    what to expect); ``min_ctx``: the least context to decode in (LongRoPE: past the original
+    context, where the runtime applies the long factors ``want_ff`` holds)."""
     from ropepatch.check.reference_forward import compare_logits, forward, load_model  # noqa: PLC0415
     from ropepatch.runtime.probe import probe  # noqa: PLC0415
 
@@ -151,7 +152,7 @@ def check_forward(path: str, plan: ForwardPlan, expected_op: Mapping, L: int, gp
     rng = np.random.default_rng(FORWARD_SEED)
     toks = rng.integers(min(3, m.n_vocab - 1), m.n_vocab, size=n_tok)
     try:
-        res = probe(path, toks, start, n_ctx=max(256, n_tok), layers=(), n_gpu_layers=gpu_layers,
+        res = probe(path, toks, start, n_ctx=max(256, n_tok, min_ctx), layers=(), n_gpu_layers=gpu_layers,
                     kv_cache_type="f32", flash_attn=False, n_threads=n_threads)
     except RopepatchError as exc:
         return CheckResult("d", NAMES["d"], FAILED, f"the runtime failed to decode {n_tok} tokens: {exc}",

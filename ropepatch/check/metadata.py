@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ropepatch.check.expectation import Expectation
-from ropepatch.check.factors import compare_factors, file_factors, fmt_factors
+from ropepatch.check.factors import compare_factors, factor_tensor, file_factors, fmt_factors
 from ropepatch.check.report import FAILED, LABEL, NAMES, PASSED, CheckResult, fmt_val, g
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import GGUFHeader
@@ -221,10 +221,10 @@ def _factor_problems(exp: Expectation, header: GGUFHeader, problems: list[str]) 
     want = exp.factors
     if not file_ff and not want and not why:
         return None
-    fig: dict = {"file": list(file_ff), "expected_source": exp.source}
+    fig: dict = {"tensor": factor_tensor(header), "file": list(file_ff), "expected_source": exp.source}
     reader = tuple(exp.current.freq_factors)
     if values is not None and reader and compare_factors(reader, file_ff).problem:
-        problems.append(f"ropepatch reads rope_freqs.weight as {fmt_factors(reader)}, the tensor holds "
+        problems.append(f"ropepatch reads {factor_tensor(header)} as {fmt_factors(reader)}, the tensor holds "
                         f"{fmt_factors(file_ff)}")
     if want is None:  # longrope: the expectation has factor tensors whose values are not read
         fig.update(expected=None, same=None, max_rel_diff=None)
@@ -233,7 +233,7 @@ def _factor_problems(exp: Expectation, header: GGUFHeader, problems: list[str]) 
     fig.update(expected=list(want), same=cmp.same, max_rel_diff=cmp.max_rel)
     if not cmp.same:
         where = "changed behind ropepatch's back: " if exp.source == "plan" else ""
-        problems.append(f"{where}rope_freqs.weight: {cmp.problem}")
+        problems.append(f"{where}{factor_tensor(header)}: {cmp.problem}")
     return fig
 
 

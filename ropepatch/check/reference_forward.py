@@ -29,6 +29,7 @@ from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import read_header
 from ropepatch.formats.gguf.keys import k
 from ropepatch.formats.gguf.params import params_from_kvs
+from ropepatch.formats.gguf.tensors import header_factors_tensor
 from ropepatch.rope.params import RopeLayout, RopeParams
 
 # exaone: the qwen2 block (NEOX rope, optional q/k/v biases) that loads rope_freqs like llama
@@ -120,7 +121,7 @@ def load_model(path: str | os.PathLike) -> ReferenceModel:
     rope = params_from_kvs({kv.key: kv for kv in header.kvs}, [t.name for t in header.tensors], str(p))
     n_head = int(need(K.HEAD_COUNT))
     weights = {t.name: _tensor_f64(t) for t in reader.tensors}
-    ff = weights.get("rope_freqs.weight")
+    ff = weights.get(header_factors_tensor(header.kvs))  # LongRoPE: the long ones (decoded past orig ctx)
     return ReferenceModel(
         path=str(p),
         arch=arch,

@@ -128,7 +128,7 @@ def _summary_a(f) -> str:
     ff = f.get("freq_factors")
     return (f"n_ctx_train {f['n_ctx_train']['runtime']}, rope type {str(f['rope_type']['runtime']).upper()}, "
             f"{len(f['metadata'])} keys read back"
-            + ("" if not ff else f", rope_freqs.weight: {len(ff['file'])} factors"
+            + ("" if not ff else f", {ff.get('tensor', 'rope_freqs.weight')}: {len(ff['file'])} factors"
                + ("" if ff["expected"] is None else f" = {LABEL[ff['expected_source']]}'s"))
             + ("" if f.get("plan_consistent") is None else
                f", file {'matches' if f['plan_consistent'] else 'differs from'} the recorded plan"))

@@ -45,6 +45,7 @@ from ropepatch.check.report import (
 from ropepatch.check.rotary import ROTARY_TOLERANCE, check_rotary, rotary_errors
 from ropepatch.errors import RopepatchError, UsageError
 from ropepatch.formats.gguf.header import read_header
+from ropepatch.rope.effects import longrope_applies
 from ropepatch.runtime import binding
 from ropepatch.runtime.binding import RuntimeUnavailable
 from ropepatch.safeio.paths import regular_input
@@ -218,8 +219,10 @@ def _check_d(run: _Run, exp: Expectation, reference_forward, forward_tokens, n_t
         run.done(plan)
         return
     run.step(f"check d: reference forward vs runtime logits, {plan.describe()}")
+    cur = exp.current  # LongRoPE: the long factors apply only past the original context
+    min_ctx = cur.n_ctx_orig + 1 if longrope_applies(cur.arch, cur.scaling_type.value) else 0
     run.done(check_forward(run.path, plan, exp.op, exp.original_ctx, run.gpu_layers, run.on_gpu, n_threads,
-                           want_ff=exp.factors))
+                           want_ff=exp.factors, min_ctx=min_ctx))
 
 
 def validate(

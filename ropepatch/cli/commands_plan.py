@@ -8,8 +8,8 @@ import os
 
 from ropepatch.cli.commands_inspect import is_hf
 from ropepatch.cli.render import describe_params, emit, g, note_lines, params_dict, plan_dict
-from ropepatch.errors import RopepatchError, UsageError
-from ropepatch.rope.effects import factor_refusal
+from ropepatch.errors import RopepatchError, UnsupportedModelError, UsageError
+from ropepatch.formats.gguf.tensors import factors_tensor
 from ropepatch.rope.factors import parse_points
 from ropepatch.rope.methods import METHODS, Plan, alpha_for, make_plan, method_note
 from ropepatch.rope.params import RopeParams
@@ -24,15 +24,7 @@ def cmd_plan(args) -> int:
     if args.path and is_hf(args.path):
         return _plan_hf(args)
     orig, current, model_path = _plan_original(args)
-    # --method all: only the methods the architecture can take (effect map); one method: refused in one line
-    skipped = {m: why for m in METHODS if args.method == "all" and (why := _refusal(orig, m))}
-    methods = [m for m in METHODS if m not in skipped] if args.method == "all" else [args.method]
-    try:
-        plans = [make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if args.method == "all" else args.alpha,
-                           options=method_options(args, m, only=args.method == "all"))
-                 for m in methods]
-    except RopepatchError as e:
-        raise type(e)(f"{args.path}: {e}" if args.path else str(e)) from None
+    plans, skipped = _plans(args, orig)
     for p in plans:  # what `ropepatch gguf` refuses to write, plan does not print as a flag
         if p.target.freq_base > F32_MAX:
             raise UsageError(f"{p.method}: the planned rotary base {p.target.freq_base:.4g} is beyond the largest "
@@ -46,9 +38,10 @@ def cmd_plan(args) -> int:
     for p in plans:  # what llama.cpp would ignore or only partly apply (effect map), an extreme scale
         data["plans"][p.method]["warnings"] = list(p.warnings)
         data["plans"][p.method]["options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in p.options}
+    why = (f"llama.cpp applies no per-pair factors to {orig.arch}; " if set(skipped) <= _FACTOR_METHODS
+           else "they do not compose with the file's scaling or factors, or its architecture cannot take them; ")
     lines = [f"original: {describe_params(orig)}"] + ([
-        f"not applicable: {', '.join(skipped)} (llama.cpp applies no per-pair factors to {orig.arch}; "
-        f"--method NAME says why; docs/effects.md)"] if skipped else [])
+        f"not applicable: {', '.join(skipped)} ({why}--method NAME says why; docs/effects.md)"] if skipped else [])
     if current != orig:
         data["current"] = params_dict(current)
         lines.append(f"file now: {describe_params(current)} (the runtime settings below are for the file as it is)")
@@ -89,19 +82,38 @@ def method_options(args, method: str, only: bool = False) -> dict:
 
 
 def factor_line(plan: Plan) -> str:
-    """One line on a factor plan's rope_freqs values ("" for the other methods)."""
+    """One line on a factor plan's divisors, named by the tensor that holds them ("" for the
+    other methods)."""
     f = plan.target.freq_factors
     if not METHODS[plan.method].writes_factors or not f:
         return ""
     opts = ", ".join(f"{k} {g(v) if isinstance(v, float) else ','.join(map(g, v)) if v else 'default'}"
                      for k, v in plan.options)
-    return (f"rope_freqs.weight: {len(f)} per-pair divisors {min(f):.6g}..{max(f):.6g}"
+    name = factors_tensor(plan.original.arch, plan.original.scaling_type.value)
+    return (f"{name}: {len(f)} per-pair divisors {min(f):.6g}..{max(f):.6g}"
             + (f" ({opts})" if opts else ""))
 
 
-def _refusal(orig: RopeParams, method: str) -> str | None:
-    """Why the effect map refuses ``method`` for ``orig``'s architecture (None: it does not)."""
-    return factor_refusal(orig.arch, method) if METHODS[method].writes_factors else None
+_FACTOR_METHODS = {m for m in METHODS if METHODS[m].writes_factors}
+
+
+def _plans(args, orig: RopeParams) -> tuple[list[Plan], dict[str, str]]:
+    """The plans to show, and (``--method all``) the methods refused for this model, with why:
+    the effect map's refusals, and methods that do not compose with the file's scaling or factors
+    (e.g. ntk on a file with llama3 or LongRoPE factors). One method: refused in one line."""
+    every = args.method == "all"
+    plans, skipped = [], {}
+    for m in (METHODS if every else [args.method]):
+        try:
+            plans.append(make_plan(orig, args.ctx, m, alpha_for(m, args.alpha) if every else args.alpha,
+                                   options=method_options(args, m, only=every)))
+        except UnsupportedModelError as e:
+            if not every:
+                raise type(e)(f"{args.path}: {e}" if args.path else str(e)) from None
+            skipped[m] = str(e)
+        except RopepatchError as e:
+            raise type(e)(f"{args.path}: {e}" if args.path else str(e)) from None
+    return plans, skipped
 
 
 def next_step_lines(steps: dict[str, str]) -> list[str]:

@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 
 from ropepatch.cli.streams import one_line, out
+from ropepatch.rope.effects import longrope_applies
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeParams, ScalingType
 from ropepatch.rope.serialize import jsonable
@@ -65,7 +66,8 @@ def describe_params(p: RopeParams) -> str:
     if p.scaling_type != ScalingType.NONE:
         s += f" (factor {g(p.scaling_factor)}, original ctx {p.n_ctx_orig})"
     if p.has_freq_factors:
-        s += ", per-pair frequency factors (rope_freqs)"
+        s += (", per-pair frequency factors (LongRoPE's rope_factors_long/short: long past the original ctx)"
+              if longrope_applies(p.arch, p.scaling_type.value) else ", per-pair frequency factors (rope_freqs)")
     return s
 
 

@@ -34,7 +34,7 @@ from ropepatch.errors import FormatError, NotPatchedError, RopepatchError, Usage
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import ArrayValue, GGUFHeader, parse_header, read_header, serialize_header
 from ropepatch.formats.gguf.params import params_from_kvs, params_to_kvs
-from ropepatch.formats.gguf.tensors import ROPE_FREQS, rope_freqs_data
+from ropepatch.formats.gguf.tensors import ROPE_FREQS, header_factors_tensor, rope_freqs_data
 from ropepatch.patch.gguf_layout import (  # noqa: F401 - MIN_SLACK, Change: part of this module's API
     MIN_SLACK,
     Change,
@@ -96,12 +96,13 @@ def _load(path: str) -> tuple[GGUFHeader, Provenance | None, RopeParams, RopePar
     h = read_header(path, shown(path))
     prov = read_provenance(h)
     names = [t.name for t in h.tensors]
-    cur_freqs = rope_freqs_data(path, h, shown(path))
+    cur_freqs = rope_freqs_data(path, h, shown(path), header_factors_tensor(h.kvs))
     current = params_from_kvs({kv.key: kv for kv in h.kvs}, names, shown(path), cur_freqs and cur_freqs[1])
     orig_kvs = original_kvs(h, prov)
     rec = prov.record.rope_freqs if prov is not None else None
-    if rec is None:  # the tensor is the original's
-        orig_names, orig_freqs = names, cur_freqs and cur_freqs[1]
+    if rec is None:  # the tensor is the original's (a patch keeps the type that says which one it is)
+        orig_freqs = rope_freqs_data(path, h, shown(path), header_factors_tensor(orig_kvs))
+        orig_names, orig_freqs = names, orig_freqs and orig_freqs[1]
     elif rec.raw is None:  # ropepatch added it
         orig_names, orig_freqs = [n for n in names if n != ROPE_FREQS], None
     else:

@@ -10,9 +10,11 @@ data offset, any non-zero padding and the sha256 of the original header, as one 
      "padding":"..."}
 
 ``rope_freqs`` is present once a per-pair factor method (ntk-parts, factors) has touched the
-``rope_freqs.weight`` tensor: ``{"raw": hex}`` its original data bytes (a llama3 file), or
-``{"data_length": N}`` when the file had none (ropepatch appended it; N = the original data
-section's length, which revert truncates back to). Absent: the tensor is as it was.
+factor tensor: ``{"raw": hex}`` the original data bytes of ``rope_freqs.weight`` (a llama3
+file), ``{"raw": hex, "tensor": "rope_factors_long.weight"}`` those of LongRoPE's long factors
+(a longrope file: changed in place, the short ones never), or ``{"data_length": N}`` when the
+file had no rope_freqs.weight (ropepatch appended it; N = the original data section's length,
+which revert truncates back to). Absent: the tensor is as it was.
 ``at`` is absent in records written before touched keys moved to the header's tail,
 ``padding`` when the original padding was all zeros, and ``link`` (the symlink target text of a
 file that was a symlink, replaced by a patched regular file) unless the file was a link.
@@ -38,7 +40,16 @@ from ropepatch.errors import FormatError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import KV, GGUFHeader, kv_from_value_raw, make_kv, serialize_header
 from ropepatch.formats.gguf.keys import ValueType, k
-from ropepatch.formats.gguf.tensors import GGML_F32, MAX_FACTOR_PAIRS, ROPE_FREQS, data_end, find_tensor, overlapping
+from ropepatch.formats.gguf.tensors import (
+    GGML_F32,
+    MAX_FACTOR_PAIRS,
+    ROPE_FACTORS_LONG,
+    ROPE_FREQS,
+    data_end,
+    find_tensor,
+    header_factors_tensor,
+    overlapping,
+)
 from ropepatch.formats.jsontext import parse_json
 from ropepatch.rope.methods import METHODS
 from ropepatch.safeio.commit import PAGE
@@ -99,9 +110,12 @@ class FreqsRecord:
 
     raw: bytes | None
     data_length: int = 0
+    tensor: str = ROPE_FREQS  # the tensor ``raw`` belongs to (an added one is always rope_freqs)
 
     def to_dict(self) -> dict:
-        return {"raw": self.raw.hex()} if self.raw is not None else {"data_length": self.data_length}
+        if self.raw is None:
+            return {"data_length": self.data_length}
+        return {"raw": self.raw.hex()} | ({} if self.tensor == ROPE_FREQS else {"tensor": self.tensor})
 
 
 def _freqs(d: dict, path: str) -> FreqsRecord | None:
@@ -110,18 +124,19 @@ def _freqs(d: dict, path: str) -> FreqsRecord | None:
         return None
     f = d["rope_freqs"]
     bad = _damaged(path, "the recorded original rope_freqs tensor is damaged; the provenance is damaged")
-    if not isinstance(f, dict) or len(f) != 1:
+    if not isinstance(f, dict) or len(f) != 1 + ("tensor" in f):
         raise bad
     if "data_length" in f:
         n = f["data_length"]
         if type(n) is not int or not 0 <= n < _U64:
             raise bad
         return FreqsRecord(None, n)
-    raw = f.get("raw")
-    if not isinstance(raw, str) or not 0 < len(raw) <= MAX_FACTOR_PAIRS * 8 or len(raw) % 8:
+    raw, tensor = f.get("raw"), f.get("tensor", ROPE_FREQS)
+    if (not isinstance(raw, str) or not 0 < len(raw) <= MAX_FACTOR_PAIRS * 8 or len(raw) % 8
+            or tensor not in (ROPE_FREQS, ROPE_FACTORS_LONG)):
         raise bad
     try:
-        return FreqsRecord(bytes.fromhex(raw))
+        return FreqsRecord(bytes.fromhex(raw), tensor=tensor)
     except ValueError:
         raise bad from None
 
@@ -293,9 +308,9 @@ def _bounded(rec: GgufUndoRecord, h: GGUFHeader) -> GgufUndoRecord:
         raise _damaged(h.path, "the recorded original rope_freqs tensor does not fit the file's; the "
                                "provenance is damaged")
     method = h.get(K.RP_METHOD)
-    if _factor_method(method) and (rec.rope_freqs is None or find_tensor(h, ROPE_FREQS) is None):
+    if _factor_method(method) and (rec.rope_freqs is None or find_tensor(h, rec.rope_freqs.tensor) is None):
         lost = ("its undo record holds no original rope_freqs state" if rec.rope_freqs is None
-                else f"it has no {ROPE_FREQS}")
+                else f"it has no {rec.rope_freqs.tensor}")
         raise _damaged(h.path, f"the file says it was patched with per-pair factors ({method}) but {lost}; "
                                f"the provenance is damaged")
     return rec
@@ -306,10 +321,10 @@ def _freqs_fit(f: FreqsRecord, h: GGUFHeader) -> bool:
     for recorded bytes; for an added one, an original data length within the data that keeps
     every other tensor's bytes (revert truncates to it), and the tensor, if present, the last
     one (where a patch appends it), F32, past that length."""
-    t = find_tensor(h, ROPE_FREQS)
-    if f.raw is not None:
+    t = find_tensor(h, f.tensor)
+    if f.raw is not None:  # and the tensor is the one this file's factors are in
         return (t is not None and t.ggml_type == GGML_F32 and t.shape == (len(f.raw) // 4,)
-                and overlapping(h, t) is None)
+                and overlapping(h, t) is None and f.tensor == header_factors_tensor(h.kvs))
     if not data_end([x for x in h.tensors if x is not t]) <= f.data_length <= h.data_length:
         return False
     return t is None or (h.tensors[-1] is t and t.ggml_type == GGML_F32 and len(t.shape) == 1

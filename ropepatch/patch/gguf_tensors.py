@@ -1,5 +1,7 @@
-"""The ``rope_freqs.weight`` tensor of a GGUF patch or revert: its original state, and where
-the tensor infos and data bytes of the file to write come from.
+"""The per-pair factor tensor of a GGUF patch or revert -- ``rope_freqs.weight``, or LongRoPE's
+``rope_factors_long.weight`` where that pair applies (it is the file's own: only its bytes ever
+change; the short factors never do) -- its original state, and where the tensor infos and data
+bytes of the file to write come from.
 
 A per-pair factor method (ntk-parts, factors) wants the tensor to hold the plan's divisors;
 every other method, and revert, wants it back in its original state. The original state is
@@ -26,6 +28,7 @@ from ropepatch.formats.gguf.tensors import (
     data_size,
     encode_tensor_info,
     factor_bytes,
+    factors_tensor,
     find_tensor,
     overlapping,
     pad_to,
@@ -48,8 +51,9 @@ class TensorLayout:
     keep: int
     trailing: bytes = b""
     span: tuple[int, bytes, bytes] | None = None
-    change: str = ""  # "", "added", "changed", "removed": what happens to rope_freqs.weight
+    change: str = ""  # "", "added", "changed", "removed": what happens to the factor tensor
     n_bytes: int = 0  # the tensor's size when added or changed
+    tensor: str = ROPE_FREQS  # its name (rope_factors_long.weight: LongRoPE's, changed in place)
 
     def data_unchanged(self, h: GGUFHeader) -> bool:
         return (self.keep == h.data_length and not self.trailing
@@ -60,9 +64,9 @@ class TensorLayout:
         if not self.change:
             return ""
         if self.change == "removed":
-            return f"{ROPE_FREQS} removed (the original file has none)"
+            return f"{self.tensor} removed (the original file has none)"
         verb = {"added": "added", "changed": "data changed"}[self.change]
-        return f"{ROPE_FREQS} {verb} ({self.n_bytes // 4} F32 factors, {self.n_bytes} bytes)"
+        return f"{self.tensor} {verb} ({self.n_bytes // 4} F32 factors, {self.n_bytes} bytes)"
 
 
 def unchanged(h: GGUFHeader) -> TensorLayout:
@@ -70,26 +74,28 @@ def unchanged(h: GGUFHeader) -> TensorLayout:
 
 
 def original_freqs(path: str, h: GGUFHeader, prov: Provenance | None, plan: Plan | None) -> FreqsRecord | None:
-    """The original rope_freqs state: the record's, else (never touched) the file's own, read
-    only when ``plan`` writes factors (None otherwise: nothing to restore or record). Refuses
-    (one line) a factor plan on a file whose rope_freqs is not F32 of rope_dim/2 values, or
-    shares bytes with another tensor."""
+    """The original state of the factor tensor (rope_freqs.weight, or LongRoPE's
+    rope_factors_long.weight where that pair applies): the record's, else (never touched) the
+    file's own, read only when ``plan`` writes factors (None otherwise: nothing to restore or
+    record). Refuses (one line) a factor plan on a file whose tensor is not F32 of rope_dim/2
+    values, or shares bytes with another tensor."""
     if prov is not None and prov.record.rope_freqs is not None:
         return prov.record.rope_freqs
     if plan is None or not get_method(plan.method).writes_factors:
         return None
-    t = find_tensor(h, ROPE_FREQS)
-    if t is None:
+    name = factors_tensor(plan.original.arch, plan.original.scaling_type.value)
+    t = find_tensor(h, name)
+    if t is None and name == ROPE_FREQS:
         return FreqsRecord(None, h.data_length)
-    problem = rope_freqs_problem(t, plan.original.rope_dim)
+    problem = "is missing" if t is None else rope_freqs_problem(t, plan.original.rope_dim)
     if not problem and (other := overlapping(h, t)) is not None:
         problem = f"shares data bytes with tensor {other!r} (llama.cpp refuses such a file)"
     if problem:
         raise UnsupportedModelError(
-            f"{shown(path)}: its {ROPE_FREQS} {problem}; ropepatch writes per-pair factors as F32 "
+            f"{shown(path)}: its {name} {problem}; ropepatch writes per-pair factors as F32 "
             f"only and cannot compose with or replace this tensor; use another --method"
         )
-    return FreqsRecord(read_tensor_bytes(path, h, t, shown(path)))
+    return FreqsRecord(read_tensor_bytes(path, h, t, shown(path)), tensor=name)
 
 
 def wanted_bytes(plan: Plan, orig: FreqsRecord) -> bytes | None:
@@ -105,14 +111,14 @@ def freqs_layout(path: str, h: GGUFHeader, orig: FreqsRecord | None, want: bytes
     is original and stays so)."""
     if orig is None:
         return unchanged(h)
-    t = find_tensor(h, ROPE_FREQS)
+    t = find_tensor(h, orig.tensor)
     if orig.raw is not None:  # the tensor is the original's: only its bytes change
         if want is None or t is None or len(want) != len(orig.raw):
-            raise FormatError(f"{shown(path)}: {ROPE_FREQS} cannot be restored in place; the "
+            raise FormatError(f"{shown(path)}: {orig.tensor} cannot be restored in place; the "
                               f"provenance is damaged")
         cur = read_tensor_bytes(path, h, t, shown(path))
         return TensorLayout(h.tensor_info_raw, len(h.tensors), h.data_length, span=(t.offset, cur, want),
-                            change="changed" if cur != want else "", n_bytes=len(want))
+                            change="changed" if cur != want else "", n_bytes=len(want), tensor=orig.tensor)
     base = [x for x in h.tensors if x is not t]
     base_raw = h.tensor_info_raw
     if t is not None:  # appended by ropepatch: the last info (checked when the record was read)

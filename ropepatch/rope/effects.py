@@ -216,6 +216,21 @@ def reads_freq_factors(arch: str) -> bool:
     return arch in FREQS_APPLIED
 
 
+def longrope_applies(arch: str, scaling_type: str) -> bool:
+    """Whether llama.cpp's ``arch`` builder creates LongRoPE's rope_factors_long/short pair (and no
+    rope_freqs) for a file of this rope.scaling.type: then ``get_rope_factors`` applies the long
+    factors when the context (n_ctx_seq) exceeds the original one (n_ctx_orig_yarn), else the
+    short ones."""
+    return arch in LONGROPE_ALWAYS or (arch in LONGROPE_TYPED and arch not in FREQS_SPECIAL
+                                       and scaling_type == "longrope")
+
+
+def composes_with_long(orig) -> bool:
+    """Whether a per-pair factor method on ``orig`` (a :class:`RopeParams` read from a file)
+    multiplies LongRoPE's rope_factors_long: the pair applies there and the long values were read."""
+    return longrope_applies(orig.arch, orig.scaling_type.value) and bool(orig.freq_factors)
+
+
 def factor_refusal(arch: str, method: str) -> str | None:
     """Why ``method`` (one that writes rope_freqs.weight) cannot work on ``arch``; None if it can
     (or the architecture is not in the map: effects unknown, nothing refused)."""
@@ -230,37 +245,44 @@ def factor_refusal(arch: str, method: str) -> str | None:
                 f"({e.source}), so {method} would change nothing; {fix}")
     if e.rope_freqs == "special":
         return f"architecture {arch!r}: {FREQS_SPECIAL[arch]}; ropepatch does not write {method} there; {fix}"
-    longrope = (" (its per-pair factors are LongRoPE's rope_factors_long/short, which ropepatch does not "
-                "write yet)" if e.longrope == "always" else "")
+    longrope = (" (its per-pair factors are LongRoPE's rope_factors_long/short: ropepatch multiplies the long "
+                "ones of a file that has them as F32 of rope_dim/2 values, and this one has none)"
+                if e.longrope == "always" else "")
     return (f"architecture {arch!r} takes no per-pair factors in rope_freqs.weight: llama.cpp's {arch} builder "
             f"does not create it, so the extra tensor would fail the load (\"wrong number of tensors\"){longrope}; "
             f"{method} needs a llama-family architecture ({FAMILY}, ...: docs/effects.md); {fix}")
 
 
-def longrope_refusal(orig) -> str | None:
-    """Why scaling ``orig`` (a :class:`RopeParams` read from a file) anew cannot load: its
-    rope_factors_long/short tensors are created only while rope.scaling.type is longrope, and
-    ropepatch writes another type (reached with --replace-scaling only)."""
+def longrope_refusal(orig, target) -> str | None:
+    """Why scaling ``orig`` (a :class:`RopeParams` read from a file) to ``target`` cannot load:
+    its rope_factors_long/short tensors are created only while rope.scaling.type is longrope,
+    and ``target`` has another type (a method that is not a per-pair factor one, or
+    --replace-scaling)."""
     if not (orig.arch in LONGROPE_TYPED and orig.scaling_type.value == "longrope"
-            and orig.has_freq_factors and not orig.freq_factors):
+            and orig.has_freq_factors and target.scaling_type.value != "longrope"):
         return None
     return (f"architecture {orig.arch!r}: llama.cpp creates rope_factors_long/short only while "
             f"rope.scaling.type is longrope, so replacing the file's longrope scaling would leave them as "
-            f"extra tensors and fail the load (\"wrong number of tensors\"); keep the file's LongRoPE scaling")
+            f"extra tensors and fail the load (\"wrong number of tensors\"); keep the file's LongRoPE scaling "
+            f"(--method ntk-parts or factors multiply its long factors)")
 
 
-def check_method(orig, method: str, writes_factors: bool) -> None:
+def _problem(orig, target, method: str, writes_factors: bool) -> str | None:
+    refused = writes_factors and not composes_with_long(orig)
+    return (factor_refusal(orig.arch, method) if refused else None) or longrope_refusal(orig, target)
+
+
+def check_method(orig, target, method: str, writes_factors: bool) -> None:
     """Raise UnsupportedModelError (one line) for a method the architecture of ``orig`` (the
-    :class:`RopeParams` being scaled) cannot take."""
-    why = (factor_refusal(orig.arch, method) if writes_factors else None) or longrope_refusal(orig)
+    :class:`RopeParams` being scaled) cannot take, ``target`` being what it would write."""
+    why = _problem(orig, target, method, writes_factors)
     if why:
         raise UnsupportedModelError(why)
 
 
 def plan_problems(plan, writes_factors: bool) -> tuple[str, ...]:
     """What in ``plan`` llama.cpp cannot take for the plan's architecture (the refusals, as text)."""
-    why = (factor_refusal(plan.original.arch, plan.method) if writes_factors else None) \
-        or longrope_refusal(plan.original)
+    why = _problem(plan.original, plan.target, plan.method, writes_factors)
     return (why,) if why else ()
 
 
@@ -278,7 +300,7 @@ def plan_warnings(plan) -> tuple[str, ...]:
         out.append(f"llama.cpp's {o.arch} graph calls ggml_rope without base or scaling ({e.source}): "
                    f"{plan.method}'s rope values are ignored and only context_length changes")
         return tuple(out)
-    if e.longrope == "always" and o.has_freq_factors:
+    if e.longrope == "always" and o.has_freq_factors and t.freq_factors == o.freq_factors:
         out.append(f"llama.cpp's {o.arch} applies the file's rope_factors_long/short whatever rope.scaling.type "
                    f"says: they stay and act together with {plan.method}")
     if e.swa_base in ("own", "own!") and base_changed:  # "own|main": only when the file sets the key

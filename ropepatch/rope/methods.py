@@ -146,17 +146,17 @@ def _linear(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -
 
 
 def _yarn(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
-    return orig.with_(
-        n_ctx_train=ctx,
-        scaling_type=ScalingType.YARN,
-        scaling_factor=alpha,
-        orig_ctx=orig.n_ctx_train,
-    )
+    return orig.with_(n_ctx_train=ctx, scaling_type=ScalingType.YARN, scaling_factor=alpha, orig_ctx=orig.n_ctx_train)
 
 
 def _factors_target(orig: RopeParams, ctx: int, new: tuple[float, ...]) -> RopeParams:
-    """The unscaled model at ``ctx`` whose rope_freqs is the file's factors times ``new``."""
-    return _unscaled(orig, ctx).with_(has_freq_factors=True, freq_factors=ff.compose(orig.freq_factors, new))
+    """The unscaled model at ``ctx`` whose per-pair divisors are the file's factors times ``new``;
+    LongRoPE's (the long ones, effects.longrope_applies) keep their pair: the scaling type (llama
+    creates the pair only under longrope) and the original context, past which the long apply."""
+    target = _unscaled(orig, ctx).with_(has_freq_factors=True, freq_factors=ff.compose(orig.freq_factors, new))
+    if not effects.longrope_applies(orig.arch, orig.scaling_type.value):
+        return target
+    return target.with_(scaling_type=orig.scaling_type, scaling_factor=orig.scaling_factor, orig_ctx=orig.n_ctx_orig)
 
 
 def _ntk_parts(orig: RopeParams, ctx: int, alpha: float, opts: Mapping[str, Any]) -> RopeParams:
@@ -329,19 +329,21 @@ def get_method(name: str) -> Method:
 
 def check_composable(orig: RopeParams, method: str, replace_scaling: bool = False) -> None:
     """Refuse to stack a method on top of a scaling the model already ships with. Per-pair
-    factor methods compose with a rope_freqs tensor whose values were read (its factors
-    multiply the new ones), not with longrope's pair of tensors."""
+    factor methods compose with factors whose values were read (rope_freqs, or LongRoPE's long
+    ones where that pair applies: the type longrope stays): the new ones multiply them."""
     if replace_scaling:
         return
     m = get_method(method)
-    if orig.has_freq_factors and not (m.writes_factors and orig.freq_factors):
+    composes = m.writes_factors and bool(orig.freq_factors)
+    if orig.has_freq_factors and not composes:
         raise UnsupportedModelError(
             f"the model already uses per-pair rope frequency factors (rope_freqs tensor, "
             f"llama3/longrope style); {method} cannot compose with them: pass --replace-scaling "
             f"to apply {method} anyway"
             + ("" if m.writes_factors else ", or use --method ntk-parts or factors, which multiply them")
         )
-    if orig.freq_scale != 1.0 or orig.scaling_type not in (ScalingType.NONE, ScalingType.LINEAR):
+    long_pair = composes and effects.composes_with_long(orig)
+    if orig.freq_scale != 1.0 or (orig.scaling_type not in (ScalingType.NONE, ScalingType.LINEAR) and not long_pair):
         raise UnsupportedModelError(
             f"the model already uses {orig.scaling_type.value} rope scaling "
             f"(factor {orig.scaling_factor:g}); {method} cannot compose with it: pass "
@@ -378,7 +380,6 @@ def make_plan(
         raise UsageError(f"--alpha does not apply to method {m.name} (it only raises the context length); "
                          f"drop --alpha, or choose a method that scales")
     check_composable(orig, m.name, replace_scaling)
-    effects.check_method(orig, m.name, m.writes_factors)  # e.g. rope_freqs on qwen2: refused
     base_orig = orig
     if replace_scaling:
         base_orig = orig.with_(scaling_type=ScalingType.NONE, scaling_factor=0.0, orig_ctx=0,
@@ -393,4 +394,5 @@ def make_plan(
     if not (math.isfinite(target.freq_base) and math.isfinite(target.scaling_factor)):  # b * a^x -> inf
         raise UsageError(f"--alpha {a:g} is too large for {m.name} with rotary base {base_orig.freq_base:g}: "
                          f"the result overflows")
+    effects.check_method(orig, target, m.name, m.writes_factors)  # e.g. rope_freqs on qwen2: refused
     return Plan(m.name, ctx, a, alpha is not None, orig, target, tuple(opts.items()))

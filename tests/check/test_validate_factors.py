@@ -24,11 +24,12 @@ from conftest import FIXTURES, require
 require("gguf")
 require("llama_cpp")
 
-from ropepatch.check.factors import FACTOR_TENSOR, compare_factors, file_factors  # noqa: E402
+from ropepatch.check.factors import compare_factors, file_factors  # noqa: E402
 from ropepatch.check.reference_forward import forward, load_model  # noqa: E402
 from ropepatch.check.report import summary  # noqa: E402
 from ropepatch.check.validate import FAILED, PASSED, format_report, validate  # noqa: E402
 from ropepatch.formats.gguf.header import read_header  # noqa: E402
+from ropepatch.formats.gguf.tensors import ROPE_FREQS as FACTOR_TENSOR  # noqa: E402
 from ropepatch.patch.gguf import inspect_gguf, patch_gguf  # noqa: E402
 from ropepatch.rope.methods import make_plan  # noqa: E402
 

@@ -170,7 +170,43 @@ def test_replacing_longrope_is_refused_where_long_short_exist_only_under_type_lo
             make_plan(_longrope(arch), 16384, "yarn", replace_scaling=True)
     # a longrope type without the tensors, or with read rope_freqs values, is not this case
     make_plan(_longrope("llama").with_(has_freq_factors=False), 16384, "yarn", replace_scaling=True)
-    assert fx.longrope_refusal(_longrope("qwen2")) is None
+    q = _longrope("qwen2")
+    assert fx.longrope_refusal(q, q.with_(scaling_type=ScalingType.NONE)) is None
+
+
+def _long_read(arch: str, n: int) -> RopeParams:
+    """A LongRoPE file whose long factors were read (n of them), no scaling factor."""
+    return _longrope(arch).with_(scaling_factor=0.0, freq_factors=tuple(1.0 + i / 4 for i in range(n)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral3", "phi3", "phimoe", "minicpm3"])
+def test_factor_methods_multiply_longropes_long_factors_and_keep_the_pair(arch):
+    """Where the long/short pair applies and the long values were read, ntk-parts/factors compose
+    with them: the type longrope stays (llama: the pair exists only under it) and the original
+    context stays stated, past which llama.cpp picks the long factors."""
+    o = _long_read(arch, params(arch).rope_dim // 2)
+    for method in ("ntk-parts", "factors"):
+        p = make_plan(o, 16384, method)
+        assert p.target.scaling_type == ScalingType.LONGROPE and p.target.orig_ctx == 4096, method
+        assert len(p.target.freq_factors) == len(o.freq_factors) and p.target.freq_factors != o.freq_factors
+        assert fx.plan_problems(p, True) == () and fx.plan_warnings(p) == ()
+    for method in ("ntk", "yarn"):  # the others still do not compose: the long factors would stay
+        with pytest.raises(UnsupportedModelError, match="cannot compose"):
+            make_plan(o, 16384, method)
+    with pytest.raises(UnsupportedModelError, match="already uses longrope rope scaling"):  # a factor as well
+        make_plan(o.with_(scaling_factor=4.0), 16384, "ntk-parts")
+
+
+def test_longrope_pair_without_read_values_or_on_other_archs_is_refused():
+    with pytest.raises(UnsupportedModelError, match="rope_factors_long/short: ropepatch multiplies the long"):
+        make_plan(_longrope("phi3").with_(scaling_factor=0.0), 16384, "ntk-parts", replace_scaling=True)
+    with pytest.raises(UnsupportedModelError, match="cannot compose"):  # llama, values not read
+        make_plan(_longrope("llama").with_(scaling_factor=0.0), 16384, "ntk-parts")
+    with pytest.raises(UnsupportedModelError):  # qwen2 creates no long/short pair
+        make_plan(_long_read("qwen2", 32), 16384, "ntk-parts")
+    assert fx.longrope_applies("llama", "longrope") and not fx.longrope_applies("llama", "yarn")
+    assert fx.longrope_applies("phi3", "none") and not fx.longrope_applies("qwen2", "longrope")
+    assert not fx.longrope_applies("step35", "longrope")  # its rope_freqs has its own shape (special)
 
 
 def test_phi3_long_short_factors_stay_applied_after_replace_scaling_and_that_is_warned():
@@ -184,6 +220,7 @@ def test_longrope_architectures_are_told_where_their_factors_live():
     """phi3-style models carry per-pair factors, but as LongRoPE's long/short pair: the refusal
     says so instead of implying the architecture has none; qwen2's does not mention LongRoPE."""
     phi3 = fx.factor_refusal("phi3", "ntk-parts")
-    assert "rope_factors_long/short, which ropepatch does not write yet" in phi3 and "\n" not in phi3
+    assert "rope_factors_long/short: ropepatch multiplies the long ones of a file that has them" in phi3
+    assert "\n" not in phi3
     assert "LongRoPE" not in fx.factor_refusal("qwen2", "ntk-parts")
     assert fx.factor_refusal("llama", "ntk-parts") is None

@@ -18,7 +18,7 @@ from ropepatch.errors import FormatError, UnsupportedModelError
 from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.header import KV, ArrayValue
 from ropepatch.formats.gguf.keys import ValueType, k
-from ropepatch.formats.gguf.tensors import ROPE_FREQS, usable_factors
+from ropepatch.formats.gguf.tensors import FACTOR_TENSORS, usable_factors
 from ropepatch.rope.arch import NO_ROPE_ARCHS, rope_layout
 from ropepatch.rope.methods import Plan
 from ropepatch.rope.params import RopeLayout, RopeParams, ScalingType
@@ -32,9 +32,6 @@ from ropepatch.rope.runtime_flags import (
     revert_first,
     rope_delta,
 )
-
-FREQ_FACTOR_TENSORS = (ROPE_FREQS, "rope_factors_long.weight", "rope_factors_short.weight")
-
 
 # ---- reading --------------------------------------------------------------------------------
 
@@ -145,13 +142,14 @@ def _scaling(kvs: dict[str, KV], arch: str, path: str) -> tuple[ScalingType, flo
 def params_from_kvs(kvs: dict[str, KV], tensor_names, path: str, rope_freqs: bytes | None = None) -> RopeParams:
     """The RoPE parameters llama.cpp would read from these metadata entries (``kvs``: key ->
     entry; ``tensor_names`` tell whether per-pair frequency factors ship with the model;
-    ``rope_freqs``: the data of an F32 one-dimensional rope_freqs.weight, see
-    :func:`.tensors.rope_freqs_data`). Raises FormatError / UnsupportedModelError (one line,
-    starting with ``path``).
+    ``rope_freqs``: the data of the F32 one-dimensional tensor whose divisors llama.cpp applies
+    past the original context -- rope_freqs.weight, or rope_factors_long.weight where LongRoPE's
+    pair applies (:func:`.tensors.factors_tensor`, read by :func:`.tensors.rope_freqs_data`)).
+    Raises FormatError / UnsupportedModelError (one line, starting with ``path``).
 
-    ``freq_factors`` is filled only from a rope_freqs.weight of exactly rope_dim/2 finite
-    values > 0; any other (another type or shape, a zero, NaN or inf, or longrope's
-    rope_factors_long/short) leaves it () with ``has_freq_factors`` True. That is the safer
+    ``freq_factors`` is filled only from such data of exactly rope_dim/2 finite values > 0; any
+    other (another type or shape, a zero, NaN or inf, or factor tensors whose data the caller
+    did not pass) leaves it () with ``has_freq_factors`` True. That is the safer
     choice over refusing the file: inspect, validate and revert still work on it, and every
     plan that would build on the factors is refused (check_composable: a factor method composes
     only with factors that were read)."""
@@ -177,7 +175,7 @@ def params_from_kvs(kvs: dict[str, KV], tensor_names, path: str, rope_freqs: byt
         orig_ctx=orig_ctx,
         attn_factor=1.0 if attn is None else float(attn),
         layout=layout,
-        has_freq_factors=any(n in FREQ_FACTOR_TENSORS for n in tensor_names),
+        has_freq_factors=any(n in FACTOR_TENSORS for n in tensor_names),
         freq_factors=_factors(rope_freqs, rope_dim),
     )
 
@@ -204,7 +202,8 @@ def params_to_kvs(plan: Plan, *, reset_scaling: bool = True) -> dict[str, tuple[
         want[k(K.ROPE_FREQ_BASE, arch)] = (ValueType.FLOAT32, t.freq_base)
     if t.scaling_type != ScalingType.NONE:
         want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, t.scaling_type.value)
-        want[k(K.ROPE_SCALING_FACTOR, arch)] = (ValueType.FLOAT32, t.scaling_factor)
+        if (t.scaling_type, t.scaling_factor) != (o.scaling_type, o.scaling_factor):  # LongRoPE keeps both
+            want[k(K.ROPE_SCALING_FACTOR, arch)] = (ValueType.FLOAT32, t.scaling_factor)
     elif o.scaling_type != ScalingType.NONE and reset_scaling:
         want[k(K.ROPE_SCALING_TYPE, arch)] = (ValueType.STRING, ScalingType.NONE.value)
     if t.orig_ctx:

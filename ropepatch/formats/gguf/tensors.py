@@ -1,4 +1,5 @@
-"""GGUF tensor infos and the one tensor ropepatch reads and writes: ``rope_freqs.weight``.
+"""GGUF tensor infos and the per-pair factor tensor ropepatch reads and writes:
+``rope_freqs.weight``, or LongRoPE's ``rope_factors_long.weight`` where that pair applies.
 
 ``rope_freqs.weight`` (GGML F32, shape {rope_dim/2}) holds the per-pair divisors llama-family
 builders load (llama.cpp src/models/llama.cpp: ``create_tensor(tn(LLM_TENSOR_ROPE_FREQS,
@@ -19,11 +20,17 @@ import struct
 from typing import Sequence
 
 from ropepatch.errors import FormatError
+from ropepatch.formats.gguf import keys as K
 from ropepatch.formats.gguf.ggml import ggml_nbytes
-from ropepatch.formats.gguf.header import GGUFHeader, TensorInfo
+from ropepatch.formats.gguf.header import KV, GGUFHeader, TensorInfo
+from ropepatch.formats.gguf.keys import k
 from ropepatch.formats.gguf.source import open_regular
+from ropepatch.rope.effects import longrope_applies
 
 ROPE_FREQS = "rope_freqs.weight"
+ROPE_FACTORS_LONG = "rope_factors_long.weight"  # LongRoPE: applied past the original context
+ROPE_FACTORS_SHORT = "rope_factors_short.weight"  # LongRoPE: applied up to it (ropepatch never writes it)
+FACTOR_TENSORS = (ROPE_FREQS, ROPE_FACTORS_LONG, ROPE_FACTORS_SHORT)
 GGML_F32 = 0
 MAX_FACTOR_PAIRS = 1 << 16  # a rope_freqs larger than this is not read (no real model comes near)
 
@@ -117,11 +124,28 @@ def read_tensor_bytes(path: str, h: GGUFHeader, t: TensorInfo, name: str) -> byt
     return raw
 
 
-def rope_freqs_data(path: str, h: GGUFHeader, name: str) -> tuple[TensorInfo, bytes] | None:
-    """``(info, bytes)`` of ``h``'s rope_freqs.weight when it is one-dimensional F32 of a
-    readable size; None when the file has none (or one of another type/shape, which
-    :func:`params_from_kvs` then treats as unreadable)."""
-    t = find_tensor(h, ROPE_FREQS)
+def factors_tensor(arch: object, scaling_type: object) -> str:
+    """The tensor whose per-pair divisors llama.cpp applies past the original context, for a
+    file of this architecture and rope.scaling.type (as read; anything not a string counts as
+    unset): LongRoPE's rope_factors_long.weight where the builder creates the long/short pair
+    (:func:`ropepatch.rope.effects.longrope_applies`), else rope_freqs.weight."""
+    if isinstance(arch, str) and longrope_applies(arch, scaling_type if isinstance(scaling_type, str) else ""):
+        return ROPE_FACTORS_LONG
+    return ROPE_FREQS
+
+
+def header_factors_tensor(kvs: Sequence[KV]) -> str:
+    """:func:`factors_tensor` for a file with these metadata entries."""
+    d = {kv.key: kv.value for kv in kvs}
+    arch = d.get(K.GENERAL_ARCHITECTURE)
+    return factors_tensor(arch, d.get(k(K.ROPE_SCALING_TYPE, arch)) if isinstance(arch, str) else None)
+
+
+def rope_freqs_data(path: str, h: GGUFHeader, name: str, tensor: str = ROPE_FREQS) -> tuple[TensorInfo, bytes] | None:
+    """``(info, bytes)`` of ``h``'s per-pair factor tensor ``tensor`` (:func:`factors_tensor`)
+    when it is one-dimensional F32 of a readable size; None when the file has none (or one of
+    another type/shape, which :func:`params_from_kvs` then treats as unreadable)."""
+    t = find_tensor(h, tensor)
     if t is None or t.ggml_type != GGML_F32 or len(t.shape) != 1 or not 0 < t.shape[0] <= MAX_FACTOR_PAIRS:
         return None
     return t, read_tensor_bytes(path, h, t, name)
