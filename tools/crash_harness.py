@@ -29,7 +29,8 @@ Usage::
 
     python tools/crash_harness.py                  # the long run: all fixtures, all scenarios
     python tools/crash_harness.py --quick          # one fixture, a few scenarios (what CI runs)
-    python tools/crash_harness.py --factors        # the per-pair factor scenarios, all fixtures
+    python tools/crash_harness.py --factors        # the per-pair factor scenarios, all fixtures,
+                                                   # plus the LongRoPE ones on tiny-llama-longrope-f32
     python tools/crash_harness.py --random 40 --json out.json
     python tools/crash_harness.py --random 25 --stress 40 --big 128 --seed 1   # docs/reliability.md
 
@@ -189,6 +190,17 @@ FACTOR_SCENARIOS = [
              llama_only=True, partial_ok=True),
 ]
 SCENARIOS += FACTOR_SCENARIOS
+# LongRoPE (tiny-llama-longrope-f32 only): the factor methods change rope_factors_long.weight in place
+LONGROPE_FIXTURE = "tiny-llama-longrope-f32.gguf"
+LONGROPE_SCENARIOS = [
+    Scenario("LongRoPE ntk-parts first patch (long factors changed, rewrite)", (), _p(512, "ntk-parts"),
+             ("patch", 512, "ntk-parts", True), llama_only=True),
+    Scenario("LongRoPE re-patch ntk-parts->factors (header + one data pwrite)", (_p(512, "ntk-parts"),),
+             _p(512, "factors", "--factors", "1,3"), ("patch", 512, "factors", True, None, (("points", (1.0, 3.0)),)),
+             llama_only=True, partial_ok=True),
+    Scenario("LongRoPE revert (long factors restored)", (_p(512, "ntk-parts"),), ("revert", "{f}"), ("pristine",),
+             llama_only=True),
+]
 
 
 def _fmt(args, f, o):
@@ -977,6 +989,11 @@ def main(argv=None) -> int:
     try:
         print(f"kill -9 at every write step ({len(fixtures)} fixtures x {len(scenarios)} scenarios, +{args.random} random-time kills each)")
         total, rows = kill_matrix(fixtures, scenarios, work, args.random, args.jobs, args.seed, not args.no_llama)
+        if args.factors and not args.fixtures:
+            lr, lr_rows = kill_matrix([LONGROPE_FIXTURE], LONGROPE_SCENARIOS, work, args.random, args.jobs,
+                                      args.seed, not args.no_llama)
+            total.add(lr)
+            rows += lr_rows
         if args.big:
             print(f"kill -9 at random times, synthetic {args.big} MiB file ({args.big_kills} per scenario)")
             big, big_rows = big_file_kills(args.big, work, args.big_kills, args.seed)

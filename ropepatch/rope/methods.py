@@ -337,8 +337,8 @@ def check_composable(orig: RopeParams, method: str, replace_scaling: bool = Fals
     composes = m.writes_factors and bool(orig.freq_factors)
     if orig.has_freq_factors and not composes:
         raise UnsupportedModelError(
-            f"the model already uses per-pair rope frequency factors (rope_freqs tensor, "
-            f"llama3/longrope style); {method} cannot compose with them: pass --replace-scaling "
+            f"the model already uses per-pair rope frequency factors (llama3's rope_freqs or LongRoPE's "
+            f"rope_factors_long/short); {method} cannot compose with them: pass --replace-scaling "
             f"to apply {method} anyway"
             + ("" if m.writes_factors else ", or use --method ntk-parts or factors, which multiply them")
         )

@@ -137,3 +137,46 @@ def test_a_forged_tensor_name_in_the_record_is_refused_in_one_line(copy_fixture,
             fn(path)
         assert "\n" not in str(e.value) and "provenance is damaged" in str(e.value)
     assert sha256(path) == before
+
+
+@pytest.mark.parametrize("fixture", [FIXTURE, "tiny-exaone-f32.gguf"])
+def test_plan_all_lists_what_does_not_compose_and_plans_the_factor_methods(cli, fixture):
+    """plan --method all on a file with factors (LongRoPE's, llama3's): the factor methods are
+    planned (named by the tensor they change), the others listed as not applicable with why."""
+    r = cli("plan", str(FIXTURES / fixture), "--ctx", "512", "--method", "all", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert set(data["plans"]) == {"ntk-parts", "factors"}
+    assert set(data["not_applicable"]) == {"none", "ntk", "dynamic", "linear", "yarn"}
+    assert all("cannot compose" in why for why in data["not_applicable"].values())
+    text = cli("plan", str(FIXTURES / fixture), "--ctx", "512", "--method", "all").stdout
+    tensor = ROPE_FACTORS_LONG if fixture == FIXTURE else ROPE_FREQS
+    assert f"  {tensor}: 8 per-pair divisors 1..16" in text
+    assert "not applicable: ntk, dynamic, linear, yarn, none (they do not compose" in text
+    one = cli("plan", str(FIXTURES / fixture), "--ctx", "512", "--method", "ntk")
+    assert one.returncode != 0 and one.stderr.count("\n") == 1 and "cannot compose" in one.stderr
+
+
+def test_inspect_names_the_longrope_pair(cli):
+    r = cli("inspect", str(FIXTURES / FIXTURE))
+    assert r.returncode == 0, r.stderr
+    assert ("scaling longrope (factor 0, original ctx 32), per-pair frequency factors (LongRoPE's "
+            "rope_factors_long/short: long past the original ctx)") in r.stdout
+
+
+def test_kills_while_changing_the_long_factors_leave_the_original_or_a_revertable_file(tmp_path):
+    """kill -9 after every write step: the first patch (a rewrite), the re-patch (header run,
+    then one pwrite of the long factors) and revert: the file is the original, the complete
+    result, or (between the two in-place writes) new keys with the old factors, which reverts
+    and is finished by running the command again."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES.parent / "tools"))
+    import crash_harness as ch
+
+    c, rows = ch.kill_matrix([ch.LONGROPE_FIXTURE], ch.LONGROPE_SCENARIOS, str(tmp_path), jobs=2, log=None)
+    assert c.problems == [] and c.corrupt == 0 and c.other_valid == 0 and c.retry_failed == 0
+    first, repatch, revert = rows
+    assert first["kills"] >= 4 and first["original"] == first["retry_ok"] > 0 and first["patched"] > 0
+    assert repatch["partial"] > 0 and repatch["patched"] > 0
+    assert revert["kills"] > 0 and revert["patched"] > 0
