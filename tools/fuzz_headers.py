@@ -543,16 +543,17 @@ HOSTILE_OPTIONS = ["points: 1, 2", "[1,2]", "{}", "null", '{"points":[NaN,2]}', 
                    '{"points":[' + ",".join(["1"] * 70000) + "]}", "{" * 5000]
 
 
-def with_rope_freqs(data: bytes, values, ggml_type: int = 0, shape=None) -> bytes:
-    """``data`` with a llama3-style rope_freqs.weight (F32, or F16 with ``ggml_type=1``) holding
-    ``values`` appended: its info after the others, its bytes after the data's padded end."""
+def with_rope_freqs(data: bytes, values, ggml_type: int = 0, shape=None, name: str = ROPE_FREQS) -> bytes:
+    """``data`` with a llama3-style rope_freqs.weight (F32, or F16 with ``ggml_type=1``; or the
+    tensor ``name``) holding ``values`` appended: its info after the others, its bytes after the
+    data's padded end."""
     from ropepatch.formats.gguf.header import TensorInfo
     from ropepatch.formats.gguf.tensors import data_size, encode_tensor_info
 
     h = parse_header(data, "seed", len(data))
     off = data_size(h.tensors, h.alignment) or 0
     blob = struct.pack(f"<{len(values)}{'e' if ggml_type == 1 else 'f'}", *values)
-    info = encode_tensor_info(TensorInfo(ROPE_FREQS, shape or (len(values),), ggml_type, off))
+    info = encode_tensor_info(TensorInfo(name, shape or (len(values),), ggml_type, off))
     head = serialize_header(h.version, h.kvs, h.tensor_info_raw + info, len(h.tensors) + 1)
     head += bytes(-len(head) % h.alignment)
     body = data[h.data_offset:]
@@ -560,12 +561,24 @@ def with_rope_freqs(data: bytes, values, ggml_type: int = 0, shape=None) -> byte
     return head + body
 
 
+def small_longrope() -> bytes:
+    """A small llama file with LongRoPE: type longrope, original ctx 32, long and short factors."""
+    data = small_gguf(extra=[("llama.rope.scaling.type", T.STRING, "longrope"),
+                             ("llama.rope.scaling.original_context_length", T.UINT32, 32)])
+    data = with_rope_freqs(data, LLAMA3, name="rope_factors_long.weight")
+    return with_rope_freqs(data, (1.0,) * 8, name="rope_factors_short.weight")
+
+
 def factor_seeds(work: str) -> list[tuple[str, bytes]]:
-    """A llama3-style small file, and small files patched with ntk-parts / factors (the tensor
-    appended, or composed with / replacing the file's own)."""
+    """A llama3-style small file, a LongRoPE one, and small files patched with ntk-parts /
+    factors (the tensor appended, or composed with / replacing the file's own, or LongRoPE's long
+    factors multiplied)."""
     l3 = with_rope_freqs(small_gguf(), LLAMA3)
-    out = [("small-llama3", l3)]
+    lr = small_longrope()
+    out = [("small-llama3", l3), ("small-longrope", lr)]
     for name, data, method, opts, rs in (("small-llama", small_gguf(), "ntk-parts", None, False),
+                                         ("small-longrope", lr, "ntk-parts", None, False),
+                                         ("small-longrope", lr, "factors", {"points": (1.0, 2.0)}, False),
                                          ("small-llama", small_gguf(), "factors", {"points": (1.0, 2.0, 4.0)}, False),
                                          ("small-llama3", l3, "ntk-parts", {"beta_fast": 16.0}, False),
                                          ("small-llama3", l3, "factors", {"points": (1.0, 3.0)}, True)):
@@ -592,13 +605,16 @@ def _hostile_freqs_field(rng: random.Random, cur) -> object:
                        {"raw": "0000803f" * 8}, {"raw": "0000c07f" * 8}, {"raw": "00" * (1 << 18)},
                        {"data_length": -1}, {"data_length": 0}, {"data_length": 1 << 64}, {"data_length": 1.5},
                        {"data_length": True}, {"data_length": "1"}, {"raw": "0000803f" * 8, "data_length": 1},
+                       {"raw": "0000803f" * 8, "tensor": "rope_factors_long.weight"},
+                       {"raw": "0000803f" * 8, "tensor": "rope_factors_short.weight"},
+                       {"raw": "0000803f" * 8, "tensor": ROPE_FREQS}, {"raw": "0000803f" * 8, "tensor": 5},
                        {"data_length": max(0, n + rng.choice([-64, -32, -8, -1, 1, 8, 32]))}])
 
 
 def factors_op(rng: random.Random, data: bytes, lay) -> bytes:
     """A per-pair-factor mutation: the rope_freqs tensor's values, type, shape, offset or a
     duplicate of its info; ``ropepatch.options`` garbage; or a rope_freqs added to a file."""
-    t = next((x for x in lay.h.tensors if x.name == ROPE_FREQS), None)
+    t = next((x for x in lay.h.tensors if x.name in (ROPE_FREQS, "rope_factors_long.weight")), None)
     kind = rng.randrange(7)
     if kind == 0 or (t is None and kind < 5):
         if t is not None or lay.h.get("general.architecture") is None:
@@ -1035,6 +1051,7 @@ def factor_corpus_cases(base: bytes) -> dict[str, bytes]:
 
     l3 = with_rope_freqs(base, LLAMA3)
     ntkp = _patched(base, 512, "ntk-parts")
+    lr_ntkp = _patched(small_longrope(), 512, "ntk-parts")
     lay = layout(l3)
     t = lay.h.tensors[-1]
     dup = encode_tensor_info(TensorInfo(t.name, t.shape, t.ggml_type, t.offset + 32))
@@ -1063,6 +1080,11 @@ def factor_corpus_cases(base: bytes) -> dict[str, bytes]:
         "valid-llama3.gguf": l3,
         "valid-ntk-parts.gguf": ntkp,
         "valid-llama3-factors.gguf": _patched(l3, 512, "factors"),
+        "valid-longrope-ntk-parts.gguf": lr_ntkp,
+        "factors-longrope-record-names-short.gguf": _record(lr_ntkp, lambda r: json.dumps(
+            {**r, "rope_freqs": {**r["rope_freqs"], "tensor": "rope_factors_short.weight"}})),
+        "factors-longrope-record-names-rope-freqs.gguf": _record(lr_ntkp, lambda r: json.dumps(
+            {**r, "rope_freqs": {"raw": r["rope_freqs"]["raw"]}})),
     }
 
 
