@@ -38,7 +38,7 @@ from ropepatch.quality.progress import Meter, ProgressFn
 from ropepatch.quality.scoring import extension_original, method_cost, score_method
 from ropepatch.quality.specs import WINDOW, MethodSpec
 from ropepatch.quality.text import text_windows
-from ropepatch.quality.tune_alpha import AlphaSearch, Scorer, ext_samples, measured
+from ropepatch.quality.tune_alpha import AlphaSearch, Scorer, measure_result
 from ropepatch.quality.tune_result import Trial, TuneAllResult, TuneResult, WindowRow, pay_verdict
 from ropepatch.rope.methods import METHODS, make_plan
 from ropepatch.rope.params import RopeParams
@@ -194,10 +194,9 @@ def measure_window(scorer: Scorer, L: int, ctx: int, say: Callable[[str], None],
     say(f"window: the unscaled model through a sliding window of {L} (stride {L // 2}); "
         f"its positions < {L} are the ppl_in baseline")
     step(f"tune: scoring window at {ctx} tokens")
-    r = scorer(MethodSpec(WINDOW, WINDOW), None)
-    pin, pext = measured(r)
-    say(f"  ppl_in {pin:.4g} ppl_ext {'-' if pext is None else f'{pext:.4g}'}")
-    return WindowRow(pin, math.nan if pext is None else pext, L, L // 2, ext_samples(r, L))
+    m = measure_result(scorer(MethodSpec(WINDOW, WINDOW), None), L)
+    say(f"  ppl_in {m.ppl_in:.4g} ppl_ext {'-' if m.ppl_ext is None else f'{m.ppl_ext:.4g}'}")
+    return WindowRow(m.ppl_in, math.nan if m.ppl_ext is None else m.ppl_ext, L, L // 2, m.ext)
 
 
 def combine(shared: TuneShared, results: Sequence[TuneResult], skipped: Sequence[tuple[str, str]]) -> TuneAllResult:

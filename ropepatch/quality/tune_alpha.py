@@ -26,7 +26,7 @@ Few evaluations:
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from ropepatch.quality.results import MethodResult
 from ropepatch.quality.specs import MethodSpec
@@ -60,6 +60,20 @@ def ext_samples(r, L: int):
     return r.samples("ext", L)
 
 
+class Measured(NamedTuple):
+    """One candidate as a search sees it: ``ppl_in``, ``ppl_ext`` (None when stopped early) and
+    the ext samples of the paired verdict (None without them, :func:`ext_samples`)."""
+
+    ppl_in: float
+    ppl_ext: float | None
+    ext: object = None
+
+
+def measure_result(r, L: int) -> Measured:
+    """:class:`Measured` of what a scorer returned (:func:`measured` and :func:`ext_samples`)."""
+    return Measured(*measured(r), ext_samples(r, L))
+
+
 def label(method: str, alpha: float) -> str:
     return f"{method}@{alpha:.4g}"
 
@@ -82,11 +96,10 @@ class AlphaSearch:
         self.extend()
         self.refine(refine)
 
-    def measure(self, spec: MethodSpec, stop_in: Callable[[float], bool]):
-        """``(ppl_in, ppl_ext or None, ext samples or None)`` of one candidate."""
+    def measure(self, spec: MethodSpec, stop_in: Callable[[float], bool]) -> Measured:
+        """One candidate, scored."""
         self.step(f"tuning {self.method}: scoring {spec.label}")
-        r = self.scorer(spec, stop_in)
-        return (*measured(r), ext_samples(r, self.L))
+        return measure_result(self.scorer(spec, stop_in), self.L)
 
     def trial(self, alpha: float, stage: str, note: str = "") -> Trial:
         """Score ``alpha`` (rounded to 4 digits, at least 1) unless it was already tried."""

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from ropepatch.quality import factor_model
 from ropepatch.quality.specs import MethodSpec
-from ropepatch.quality.tune_alpha import Scorer, ext_samples, measured
+from ropepatch.quality.tune_alpha import Measured, Scorer, measure_result
 from ropepatch.quality.tune_result import Trial, TuneResult
 from ropepatch.rope import factors as ff
 from ropepatch.rope.params import RopeParams
@@ -57,9 +57,9 @@ EVOLVE_ROUNDS, CHILDREN, PARENTS, SIGMA = 2, 4, 4, 0.15
 MAX_DIVISOR = 1e6
 ATTN_MIN, ATTN_MAX = 0.5, 2.0  # the attn_factor range (rope.factors.check_attn_factor)
 
-# measure(points, stop_in, attn_factor) -> (ppl_in, ppl_ext or None when stopped), optionally
-# followed by the ext samples of the paired verdict (tune_alpha.ext_samples)
-Measure = Callable[[tuple[float, ...], Callable[[float], bool], float], tuple]
+# measure(points, stop_in, attn_factor) -> Measured(ppl_in, ppl_ext or None when stopped, ext
+# samples of the paired verdict or None); a bare (ppl_in, ppl_ext) pair is read as one too
+Measure = Callable[[tuple[float, ...], Callable[[float], bool], float], Measured | tuple[float, float | None]]
 # a candidate: (control points, attn_factor)
 Candidate = tuple[tuple[float, ...], float]
 
@@ -172,13 +172,13 @@ class FactorSearch:
         lab = points_label(pts, attn)
         self.say(f"{stage}: {lab}")
         limit = self.limit
-        pin, pext, *ext = self.measure(pts, lambda p: p > limit, attn)
-        feas = pin <= limit
-        t = Trial(profile_alpha(pts), lab, pin, pext if feas else None, feas, stage,
+        m = Measured(*self.measure(pts, lambda p: p > limit, attn))
+        feas = m.ppl_in <= limit
+        t = Trial(profile_alpha(pts), lab, m.ppl_in, m.ppl_ext if feas else None, feas, stage,
                   note or ("" if feas else f"ppl_in over the limit {limit:.4g}: stopped at {self.L}"),
-                  options=(("points", pts), ("attn_factor", attn)), ext=ext[0] if ext and feas else None)
+                  options=(("points", pts), ("attn_factor", attn)), ext=m.ext if feas else None)
         self.tried[(pts, attn)] = t
-        self.say(f"  ppl_in {pin:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
+        self.say(f"  ppl_in {m.ppl_in:.4g} ppl_ext {'-' if t.ppl_ext is None else f'{t.ppl_ext:.4g}'}"
                  f"{'' if feas else ' (infeasible)'}")
         return t
 
@@ -259,12 +259,11 @@ def spec_measure(scorer: Scorer, L: int, step: Callable[[str], None] = lambda _w
     ``factors`` with the options ``points`` and ``attn_factor`` (scored on the run's temporary
     patched copy)."""
 
-    def measure(points: tuple[float, ...], stop_in: Callable[[float], bool], attn: float = 1.0) -> tuple:
+    def measure(points: tuple[float, ...], stop_in: Callable[[float], bool], attn: float = 1.0) -> Measured:
         spec = MethodSpec(points_label(points, attn), METHOD, profile_alpha(points),
                           (("points", points), ("attn_factor", attn)))
         step(f"tuning {METHOD}: scoring {spec.label}")
-        r = scorer(spec, stop_in)
-        return (*measured(r), ext_samples(r, L))
+        return measure_result(scorer(spec, stop_in), L)
 
     return measure
 
