@@ -21,7 +21,10 @@ Every (text, ctx, method, windows) result is cached (JSON, per-position NLL sums
 all the intervals and the paired comparison need) under --cache (default
 ~/.cache/ropepatch/quality/<model>/v2/); runs are resumable, docs/results.md is rewritten from the
 cache after every job and shows only what was measured. Cache entries of version 1 (no
-per-position data) are ignored (the log says so) and re-measured when asked for.
+per-position data) are ignored (the log says so) and re-measured when asked for. Every finished
+entry is also written to docs/results-data/ (committed, tools/bench_archive.py), which a machine
+without the cache reads: a fresh clone reports what earlier machines measured (--no-archive: the
+cache only; --archive-cache: copy a cache measured without the archive into it).
 
 Cost on 2 CPU cores (2 threads): one 16k eval of SmolLM2 ~7 min (window ~10), a 32k one roughly 4x
 (~25-30 min). `tuned factors`: --budget (default 20 min) per (text, ctx), counted from the
@@ -50,7 +53,6 @@ import argparse
 import base64
 import datetime as _dt
 import hashlib
-import json
 import math
 import os
 import platform
@@ -64,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
+from bench_archive import ARCHIVE, Store  # noqa: E402
 
 from ropepatch.errors import RopepatchError  # noqa: E402
 from ropepatch.patch.gguf import inspect_gguf  # noqa: E402
@@ -155,25 +158,6 @@ def method_from_cache(d: dict, name: str | None = None) -> E.MethodResult:
         per_window=tuple((float(a), int(b), float(c), int(e)) for a, b, c, e in d["per_window"]))
 
 
-def load_json(p: Path) -> dict | None:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def cache_get(p: Path, key: dict) -> dict | None:
-    d = load_json(p)
-    return d if d is not None and d.get("key") == key else None
-
-
-def cache_put(p: Path, d: dict) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(d, indent=1))
-    os.replace(tmp, p)
-
-
 def spec_of(w: dict) -> MethodSpec:
     """A tune winner's JSON (label, method, alpha, options) as a spec to score."""
     opts = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (w.get("options") or {}).items())
@@ -218,12 +202,15 @@ def progress_printer(every_s: float = 60.0):
 class Bench:
     """The model, its texts and the cache; each job is cached and reused."""
 
-    def __init__(self, model_path: str, threads: int, n_batch: int, cache_root: Path, gpu_layers: int = 0):
+    def __init__(self, model_path: str, threads: int, n_batch: int, cache_root: Path, gpu_layers: int = 0,
+                 archive_root: Path | None = None):
         self.path = model_path
         self.threads, self.n_batch, self.gpu_layers = threads, n_batch, gpu_layers
         self.original = inspect_gguf(model_path).original
         self.L = self.original.n_ctx_train
-        self.dir = cache_root / os.path.splitext(os.path.basename(model_path))[0] / f"v{VERSION}"
+        sub = Path(os.path.splitext(os.path.basename(model_path))[0]) / f"v{VERSION}"
+        self.dir = cache_root / sub
+        self.store = Store(self.dir, archive_root / sub if archive_root is not None else None)
         self._model: E.Model | None = None
         self.measured = 0  # jobs actually run (not from the cache) in this process
         self._tokens: dict[str, np.ndarray] = {}
@@ -264,7 +251,7 @@ class Bench:
 
     def cached_ctxs(self, windows: int) -> set[int]:
         """The contexts the cache holds perplexity entries for (the report shows them all)."""
-        found = (re.match(rf"ppl-[a-z]+-(\d+)-w{windows}-", p.name) for p in self.dir.glob("ppl-*.json"))
+        found = (re.match(rf"ppl-[a-z]+-(\d+)-w{windows}-", p.name) for p in self.store.paths("ppl-*.json"))
         return {int(m.group(1)) for m in found if m}
 
     # -- perplexity
@@ -276,7 +263,7 @@ class Bench:
                 "ctx": ctx, "label": label, "windows": windows, "n_batch": self.n_batch}
 
     def eval_cached(self, text: str, ctx: int, label: str, windows: int) -> dict | None:
-        d = cache_get(self.eval_path(text, ctx, label, windows), self.eval_key(text, ctx, label, windows))
+        d = self.store.get(self.eval_path(text, ctx, label, windows).name, self.eval_key(text, ctx, label, windows))
         return d if d is not None and d.get("complete") else None
 
     def eval(self, text: str, ctx: int, spec: MethodSpec, windows: int, stop_in=None) -> E.MethodResult:
@@ -284,7 +271,7 @@ class Bench:
         spec = self.canon(spec, ctx)
         key = self.eval_key(text, ctx, spec.label, windows)
         p = self.eval_path(text, ctx, spec.label, windows)
-        hit = cache_get(p, key)
+        hit = self.store.get(p.name, key)
         if hit is not None and (hit.get("complete") or stop_in is not None):
             return method_from_cache(hit["method"])
         log(f"eval {text} ctx={ctx} windows={windows} {spec.label}")
@@ -294,9 +281,10 @@ class Bench:
         r = E.score_method(self.model, ws, spec, self.original, ctx, E.default_buckets(ctx, self.L), meter,
                            stop_in=stop_in)
         self.measured += 1
-        cache_put(p, {"key": key, "complete": r.n_ext > 0 and math.isfinite(r.ppl_ext),
-                      "method": method_to_cache(r), "options": {k: v for k, v in spec.options},
-                      "date": _dt.date.today().isoformat(), "machine": machine(self.threads, self.gpu_layers)})
+        complete = r.n_ext > 0 and math.isfinite(r.ppl_ext)  # a stopped tune candidate: the cache only
+        self.store.put(p.name, {"key": key, "complete": complete, "method": method_to_cache(r),
+                                "options": {k: v for k, v in spec.options}, "date": _dt.date.today().isoformat(),
+                                "machine": machine(self.threads, self.gpu_layers)}, archive=complete)
         log(f"  -> ppl_in {r.ppl_in:.4g} ppl_ext {r.ppl_ext:.4g} ({r.seconds:.0f} s, "
             f"{r.tokens_decoded / max(r.seconds, 1e-9):.1f} tokens/s)")
         return r
@@ -312,7 +300,7 @@ class Bench:
 
     def tune_cached(self, text: str, ctx: int, method: str) -> dict | None:
         """The tune entry for (text, ctx, method), whatever its budget (the report shows it)."""
-        d = load_json(self.tune_path(text, ctx, method))
+        d = self.store.load(self.tune_path(text, ctx, method).name)
         if d is None or d.get("key", {}).get("version") != VERSION:
             return None
         k = d["key"]
@@ -324,7 +312,7 @@ class Bench:
 
         key = self.tune_key(text, ctx, method, budget)
         p = self.tune_path(text, ctx, method)
-        hit = cache_get(p, key)
+        hit = self.store.get(p.name, key)
         if hit is not None:
             return hit
         log(f"tune {text} ctx={ctx} {method}" + (f" budget {budget:g} min" if method == "factors" else ""))
@@ -336,7 +324,7 @@ class Bench:
         self.measured += 1
         d = {"key": key, "result": res.to_json(), "date": _dt.date.today().isoformat(),
              "machine": machine(self.threads, self.gpu_layers)}
-        cache_put(p, d)
+        self.store.put(p.name, d)
         log(f"  -> {res.verdict}")
         return d
 
@@ -357,7 +345,7 @@ class Bench:
         spec = self.canon(spec, ctx)
         key = self.passkey_key(ctx, spec.label, depths, trials, seed)
         p = self.passkey_path(ctx, spec.label, depths)
-        hit = cache_get(p, key)
+        hit = self.store.get(p.name, key)
         if hit is not None:
             return hit
         log(f"passkey ctx={ctx} {name} ({spec.label}) depths={list(depths)} trials={trials}")
@@ -368,7 +356,7 @@ class Bench:
         self.measured += 1
         d = {"key": key, "name": name, "result": r.to_json(), "date": _dt.date.today().isoformat(),
              "machine": machine(self.threads, self.gpu_layers)}
-        cache_put(p, d)
+        self.store.put(p.name, d)
         log(f"  -> {d['result']['verdict']}")
         return d
 
@@ -406,6 +394,12 @@ def parse_args(argv):
     ap.add_argument("--report-only", action="store_true", help="only rewrite the report from the cache")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="where results.md and the plots go")
     ap.add_argument("--cache", default=str(DEFAULT_CACHE), help=f"cache folder (default {DEFAULT_CACHE})")
+    ap.add_argument("--archive", default=str(ARCHIVE),
+                    help=f"the committed copy of every finished entry (default {ARCHIVE.relative_to(ROOT)}; "
+                         f"tools/bench_archive.py)")
+    ap.add_argument("--no-archive", action="store_true", help="read and write the cache only (e.g. a quick check)")
+    ap.add_argument("--archive-cache", action="store_true",
+                    help="copy the cache's complete entries into the archive, then report")
     ap.add_argument("--model", default=None, help="GGUF to use (default: SmolLM2 from tools/get_smollm2.py)")
     a = ap.parse_args(argv)
     a.ctxs = [int(x) for x in _list(a.ctx)]
@@ -472,7 +466,11 @@ def main(argv=None) -> int:
     from bench_report import write_report
     from get_smollm2 import smollm2_path
 
-    bench = Bench(a.model or smollm2_path(), a.threads, a.batch, Path(a.cache), a.gpu_layers)
+    bench = Bench(a.model or smollm2_path(), a.threads, a.batch, Path(a.cache), a.gpu_layers,
+                  None if a.no_archive else Path(a.archive))
+    if a.archive_cache and bench.store.archive is not None:
+        n = bench.store.archive_all()
+        log(f"archived {n} cache entries into {bench.store.archive}")
     out_dir = Path(a.out)
     report_ctxs = sorted(set(a.ctxs) | set(a.goal) | bench.cached_ctxs(a.windows))
 
@@ -484,7 +482,7 @@ def main(argv=None) -> int:
             done[0] = bench.measured
             write_report(bench, a, list(TEXTS), report_ctxs, out_dir)
 
-    if not a.report_only:
+    if not (a.report_only or a.archive_cache):
         try:
             with factor_model.scope(bench.model):  # one temporary patched copy serves the whole run
                 run_jobs(bench, a, report)

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from bench_quality import ALL_METHODS, GOAL_DEPTHS, TEXTS, TUNED, VERSION, load_json, log, method_from_cache, spec_of
+from bench_quality import ALL_METHODS, GOAL_DEPTHS, TEXTS, TUNED, VERSION, log, method_from_cache, spec_of
 
 from ropepatch.quality import evaluate as E
 from ropepatch.quality.intervals import ratio_text
@@ -333,8 +333,8 @@ def _passkey_entries(bench, ctx: int, a) -> tuple[dict, set, set, dict | None]:
     merged with others; a depth measured twice keeps the later entry's), and the machines and dates."""
     by_method: dict[str, dict[float, DepthResult]] = {}
     params, machines, dates, first = {}, set(), set(), None
-    for p in sorted(bench.dir.glob(f"passkey-{ctx}-*.json"), key=lambda q: q.stat().st_mtime):
-        d = load_json(p)
+    found = [(p, bench.store.read(p)) for p in bench.store.paths(f"passkey-{ctx}-*.json")]
+    for _p, d in sorted(found, key=lambda e: ((e[1] or {}).get("date", ""), e[0].stat().st_mtime)):
         if not d:
             continue
         k = d["key"]

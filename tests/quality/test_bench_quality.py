@@ -4,6 +4,7 @@ paired verdicts and the goal lines, and a second run measures nothing (resumable
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ TINY = str(ROOT / "fixtures" / "tiny-llama-f32.gguf")
 
 def _run(tmp_path, *args: str) -> None:
     base = ["--model", TINY, "--goal-ctx", "256,512", "--cache", str(tmp_path / "cache"),
+            "--archive", str(tmp_path / "archive"),
             "--out", str(tmp_path / "out"), "--threads", "1", "--budget", "0.01", "--trials", "2"]
     assert bq.main(base + list(args)) == 0
 
@@ -83,3 +85,42 @@ def test_passkey_run_in_parts_is_merged(tmp_path):
     assert "not measured" not in row and row.count("/2 [") == 5 and "partial" not in row
     assert "(c) passkey at 512, depths 0.1, 0.3, 0.5, 0.7, 0.9: **not measured" not in md
     assert "- passkey ctx 512, yarn" not in md
+
+
+def test_a_fresh_machine_reports_from_the_archive(tmp_path):
+    """Every finished entry is also written to the archive (committed in the repository): with
+    the machine's cache gone, --report-only writes the same report from it, and nothing is
+    measured again (the per-position sums travel as float32)."""
+    import shutil
+
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "window,yarn,tuned", "--depths", "0.5")
+    before = (tmp_path / "out" / "results.md").read_text()
+    archived = sorted(p.name for p in (tmp_path / "archive").rglob("*.json"))
+    assert any(n.startswith("ppl-") for n in archived) and any(n.startswith("tune-") for n in archived)
+    assert any(n.startswith("passkey-") for n in archived)
+    cache = sorted(p.name for p in (tmp_path / "cache").rglob("*.json"))
+    assert set(archived) <= set(cache)  # stopped tune candidates stay in the cache only
+    shutil.rmtree(tmp_path / "cache")
+    (tmp_path / "out" / "results.md").unlink()
+    _run(tmp_path, "--report-only", "--ctx", "512", "--texts", "topics", "--depths", "0.5")
+    assert (tmp_path / "out" / "results.md").read_text() == before
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").rglob("*.json"))
+
+
+def test_archive_keeps_float32_sums_and_archive_cache_copies_entries(tmp_path):
+    import bench_archive as ba
+
+    nll = np.random.default_rng(1).uniform(0.1, 15, 1000)
+    d = {"key": {"k": 1}, "complete": True, "method": {"nll_sum": bq.pack(nll, np.float64), "name": "yarn"}}
+    small = ba.compact(d)
+    assert "nll_sum" not in small["method"] and len(small["method"]["nll_sum32"]) < len(d["method"]["nll_sum"])
+    back = bq.unpack(ba.expand(small)["method"]["nll_sum"], np.float64)
+    assert np.array_equal(back, nll.astype(np.float32).astype(np.float64))
+    store = ba.Store(tmp_path / "cache", tmp_path / "archive")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "ppl-a.json").write_text(json.dumps(d))
+    (tmp_path / "cache" / "ppl-b.json").write_text(json.dumps({**d, "complete": False}))
+    assert store.archive_all() == 1 and [p.name for p in (tmp_path / "archive").iterdir()] == ["ppl-a.json"]
+    assert store.get("ppl-b.json", {"k": 1})["complete"] is False and store.get("ppl-a.json", {"k": 2}) is None
+    (tmp_path / "cache" / "ppl-a.json").unlink()
+    assert store.get("ppl-a.json", {"k": 1})["method"]["nll_sum"] == ba.expand(small)["method"]["nll_sum"]
