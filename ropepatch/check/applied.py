@@ -78,8 +78,8 @@ def capture_ropes(path: str, runs: Sequence[tuple[int, int]], *, n_vocab: int, l
                   n_ctx: int | None, ctx: int, long_short: bool, gpu_layers: int, n_threads: int,
                   file_ctx_train: int) -> Captured:
     """Decode each run of positions in its own probe and capture the ROPE nodes of ``layers``.
-    ``n_ctx``: each probe's context size (default: just enough for a batch; ``ctx`` for models
-    with long/short rope factors, which llama.cpp picks by context size)."""
+    ``n_ctx``: each probe's context size (default: just enough for a batch; at least ``ctx``
+    for models with long/short rope factors, which llama.cpp picks by context size)."""
     from ropepatch.runtime.probe import probe  # noqa: PLC0415
 
     t0 = time.perf_counter()
@@ -89,7 +89,7 @@ def capture_ropes(path: str, runs: Sequence[tuple[int, int]], *, n_vocab: int, l
         for lo, hi in runs:
             n_tok = hi - lo + 1
             toks = rng.integers(0, n_vocab, size=n_tok)
-            nc = int(n_ctx) if n_ctx else (ctx if long_short else max(256, n_tok))
+            nc = int(n_ctx) if n_ctx else max(256, n_tok, ctx if long_short else 0)
             res = probe(path, toks, lo, n_ctx=nc, layers=layers, n_gpu_layers=gpu_layers,
                         logits=False, n_threads=n_threads)
             if res.n_ctx_train != file_ctx_train and out.n_ctx_train is None:

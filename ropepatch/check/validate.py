@@ -191,7 +191,10 @@ def _checks_bc(run: _Run, exp: Expectation, header, rt, positions, layers, n_ctx
     layer_set = tuple(int(v) for v in layers)
     run.step(f"check b: ROPE op parameters of layers {list(layer_set)} at positions {describe_runs(runs)}")
     long_short = any(t.name.startswith(("rope_factors_long", "rope_factors_short")) for t in header.tensors)
-    got = capture_ropes(run.path, runs, n_vocab=rt.n_vocab, layers=layer_set, n_ctx=n_ctx, ctx=exp.target_ctx,
+    # LongRoPE: a context just past the original one, where llama.cpp applies the long factors
+    # (those a patch writes) -- not the target, a KV cache of ctx tokens (RoPE needs positions only)
+    long_ctx = exp.current.n_ctx_orig + 1
+    got = capture_ropes(run.path, runs, n_vocab=rt.n_vocab, layers=layer_set, n_ctx=n_ctx, ctx=long_ctx,
                         long_short=long_short, gpu_layers=run.gpu_layers, n_threads=n_threads,
                         file_ctx_train=exp.current.n_ctx_train)
     if got.n_ctx_train is not None:
@@ -256,7 +259,8 @@ def validate(
         beyond L); the sequence ends at position ctx - 1.
     n_ctx: context size of the probes of checks b/c (default: just enough for a batch --
         positions may exceed n_ctx, RoPE depends on positions only; models with long/short
-        rope factor tensors get ctx, since llama.cpp picks the factors by context size).
+        rope factor tensors get at least the original context + 1, where llama.cpp picks the
+        long ones).
     n_threads: CPU threads of the probes (default :func:`.applied.probe_threads`).
     expect: overrides of the expected RopeParams fields (e.g. ``{"layout": "neox"}``,
         ``{"freq_base": 5e5}``): check the runtime against what you believe instead.

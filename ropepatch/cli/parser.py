@@ -86,7 +86,8 @@ def _method_option_args(p: argparse.ArgumentParser, example: str) -> None:
                            metavar="P1,...,PK" if points else "X",
                            help=f"{m.name} only: {o.help}" + ("" if points else f" (default {o.default:g})"))
     p.epilog = (p.epilog or "") + (
-        f"\n\nper-pair frequency factors (rope_freqs.weight; GGUF, llama-family models only):\n"
+        f"\n\nper-pair frequency factors (rope_freqs.weight, or a LongRoPE file's rope_factors_long.weight, "
+        f"which they multiply; GGUF, llama-family and LongRoPE models only):\n"
         f"  ropepatch {example} --method ntk-parts --beta-fast 32 --beta-slow 1\n"
         f"  ropepatch {example} --method factors --factors 1,1,1.5,2,3,4\n"
         f"  ropepatch {example} --method factors --attn-factor 1.139   # YaRN's 1 + 0.1 ln s at s = 4")

@@ -183,7 +183,7 @@ def test_existing_scaling_refused(tmp_path, cli, assert_one_line_error):
 
 def test_freq_factor_tensor_refused(tmp_path, assert_one_line_error):
     p = build_gguf(tmp_path / "l3.gguf", llama_kvs(), tensors=[("token_embd.weight", (8, 4), 0), ("rope_freqs.weight", (8,), 0)])
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"per-pair rope frequency factors \(rope_freqs tensor")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"per-pair rope frequency factors \(llama3's rope_freqs or LongRoPE's")
 
 
 @contextlib.contextmanager
