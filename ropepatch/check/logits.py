@@ -1,4 +1,4 @@
-"""Check d of ``ropepatch validate``: for small llama / qwen2 / exaone models with F32 or Q8_0
+"""Check d of ``ropepatch validate``: for small llama / qwen2 / exaone / phi3 models with F32 or Q8_0
 weights, the NumPy reference forward pass -- with the expected RoPE parameters and per-pair
 frequency factors (the plan's, not the file's) -- vs the runtime's logits over a sequence longer than the
 original context that ends at ``ctx - 1`` (max abs error, top-1 agreement, KL), within the
@@ -13,6 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ropepatch.check.reference_forward import SUPPORTED_ARCHS as FORWARD_ARCHS
 from ropepatch.check.report import FAILED, NAMES, PASSED, CheckResult, skipped
 from ropepatch.errors import RopepatchError
 
@@ -27,7 +28,6 @@ FORWARD_TOL = {
 #: check d runs automatically when (weight elements) x (tokens) is at most this many
 #: multiply-adds (a few seconds of NumPy float64); ``reference_forward=True`` forces it
 FORWARD_AUTO_BUDGET = 2e9
-FORWARD_ARCHS = ("llama", "qwen2", "exaone")
 _F32_TYPES = {0}  # ggml type ids: F32
 _Q8_0_TYPES = {0, 8}  # F32 and Q8_0
 

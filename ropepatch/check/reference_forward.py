@@ -1,4 +1,4 @@
-"""A NumPy reference forward pass for llama and qwen2 GGUF models (small models only).
+"""A NumPy reference forward pass for llama, qwen2 and phi3 GGUF models (small models only).
 
 In the style of llama2.c's model.py: the whole transformer as a few plain functions, a
 comment per step, float64 throughout. Weights are read with ``gguf.GGUFReader`` and
@@ -8,8 +8,9 @@ would use (:func:`ropepatch.check.ggml_args.ggml_rope_args`, optionally with run
 overrides), so its logits can be compared with a runtime probe's -- including at
 positions and distances beyond the training context.
 
-Scope: dense llama / qwen2 / exaone blocks (RMSNorm, attention with GQA and optional q/k/v biases,
-SwiGLU MLP, output norm and head; tied embeddings when ``output.weight`` is absent).
+Scope: dense llama / qwen2 / exaone / phi3 blocks (RMSNorm, attention with GQA and optional q/k/v
+biases, SwiGLU MLP, output norm and head; tied embeddings when ``output.weight`` is absent; phi3's
+fused attn_qkv and ffn_up are split into the separate tensors at load).
 One sequence, decoded from an empty cache: a causal mask over the given positions.
 """
 
@@ -32,8 +33,9 @@ from ropepatch.formats.gguf.params import params_from_kvs
 from ropepatch.formats.gguf.tensors import header_factors_tensor
 from ropepatch.rope.params import RopeLayout, RopeParams
 
-# exaone: the qwen2 block (NEOX rope, optional q/k/v biases) that loads rope_freqs like llama
-SUPPORTED_ARCHS = ("llama", "qwen2", "exaone")
+# exaone: the qwen2 block (NEOX rope, optional q/k/v biases) that loads rope_freqs like llama;
+# phi3: the qwen2 block without biases, q/k/v and gate/up fused (Phi-3-128k: LongRoPE factors)
+SUPPORTED_ARCHS = ("llama", "qwen2", "exaone", "phi3")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,9 @@ def load_model(path: str | os.PathLike) -> ReferenceModel:
     rope = params_from_kvs({kv.key: kv for kv in header.kvs}, [t.name for t in header.tensors], str(p))
     n_head = int(need(K.HEAD_COUNT))
     weights = {t.name: _tensor_f64(t) for t in reader.tensors}
+    types = {t.name: GGMLQuantizationType(int(t.tensor_type)).name for t in reader.tensors}
+    n_head_kv = int(_field(reader, k(K.HEAD_COUNT_KV, arch), n_head))
+    _split_fused(weights, types, n_head * rope.head_dim, n_head_kv * rope.head_dim)
     ff = weights.get(header_factors_tensor(header.kvs))  # LongRoPE: the long ones (decoded past orig ctx)
     return ReferenceModel(
         path=str(p),
@@ -128,14 +133,30 @@ def load_model(path: str | os.PathLike) -> ReferenceModel:
         n_layer=int(need(K.BLOCK_COUNT)),
         n_embd=int(need(K.EMBEDDING_LENGTH)),
         n_head=n_head,
-        n_head_kv=int(_field(reader, k(K.HEAD_COUNT_KV, arch), n_head)),
+        n_head_kv=n_head_kv,
         head_dim=rope.head_dim,
         rms_eps=float(need("{arch}.attention.layer_norm_rms_epsilon")),
         rope=rope,
         weights=weights,
-        weight_types={t.name: GGMLQuantizationType(int(t.tensor_type)).name for t in reader.tensors},
+        weight_types=types,
         freq_factors=None if ff is None else ff.reshape(-1),
     )
+
+
+def _split_fused(weights: dict, types: dict, n_q: int, n_kv: int) -> None:
+    """phi3's fused tensors as the separate ones the blocks read (a matmul's output rows are
+    independent, so splitting the weight rows splits the product): attn_qkv -> attn_q/k/v (q rows,
+    k rows, v rows: build_qkv's views), a 2*n_ff-row ffn_up -> ffn_gate, ffn_up (ggml_swiglu: silu of
+    the first half times the second)."""
+    for name in [n for n in weights if n.endswith(".attn_qkv.weight")]:
+        b, qkv = name.removesuffix("attn_qkv.weight"), weights.pop(name)
+        for part, rows in zip("qkv", np.split(qkv, [n_q, n_q + n_kv])):
+            weights[f"{b}attn_{part}.weight"], types[f"{b}attn_{part}.weight"] = rows, types[name]
+    for name in [n for n in weights if n.endswith(".ffn_up.weight")]:
+        b = name.removesuffix("ffn_up.weight")
+        if b + "ffn_gate.weight" not in weights:
+            weights[b + "ffn_gate.weight"], weights[name] = np.split(weights[name], 2)
+            types[b + "ffn_gate.weight"] = types[name]
 
 
 # ---------------------------------------------------------------------------------------------

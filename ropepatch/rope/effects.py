@@ -135,6 +135,9 @@ class ArchEffects:
         parts = ["freq_base + rope.scaling.* applied" if self.base_and_scaling
                  else "freq_base and rope.scaling.* IGNORED (ggml_rope without them)",
                  _FREQS_WORDS[self.rope_freqs]]
+        if self.rope_freqs == "absent" and self.longrope in ("always", "with-type-longrope"):
+            parts[1] = ("no rope_freqs.weight (an extra tensor fails the load; ntk-parts/factors "
+                        "multiply rope_factors_long when the file has it)")
         if self.longrope != "absent":
             parts.append(f"rope_factors_long/short {_LONGROPE_WORDS[self.longrope]}")
         if self.swa_base != "none":
