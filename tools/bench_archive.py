@@ -19,22 +19,63 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ropepatch.quality import evaluate as E  # noqa: E402
+
 ARCHIVE = ROOT / "docs" / "results-data"
 
 
-def _pack(a: np.ndarray, dtype) -> str:
-    return base64.b64encode(zlib.compress(np.ascontiguousarray(a, dtype=dtype).tobytes(), 9)).decode("ascii")
+# ---- entries: a MethodResult as JSON (the cache's and the archive's format) ----------------------
 
 
-def _unpack(s: str, dtype) -> np.ndarray:
+def pack(a: np.ndarray, dtype, level: int = -1) -> str:
+    """An array as text: its bytes as ``dtype``, zlib-compressed (``level``), base64."""
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(a, dtype=dtype).tobytes(), level)).decode("ascii")
+
+
+def unpack(s: str, dtype) -> np.ndarray:
     return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=dtype).copy()
+
+
+def _fl(x) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _nan(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def method_to_cache(r: E.MethodResult) -> dict:
+    """Everything a :class:`MethodResult` holds (intervals and the paired test need it all)."""
+    return {"name": r.name, "method": r.method, "alpha": r.alpha, "params": dict(r.params),
+            "buckets": [[b.start, b.end, _fl(b.ppl), b.n] for b in r.buckets],
+            "ppl_in": _fl(r.ppl_in), "ppl_ext": _fl(r.ppl_ext), "n_in": r.n_in, "n_ext": r.n_ext,
+            "seconds": r.seconds, "decode_seconds": r.decode_seconds, "tokens_decoded": r.tokens_decoded,
+            "nll_sum": pack(r.nll_sum, np.float64), "count": pack(r.count, np.int64),
+            "per_window": [list(w) for w in r.per_window]}
+
+
+def method_from_cache(d: dict, name: str | None = None) -> E.MethodResult:
+    return E.MethodResult(
+        name=name or d["name"], method=d["method"], alpha=d["alpha"], params=d["params"],
+        buckets=tuple(E.Bucket(a, b, _nan(p), n) for a, b, p, n in d["buckets"]),
+        ppl_in=_nan(d["ppl_in"]), ppl_ext=_nan(d["ppl_ext"]), n_in=d["n_in"], n_ext=d["n_ext"],
+        seconds=d["seconds"], decode_seconds=d["decode_seconds"], tokens_decoded=d["tokens_decoded"],
+        nll_sum=unpack(d["nll_sum"], np.float64), count=unpack(d["count"], np.int64),
+        per_window=tuple((float(a), int(b), float(c), int(e)) for a, b, c, e in d["per_window"]))
+
+
+# ---- the archive ----------------------------------------------------------------------------
 
 
 def compact(d: dict) -> dict:
@@ -43,7 +84,7 @@ def compact(d: dict) -> dict:
     if not isinstance(m, dict) or "nll_sum" not in m:
         return d
     m = dict(m)
-    m["nll_sum32"] = _pack(_unpack(m.pop("nll_sum"), np.float64), np.float32)
+    m["nll_sum32"] = pack(unpack(m.pop("nll_sum"), np.float64), np.float32, 9)
     return {**d, "method": m}
 
 
@@ -53,7 +94,7 @@ def expand(d: dict | None) -> dict | None:
     if not isinstance(m, dict) or "nll_sum32" not in m:
         return d
     m = dict(m)
-    m["nll_sum"] = _pack(_unpack(m.pop("nll_sum32"), np.float32).astype(np.float64), np.float64)
+    m["nll_sum"] = pack(unpack(m.pop("nll_sum32"), np.float32).astype(np.float64), np.float64, 9)
     return {**d, "method": m}
 
 

@@ -50,7 +50,6 @@ Jobs run in the order: perplexity (texts x ctx x methods), then tuned, then pass
 from __future__ import annotations
 
 import argparse
-import base64
 import datetime as _dt
 import hashlib
 import math
@@ -58,7 +57,6 @@ import os
 import platform
 import re
 import sys
-import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +64,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import numpy as np  # noqa: E402
-from bench_archive import ARCHIVE, Store  # noqa: E402
+from bench_archive import ARCHIVE, Store, method_from_cache, method_to_cache  # noqa: E402
 
 from ropepatch.errors import RopepatchError  # noqa: E402
 from ropepatch.patch.gguf import inspect_gguf  # noqa: E402
@@ -120,42 +118,6 @@ def model_id(path: str) -> str:
 def safe(label: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", label.replace("@", "_a"))
     return s if len(s) <= 60 else f"{s[:40]}-{_sha(label.encode())}"
-
-
-def pack(a: np.ndarray, dtype) -> str:
-    return base64.b64encode(zlib.compress(np.ascontiguousarray(a, dtype=dtype).tobytes())).decode("ascii")
-
-
-def unpack(s: str, dtype) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(s)), dtype=dtype).copy()
-
-
-def _fl(x) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _nan(x) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def method_to_cache(r: E.MethodResult) -> dict:
-    """Everything a :class:`MethodResult` holds (intervals and the paired test need it all)."""
-    return {"name": r.name, "method": r.method, "alpha": r.alpha, "params": dict(r.params),
-            "buckets": [[b.start, b.end, _fl(b.ppl), b.n] for b in r.buckets],
-            "ppl_in": _fl(r.ppl_in), "ppl_ext": _fl(r.ppl_ext), "n_in": r.n_in, "n_ext": r.n_ext,
-            "seconds": r.seconds, "decode_seconds": r.decode_seconds, "tokens_decoded": r.tokens_decoded,
-            "nll_sum": pack(r.nll_sum, np.float64), "count": pack(r.count, np.int64),
-            "per_window": [list(w) for w in r.per_window]}
-
-
-def method_from_cache(d: dict, name: str | None = None) -> E.MethodResult:
-    return E.MethodResult(
-        name=name or d["name"], method=d["method"], alpha=d["alpha"], params=d["params"],
-        buckets=tuple(E.Bucket(a, b, _nan(p), n) for a, b, p, n in d["buckets"]),
-        ppl_in=_nan(d["ppl_in"]), ppl_ext=_nan(d["ppl_ext"]), n_in=d["n_in"], n_ext=d["n_ext"],
-        seconds=d["seconds"], decode_seconds=d["decode_seconds"], tokens_decoded=d["tokens_decoded"],
-        nll_sum=unpack(d["nll_sum"], np.float64), count=unpack(d["count"], np.int64),
-        per_window=tuple((float(a), int(b), float(c), int(e)) for a, b, c, e in d["per_window"]))
 
 
 def spec_of(w: dict) -> MethodSpec:

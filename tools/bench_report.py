@@ -11,7 +11,8 @@ import math
 import os
 from pathlib import Path
 
-from bench_quality import ALL_METHODS, GOAL_DEPTHS, TEXTS, TUNED, VERSION, log, method_from_cache, spec_of
+from bench_archive import method_from_cache
+from bench_quality import ALL_METHODS, GOAL_DEPTHS, TEXTS, TUNED, VERSION, log, spec_of
 
 from ropepatch.quality import evaluate as E
 from ropepatch.quality.intervals import ratio_text

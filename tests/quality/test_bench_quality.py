@@ -13,6 +13,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
+import bench_archive as ba  # noqa: E402
 import bench_quality as bq  # noqa: E402
 
 from ropepatch.quality import evaluate as E  # noqa: E402
@@ -35,7 +36,7 @@ def test_cache_roundtrip_keeps_intervals():
     nll[0] = 0.0
     r = E.MethodResult("yarn", "yarn", 2.0, {"alpha": 2.0}, (E.Bucket(0, 300, 7.0, 299),), 7.0, 8.0, 127, 172,
                        1.5, 1.0, 299, nll, count, ((1.0, 127, 2.0, 172),))
-    back = bq.method_from_cache(bq.method_to_cache(r))
+    back = ba.method_from_cache(ba.method_to_cache(r))
     assert np.array_equal(back.nll_sum, r.nll_sum) and np.array_equal(back.count, r.count)
     assert back.per_window == r.per_window and back.buckets == r.buckets
     assert back.interval("ext", 128) == r.interval("ext", 128)
@@ -108,13 +109,12 @@ def test_a_fresh_machine_reports_from_the_archive(tmp_path):
 
 
 def test_archive_keeps_float32_sums_and_archive_cache_copies_entries(tmp_path):
-    import bench_archive as ba
 
     nll = np.random.default_rng(1).uniform(0.1, 15, 1000)
-    d = {"key": {"k": 1}, "complete": True, "method": {"nll_sum": bq.pack(nll, np.float64), "name": "yarn"}}
+    d = {"key": {"k": 1}, "complete": True, "method": {"nll_sum": ba.pack(nll, np.float64), "name": "yarn"}}
     small = ba.compact(d)
     assert "nll_sum" not in small["method"] and len(small["method"]["nll_sum32"]) < len(d["method"]["nll_sum"])
-    back = bq.unpack(ba.expand(small)["method"]["nll_sum"], np.float64)
+    back = ba.unpack(ba.expand(small)["method"]["nll_sum"], np.float64)
     assert np.array_equal(back, nll.astype(np.float32).astype(np.float64))
     store = ba.Store(tmp_path / "cache", tmp_path / "archive")
     (tmp_path / "cache").mkdir()
