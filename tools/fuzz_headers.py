@@ -569,15 +569,25 @@ def small_longrope() -> bytes:
     return with_rope_freqs(data, (1.0,) * 8, name="rope_factors_short.weight")
 
 
+def small_phi3_longrope() -> bytes:
+    """A small phi3 file as Phi-3-128k GGUFs are: NO scaling type (phi3 applies the pair anyway),
+    original ctx 32, long and short factors."""
+    data = small_gguf("phi3", extra=[("phi3.rope.scaling.original_context_length", T.UINT32, 32)])
+    data = with_rope_freqs(data, LLAMA3, name="rope_factors_long.weight")
+    return with_rope_freqs(data, (1.0,) * 8, name="rope_factors_short.weight")
+
+
 def factor_seeds(work: str) -> list[tuple[str, bytes]]:
-    """A llama3-style small file, a LongRoPE one, and small files patched with ntk-parts /
-    factors (the tensor appended, or composed with / replacing the file's own, or LongRoPE's long
-    factors multiplied)."""
+    """A llama3-style small file, LongRoPE ones (llama with the type, phi3 without), and small
+    files patched with ntk-parts / factors (the tensor appended, or composed with / replacing the
+    file's own, or LongRoPE's long factors multiplied) or with yarn over phi3's pair."""
     l3 = with_rope_freqs(small_gguf(), LLAMA3)
-    lr = small_longrope()
-    out = [("small-llama3", l3), ("small-longrope", lr)]
+    lr, phi3 = small_longrope(), small_phi3_longrope()
+    out = [("small-llama3", l3), ("small-longrope", lr), ("small-phi3-longrope", phi3)]
     for name, data, method, opts, rs in (("small-llama", small_gguf(), "ntk-parts", None, False),
                                          ("small-longrope", lr, "ntk-parts", None, False),
+                                         ("small-phi3-longrope", phi3, "ntk-parts", None, False),
+                                         ("small-phi3-longrope", phi3, "yarn", None, True),
                                          ("small-longrope", lr, "factors", {"points": (1.0, 2.0)}, False),
                                          ("small-llama", small_gguf(), "factors", {"points": (1.0, 2.0, 4.0)}, False),
                                          ("small-llama3", l3, "ntk-parts", {"beta_fast": 16.0}, False),
