@@ -19,6 +19,7 @@ from conftest import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "tools"))
 import fuzz_headers as fz  # noqa: E402
+import fuzz_hf as hf  # noqa: E402
 
 from ropepatch.errors import FormatError, UsageError  # noqa: E402
 from ropepatch.formats.gguf.header import parse_header  # noqa: E402
@@ -26,7 +27,7 @@ from ropepatch.patch import gguf as gp  # noqa: E402
 
 CORPUS = ROOT / "tests" / "fuzz_corpus"
 FILES = sorted(n for n in os.listdir(CORPUS) if n.endswith((".gguf", ".safetensors")))
-HF_FILES = sorted(n for n in os.listdir(CORPUS) if n.endswith(fz._hf().EXT))
+HF_FILES = sorted(n for n in os.listdir(CORPUS) if n.endswith(hf.EXT))
 # per-call wall-clock limit: a real hang (a blocking open, an endless loop) still trips it, but a
 # loaded machine does not (an HF patch+revert took 4.6 s of wall time under nice 19 beside a
 # 2-thread benchmark on 2 cores, close to the tool's 5 s default, and once went over)
@@ -166,7 +167,6 @@ def test_hf_corpus_through_the_cli(args, cli, tmp_path):
     """Every HF corpus input through the command line in process (rendering included: a config
     with rope_scaling factor 1e308 crashed `ropepatch inspect` in its text output): exit 0, or 2
     with exactly one error line."""
-    hf = fz._hf()
     bad = []
     for n in HF_FILES:
         m = hf.materialize(hf.unbundle((CORPUS / n).read_bytes()), str(tmp_path / n))
@@ -207,7 +207,6 @@ def test_hf_fixed_inputs_give_one_clean_line_and_write_nothing(name, tmp_path):
     from ropepatch.errors import RopepatchError
     from ropepatch.patch.hf import patch_hf, revert_hf
 
-    hf = fz._hf()
     m = hf.materialize(hf.unbundle((CORPUS / (name + hf.EXT)).read_bytes()), str(tmp_path))
     before = hf.snapshot(str(tmp_path))
     for call in (lambda: revert_hf(m), lambda: patch_hf(m, 2048, "yarn")):
