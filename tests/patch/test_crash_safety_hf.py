@@ -126,8 +126,8 @@ def test_out_dir_killed_midway_then_rerun_completes(tmp_path, where):
     what a killed run left."""
     prep = _prepare_out(tmp_path)
     n = 3 if where == "staging" else 17  # 17: stage, shard (8 steps), config.json (7), shard renamed in
-    base, d, o = hh._fresh(prep, str(tmp_path), "k-")
-    _cli_killed(hh._fmt(prep.scenario.args, d, o), n)
+    base, d, o = hh.fresh_copy(prep, str(tmp_path), "k-")
+    _cli_killed(hh.fmt_dir(prep.scenario.args, d, o), n)
     names = sorted(os.listdir(o))
     assert any(x.startswith(".ropepatch-") for x in names)
     if where == "commit":
