@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -115,6 +116,17 @@ def guarded(stats: Stats, target: str, fn, data: bytes, budget: int, timeout: fl
     else:
         stats.finding(kind, target, detail, data, save, ext)
     return result if kind == "ok" else None
+
+
+def fresh_case(work: str, sub: str, name: str, data: bytes) -> tuple[str, str]:
+    """An empty ``work/sub`` holding only ``name`` with ``data``: (its folder, its path)."""
+    d = os.path.join(work, sub)
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    path = os.path.join(d, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return d, path
 
 
 def alloc_budget(data: bytes) -> int:

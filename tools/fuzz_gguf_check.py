@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
 from pathlib import Path
 
-from fuzz_common import MiB, Stats, alloc_budget, cli, guarded
+from fuzz_common import MiB, Stats, alloc_budget, cli, fresh_case, guarded
 from fuzz_gguf_mutate import hostile_options
 
 from ropepatch.errors import RopepatchError
@@ -34,12 +33,7 @@ def check_gguf(stats: Stats, rng: random.Random, data: bytes, work: str, save=No
     stats.cases += 1
     budget = alloc_budget(data)
     guarded(stats, "parse_header", lambda: parse_header(data, "fuzz.gguf", len(data)), data, budget, timeout, save, ".gguf")
-    d = os.path.join(work, "case")
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    path = os.path.join(d, "model.gguf")
-    with open(path, "wb") as f:
-        f.write(data)
+    d, path = fresh_case(work, "case", "model.gguf", data)
     before = _listing(d)
 
     def wrote() -> bool:

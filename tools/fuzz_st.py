@@ -9,11 +9,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import struct
 from pathlib import Path
 
-from fuzz_common import FIXTURES, U64_EDGES, Stats, alloc_budget, guarded
+from fuzz_common import FIXTURES, U64_EDGES, Stats, alloc_budget, fresh_case, guarded
 
 ST_FIXTURES = ["hf/tiny-llama/model.safetensors", "hf/tiny-qwen2/model.safetensors"]
 
@@ -106,12 +105,7 @@ def check_st(stats: Stats, data: bytes, work: str, save=None, timeout=5.0) -> No
     from ropepatch.formats import safetensors as sf
 
     stats.cases += 1
-    d = os.path.join(work, "st")
-    shutil.rmtree(d, ignore_errors=True)
-    os.makedirs(d)
-    path = os.path.join(d, "model.safetensors")
-    with open(path, "wb") as f:
-        f.write(data)
+    d, path = fresh_case(work, "st", "model.safetensors", data)
     hdr = guarded(stats, "safetensors read_header", lambda: sf.read_header(path), data, alloc_budget(data) * 3,
                   timeout, save, ".safetensors")
     if Path(path).read_bytes() != data or os.listdir(d) != ["model.safetensors"]:
