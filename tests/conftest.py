@@ -14,6 +14,11 @@ from pathlib import Path
 
 import pytest
 
+# helper modules that the test files of one folder share (tests/*/_helpers_*.py, imported by
+# name): pytest rewrites their asserts too, so a failing check there explains itself
+pytest.register_assert_rewrite("_helpers_eval", "_helpers_fixtures", "_helpers_gguf_hostile", "_helpers_hf",
+                               "_helpers_hf_hostile")
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 GGUF_FIXTURES = [

@@ -33,7 +33,7 @@ add_space_prefix is false, so any UTF-8 text tokenizes to bytes (spaces to the
 "\u2581" token) and detokenizes back to the identical text.
 
 The output is byte-for-byte deterministic: running the tool twice gives identical
-files (tests/formats/test_fixtures.py checks the committed files against a fresh run).
+files (tests/formats/test_fixtures_files.py checks the committed files against a fresh run).
 """
 
 from __future__ import annotations

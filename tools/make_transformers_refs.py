@@ -8,7 +8,7 @@ installing torch (tests/check/test_transformers_refs.py). Needs the `hf-test` ex
 Writes `refs.json` (transformers and torch versions; for each model x method: the config
 ropepatch writes when extending to 1000 tokens, and transformers' inverse frequencies and
 attention factor at seq_len None, 700 and 3000) and `logits.npz` (transformers' logits of the
-HF fixtures on the PROMPT tokens that tests/formats/test_fixtures.py uses).
+HF fixtures on the PROMPT tokens that tests/formats/test_fixtures_llama_cpp.py uses).
 """
 
 from __future__ import annotations
