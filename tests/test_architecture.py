@@ -47,7 +47,7 @@ def test_import_contracts():
 
 
 def test_ruff():
-    r = _tool("ruff", "check", "--no-cache", "ropepatch")
+    r = _tool("ruff", "check", "--no-cache", "ropepatch", "tools", "tests")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -4,8 +4,8 @@
 For each model and each repetition, interleaved so both see the same machine state, it times as
 fresh processes (what a user's command pays):
 
-  in-process   python -c "validate(F)" / "evaluate(F, ...)" (eval: the fixture only)  (the library call, llama.cpp in the
-               same process, as before the worker existed)
+  in-process   python -c "validate(F)" / "evaluate(F, ...)" (eval: the fixture only)  (the library
+               call, llama.cpp in the same process, as before the worker existed)
   isolated     python -c "validate_isolated(F)" / "evaluate_isolated(F, ...)"  (what the CLI runs
                now: the worker is spawned, imports llama_cpp first, streams the result back)
 

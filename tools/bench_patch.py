@@ -210,7 +210,8 @@ def bench_file(label: str, pristine: str, work: str, reps: int) -> dict:
         rec("ropepatch -o copy", rp + ["gguf", a, "--ctx", "16384", "-o", c])
         os.unlink(c)
         shutil.copyfile(pristine, b)
-        rec("gguf-set-metadata (in place)", [tool("gguf-set-metadata"), b, f"{arch}.rope.freq_base", "204522.28", "--force"])
+        rec("gguf-set-metadata (in place)",
+            [tool("gguf-set-metadata"), b, f"{arch}.rope.freq_base", "204522.28", "--force"])
         rec("gguf-new-metadata (rewrite)", [tool("gguf-new-metadata"), b, c, "--general-name", "bench", "--force"])
     for p in (a, b, c):
         if os.path.exists(p):
@@ -252,28 +253,38 @@ def markdown(results: list[dict], mach: str) -> str:
         lines += [f"### {r['label']} ({r['size_bytes'] / 1e9:.2f} GB, {r['reps']} repetitions)", "",
                   "| operation | wall time (s) | peak RSS (MiB) |", "|---|---|---|"]
         for name, o in ops.items():
-            lines.append(f"| {name} | {o['median_s']:.3f} [{o['min_s']:.3f}-{o['max_s']:.3f}] | {o['peak_rss_mib']:.0f} |")
+            lines.append(f"| {name} | {o['median_s']:.3f} [{o['min_s']:.3f}-{o['max_s']:.3f}] "
+                         f"| {o['peak_rss_mib']:.0f} |")
         m = {k: v["median_s"] for k, v in ops.items()}
         if "ropepatch hf first patch" in m:
+            naive = m["safetensors load_file + save_file (naive rewrite)"]
+            first, revert = m["ropepatch hf first patch"], m["ropepatch revert"]
+            durable_cp = m["cp + sync (durable copy)"]
             lines += [
                 "",
-                f"- re-patch in place vs naive load+save: **{m['safetensors load_file + save_file (naive rewrite)'] / m['ropepatch hf re-patch (in place)']:.1f}x faster**",
-                f"- first patch (rewrite) vs naive load+save: **{_faster(m['safetensors load_file + save_file (naive rewrite)'] / m['ropepatch hf first patch'])}**",
-                f"- first patch / durable cp: {m['ropepatch hf first patch'] / m['cp + sync (durable copy)']:.2f}; revert / durable cp: {m['ropepatch revert'] / m['cp + sync (durable copy)']:.2f}",
-                f"- first patch / durable replace: {m['ropepatch hf first patch'] / m[REPLACE]:.2f}; revert / durable replace: {m['ropepatch revert'] / m[REPLACE]:.2f}",
+                "- re-patch in place vs naive load+save: "
+                f"**{naive / m['ropepatch hf re-patch (in place)']:.1f}x faster**",
+                f"- first patch (rewrite) vs naive load+save: **{_faster(naive / first)}**",
+                f"- first patch / durable cp: {first / durable_cp:.2f}; "
+                f"revert / durable cp: {revert / durable_cp:.2f}",
+                f"- first patch / durable replace: {first / m[REPLACE]:.2f}; "
+                f"revert / durable replace: {revert / m[REPLACE]:.2f}",
                 "",
             ]
             continue
+        first, new_metadata = m["ropepatch first patch (rewrite)"], m["gguf-new-metadata (rewrite)"]
+        revert, durable_cp = m["ropepatch revert (rewrite)"], m["cp + sync (durable copy)"]
         lines += [
             "",
-            f"- re-patch in place vs gguf-set-metadata: **{m['gguf-set-metadata (in place)'] / m['ropepatch re-patch (in place)']:.1f}x faster**",
-            f"- first patch (rewrite) vs gguf-new-metadata: **{m['gguf-new-metadata (rewrite)'] / m['ropepatch first patch (rewrite)']:.1f}x faster**;"
-            f" `-o` copy: {m['gguf-new-metadata (rewrite)'] / m['ropepatch -o copy']:.1f}x faster",
-            f"- first patch / cp: {m['ropepatch first patch (rewrite)'] / m['cp']:.2f}; / durable cp: {m['ropepatch first patch (rewrite)'] / m['cp + sync (durable copy)']:.2f}; "
-            f"revert / durable cp: {m['ropepatch revert (rewrite)'] / m['cp + sync (durable copy)']:.2f}",
-            f"- first patch / durable replace: {m['ropepatch first patch (rewrite)'] / m[REPLACE]:.2f}; "
-            f"revert / durable replace: {m['ropepatch revert (rewrite)'] / m[REPLACE]:.2f}; "
-            f"`-o` copy / durable cp: {m['ropepatch -o copy'] / m['cp + sync (durable copy)']:.2f}",
+            "- re-patch in place vs gguf-set-metadata: "
+            f"**{m['gguf-set-metadata (in place)'] / m['ropepatch re-patch (in place)']:.1f}x faster**",
+            f"- first patch (rewrite) vs gguf-new-metadata: **{new_metadata / first:.1f}x faster**;"
+            f" `-o` copy: {new_metadata / m['ropepatch -o copy']:.1f}x faster",
+            f"- first patch / cp: {first / m['cp']:.2f}; / durable cp: {first / durable_cp:.2f}; "
+            f"revert / durable cp: {revert / durable_cp:.2f}",
+            f"- first patch / durable replace: {first / m[REPLACE]:.2f}; "
+            f"revert / durable replace: {revert / m[REPLACE]:.2f}; "
+            f"`-o` copy / durable cp: {m['ropepatch -o copy'] / durable_cp:.2f}",
             "",
         ]
     return "\n".join(lines)

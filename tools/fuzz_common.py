@@ -31,7 +31,8 @@ FIXTURES = ROOT / "fixtures"
 MiB = 1 << 20
 
 U32_EDGES = [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 31, 32, 0x7F, 0xFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF]
-U64_EDGES = U32_EDGES + [1 << 32, (1 << 32) + 1, 1 << 40, 1 << 60, 1 << 62, (1 << 63) - 1, 1 << 63, (1 << 64) - 2, (1 << 64) - 1]
+U64_EDGES = U32_EDGES + [1 << 32, (1 << 32) + 1, 1 << 40, 1 << 60, 1 << 62,
+                         (1 << 63) - 1, 1 << 63, (1 << 64) - 2, (1 << 64) - 1]
 
 
 class Timeout(BaseException):

@@ -107,22 +107,32 @@ def corpus_cases() -> dict[str, bytes]:
         "ctx-zero.gguf": _with_kvs(base, _set("llama.context_length", T.UINT32, 0)),
         "ctx-negative-int8.gguf": _with_kvs(base, _set("llama.context_length", T.INT8, -128)),
         "base-float32-max.gguf": _with_kvs(base, _set("llama.rope.freq_base", T.FLOAT32, 3.4028234663852886e38)),
-        "ctx-as-array.gguf": _with_kvs(base, _set("llama.context_length", T.ARRAY, (T.UINT32, struct.pack("<I", 128), 1))),
-        "duplicate-key.gguf": _with_kvs(base, lambda raws, h: raws + [make_kv("llama.context_length", T.UINT32, 4096).raw]),
+        "ctx-as-array.gguf": _with_kvs(
+            base, _set("llama.context_length", T.ARRAY, (T.UINT32, struct.pack("<I", 128), 1))),
+        "duplicate-key.gguf": _with_kvs(
+            base, lambda raws, h: raws + [make_kv("llama.context_length", T.UINT32, 4096).raw]),
         # format edges (clean errors)
         "n-kv-2pow63.gguf": base[:16] + u64(1 << 63) + base[24:],
         "key-length-2pow62.gguf": base[:first_key] + u64(1 << 62) + base[first_key + 8:],
-        "array-count-2pow60.gguf": _with_kvs(base, lambda raws, h: raws + [arr[:-8 - 12] + struct.pack("<IQ", 6, 1 << 60) + arr[-8:]]),
-        "nested-array.gguf": _with_kvs(base, lambda raws, h: raws + [u64(1) + b"x" + struct.pack("<IIQ", 9, 9, 1) + struct.pack("<IQ", 4, 1) + bytes(4)]),
-        "string-array-past-end.gguf": _with_kvs(base, lambda raws, h: raws + [u64(1) + b"y" + struct.pack("<IIQ", 9, 8, 3) + u64(2) + b"ab" + u64(1 << 40)]),
-        "unknown-value-type.gguf": _with_kvs(base, lambda raws, h: raws + [u64(1) + b"z" + struct.pack("<I", 77) + bytes(4)]),
-        "tensor-5-dims.gguf": base[:tinfo + 8 + len("token_embd.weight")] + struct.pack("<I", 5) + base[tinfo + 12 + len("token_embd.weight"):],
+        "array-count-2pow60.gguf": _with_kvs(
+            base, lambda raws, h: raws + [arr[:-8 - 12] + struct.pack("<IQ", 6, 1 << 60) + arr[-8:]]),
+        "nested-array.gguf": _with_kvs(
+            base, lambda raws, h: raws + [u64(1) + b"x" + struct.pack("<IIQ", 9, 9, 1) + struct.pack("<IQ", 4, 1)
+                                          + bytes(4)]),
+        "string-array-past-end.gguf": _with_kvs(
+            base, lambda raws, h: raws + [u64(1) + b"y" + struct.pack("<IIQ", 9, 8, 3) + u64(2) + b"ab"
+                                          + u64(1 << 40)]),
+        "unknown-value-type.gguf": _with_kvs(
+            base, lambda raws, h: raws + [u64(1) + b"z" + struct.pack("<I", 77) + bytes(4)]),
+        "tensor-5-dims.gguf": (base[:tinfo + 8 + len("token_embd.weight")] + struct.pack("<I", 5)
+                               + base[tinfo + 12 + len("token_embd.weight"):]),
         "truncated-in-header.gguf": base[:300],
         "truncated-data.gguf": base[:-40],
         "big-endian.gguf": base[:4] + struct.pack(">I", 3) + base[8:],
         "version-1.gguf": base[:4] + struct.pack("<I", 1) + base[8:],
         "alignment-not-power-of-2.gguf": _with_kvs(base, _set("general.alignment", T.UINT32, 48)),
-        "empty-string-array-500.gguf": _with_kvs(base, lambda raws, h: raws + [u64(1) + b"e" + struct.pack("<IIQ", 9, 8, 500) + bytes(8 * 500)]),
+        "empty-string-array-500.gguf": _with_kvs(
+            base, lambda raws, h: raws + [u64(1) + b"e" + struct.pack("<IIQ", 9, 8, 500) + bytes(8 * 500)]),
         # valid inputs that must give correct results (patch, re-patch, revert exactly)
         "valid-small.gguf": base,
         "valid-v2.gguf": small_gguf(version=2),

@@ -32,7 +32,8 @@ def check_gguf(stats: Stats, rng: random.Random, data: bytes, work: str, save=No
                deep: bool = True) -> None:
     stats.cases += 1
     budget = alloc_budget(data)
-    guarded(stats, "parse_header", lambda: parse_header(data, "fuzz.gguf", len(data)), data, budget, timeout, save, ".gguf")
+    guarded(stats, "parse_header", lambda: parse_header(data, "fuzz.gguf", len(data)),
+            data, budget, timeout, save, ".gguf")
     d, path = fresh_case(work, "case", "model.gguf", data)
     before = _listing(d)
 
@@ -44,19 +45,23 @@ def check_gguf(stats: Stats, rng: random.Random, data: bytes, work: str, save=No
     if info is not None:
         for m in METHODS:
             ctx = rng.choice([info.original.n_ctx_train * 2, info.original.n_ctx_train + 1, 1 << 20, 0xFFFFFFFF])
-            guarded(stats, "make_plan", lambda: make_plan(info.original, ctx, m), data, budget, timeout, save, ".gguf")
+            guarded(stats, "make_plan", lambda ctx=ctx, m=m: make_plan(info.original, ctx, m),
+                    data, budget, timeout, save, ".gguf")
     method = rng.choice(list(METHODS))
     ctx = rng.choice([256, 512, 1024, 4096, 1 << 20, 0xFFFFFFFF, 1 << 33, 129, 1])
     alpha = rng.choice([None, None, None, 1.0, 2.5, 1e30, float("inf")])
     rs = rng.random() < 0.3
     opts = hostile_options(rng, method)
-    res = guarded(stats, "patch_gguf(dry_run)", lambda: gp.patch_gguf(path, ctx, method, alpha, dry_run=True, replace_scaling=rs,
-                                                                      options=opts), data, budget, timeout, save, ".gguf")
-    guarded(stats, "revert_gguf(dry_run)", lambda: gp.revert_gguf(path, dry_run=True), data, budget, timeout, save, ".gguf")
+    res = guarded(stats, "patch_gguf(dry_run)",
+                  lambda: gp.patch_gguf(path, ctx, method, alpha, dry_run=True, replace_scaling=rs, options=opts),
+                  data, budget, timeout, save, ".gguf")
+    guarded(stats, "revert_gguf(dry_run)", lambda: gp.revert_gguf(path, dry_run=True),
+            data, budget, timeout, save, ".gguf")
     flags = ["--factors", "1,2,4"] if method == "factors" and rng.random() < 0.5 else []
     argv = rng.choice([["inspect", path], ["gguf", path, "--ctx", str(ctx), "--method", method, "--dry-run", *flags],
                        ["plan", path, "--ctx", str(ctx)], ["revert", path, "--dry-run"]])
-    guarded(stats, "cli " + argv[0], cli(argv + (["--json"] if rng.random() < 0.4 else [])), data, budget, timeout, save, ".gguf")
+    guarded(stats, "cli " + argv[0], cli(argv + (["--json"] if rng.random() < 0.4 else [])),
+            data, budget, timeout, save, ".gguf")
     if wrote():
         stats.finding("wrote", "dry-run entry points", "the input file or its directory changed", data, save, ".gguf")
         return
@@ -115,7 +120,8 @@ def check_cli_numbers(stats: Stats, rng: random.Random, seed_path: str, timeout=
         argv = ["gguf", seed_path, "--dry-run", "--ctx", rng.choice(HOSTILE_NUMBERS + ["1024", "512"]),
                 "--method", rng.choice(list(METHODS))]
     else:
-        argv = ["plan", "--base", rng.choice(HOSTILE_NUMBERS + ["10000"]), "--rope-dim", rng.choice(HOSTILE_NUMBERS + ["64"]),
+        argv = ["plan", "--base", rng.choice(HOSTILE_NUMBERS + ["10000"]),
+                "--rope-dim", rng.choice(HOSTILE_NUMBERS + ["64"]),
                 "--orig-ctx", rng.choice(HOSTILE_NUMBERS + ["4096"]), "--ctx", rng.choice(HOSTILE_NUMBERS + ["16384"])]
     if rng.random() < 0.7:
         argv += ["--alpha", rng.choice(HOSTILE_NUMBERS)]

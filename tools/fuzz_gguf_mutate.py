@@ -59,7 +59,8 @@ def _hostile_records(rng: random.Random, rec: dict) -> str:
     elif choice == 4:
         k = rng.choice(list(r.get("keys") or {"x": 1}))
         r.setdefault("keys", {})[k] = rng.choice([{"type": 4}, {"raw": "00"}, {"type": 99, "raw": "00"},
-                                                   {"type": 8, "raw": "ff" * 12}, {"type": 9, "raw": "0400000000000000ffffffffffffff0f"},
+                                                   {"type": 8, "raw": "ff" * 12},
+                                                   {"type": 9, "raw": "0400000000000000ffffffffffffff0f"},
                                                    {"type": 4, "raw": "zz"}, {"type": 4, "raw": 5}, [1], "x", 7,
                                                    {"type": 4, "raw": "00000000"}, {"type": 6, "raw": "0000c07f"}])
     elif choice == 5:
@@ -119,7 +120,8 @@ def _mutate_gguf(rng: random.Random, data: bytes, lay: Layout | None) -> bytes:
                 elif kind in ("str_len", "key_len", "name_len", "arr_str_len", "arr_count") and rng.random() < 0.5:
                     cur = struct.unpack_from("<Q", buf, off)[0]
                     v = max(0, cur + rng.choice([-2, -1, 1, 2, 8, len(buf)]))
-                buf[off:off + size] = v.to_bytes(size, "little", signed=False) if v < (1 << (8 * size)) else bytes([255]) * size
+                buf[off:off + size] = (v.to_bytes(size, "little", signed=False) if v < (1 << (8 * size))
+                                       else bytes([255]) * size)
             else:
                 buf[off:off + size] = bytes(rng.randrange(256) for _ in range(size))
         elif op == "trunc":
@@ -225,11 +227,13 @@ def _insert_crafted(rng, data, lay):
     if kind == 0:  # string value with an absurd length
         raw = struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, rng.choice(U64_EDGES)) + b"abc"
     elif kind == 1:  # array with an absurd count
-        raw = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, rng.choice([0, 4, 6, 8, 10, 12]), rng.choice(U64_EDGES))
+        raw = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, rng.choice([0, 4, 6, 8, 10, 12]),
+                                                              rng.choice(U64_EDGES))
     elif kind == 2:  # nested array
         raw = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 9, 1) + struct.pack("<IQ", 4, 1) + b"\0" * 4
     elif kind == 3:  # string array whose strings run past the end
-        raw = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 8, 3) + struct.pack("<Q", 2) + b"ab" + struct.pack("<Q", 1 << 40)
+        raw = (struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 8, 3) + struct.pack("<Q", 2) + b"ab"
+               + struct.pack("<Q", 1 << 40))
     elif kind == 4:  # array of many empty strings (a long loop, bounded by the file size)
         n = rng.choice([1000, 100000])
         raw = struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 8, n) + bytes(8 * n)
@@ -281,7 +285,8 @@ def factors_op(rng: random.Random, data: bytes, lay) -> bytes:
         if t is not None or lay.h.get("general.architecture") is None:
             return _set_options(rng, data, lay)
         n = rng.choice([8, 8, 4, 16])
-        vals = [rng.choice(HOSTILE_FACTORS) for _ in range(n)] if rng.random() < 0.5 else list(LLAMA3[:n]) * (n // 8 or 1)
+        vals = ([rng.choice(HOSTILE_FACTORS) for _ in range(n)] if rng.random() < 0.5
+                else list(LLAMA3[:n]) * (n // 8 or 1))
         return with_rope_freqs(data, vals[:n], rng.choice([0, 0, 0, 1]))
     if kind == 5:
         return _set_options(rng, data, lay)
@@ -297,7 +302,7 @@ def factors_op(rng: random.Random, data: bytes, lay) -> bytes:
     end = i + len(enc)
     if kind == 1:  # values
         at = lay.h.data_offset + t.offset
-        for j in range(rng.randrange(1, 4)):
+        for _j in range(rng.randrange(1, 4)):
             k = at + 4 * rng.randrange(max(1, t.shape[0] if t.shape else 1))
             buf[k:k + 4] = struct.pack("<f", rng.choice(HOSTILE_FACTORS))
     elif kind == 2:  # type

@@ -114,11 +114,11 @@ def fuzz(cases: int, seed: int, save: str | None = None, big: bool = True, log=p
             f.write(seeds[0][1])
         _warm_up(seed_path)
         # every seed as is (valid inputs must give correct results)
-        for name, data in seeds if "gguf" in targets else ():
+        for _name, data in seeds if "gguf" in targets else ():
             check_gguf(stats, rng, data, work, save, timeout)
-        for name, data in sts if "safetensors" in targets else ():
+        for _name, data in sts if "safetensors" in targets else ():
             check_st(stats, data, work, save, timeout)
-        for name, files in hfs:
+        for _name, files in hfs:
             fuzz_hf.check_hf(stats, rng, files, work, save, timeout)
         weights = {"gguf": 0.72, "safetensors": 0.2, "cli": 0.08, "hf": 0.25}
         total = sum(weights[t] for t in targets)
@@ -130,7 +130,8 @@ def fuzz(cases: int, seed: int, save: str | None = None, big: bool = True, log=p
             r = rng.random()
             if r < cut_gguf:
                 name, data = rng.choice(seeds)
-                check_gguf(stats, rng, mutate_gguf(rng, data, lays[name]), work, save, timeout, deep=i % deep_every == 0)
+                check_gguf(stats, rng, mutate_gguf(rng, data, lays[name]), work, save, timeout,
+                           deep=i % deep_every == 0)
             elif r < cut_st:
                 name, data = rng.choice(sts)
                 check_st(stats, mutate_st(rng, data), work, save, timeout)
@@ -140,7 +141,8 @@ def fuzz(cases: int, seed: int, save: str | None = None, big: bool = True, log=p
                 name, files = rng.choice(hfs)
                 fuzz_hf.check_hf(stats, rng, fuzz_hf.mutate(rng, files), work, save, timeout)
             if log and (i + 1) % 1000 == 0:
-                log(f"  {i + 1} cases, {stats.calls} calls, {len(stats.findings)} distinct findings, {time.monotonic() - t0:.0f} s")
+                log(f"  {i + 1} cases, {stats.calls} calls, {len(stats.findings)} distinct findings, "
+                    f"{time.monotonic() - t0:.0f} s")
     finally:
         signal.signal(signal.SIGALRM, old)
         if started:
@@ -213,9 +215,10 @@ def replay_files(paths: list[str], save: str | None = None, timeout: float = 5.0
 def report(stats: Stats, secs: float) -> str:
     lines = [f"cases {stats.cases}, target calls {stats.calls}, {secs:.0f} s",
              "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.outcomes.items())),
-             f"max tracemalloc peak {stats.max_peak / 1024:.0f} KiB, slowest call {stats.max_seconds * 1000:.0f} ms ({stats.slowest})",
+             f"max tracemalloc peak {stats.max_peak / 1024:.0f} KiB, "
+             f"slowest call {stats.max_seconds * 1000:.0f} ms ({stats.slowest})",
              f"distinct findings: {len(stats.findings)}"]
-    for sig, (kind, target, detail, sha, n) in stats.findings.items():
+    for _sig, (kind, target, detail, sha, n) in stats.findings.items():
         last = [ln for ln in detail.strip().splitlines() if ln.strip()][-1:] or [""]
         lines.append(f"  [{kind}] {target}: {last[0][:160]}  (input {sha}, {n} bytes)")
         frames = [ln.strip() for ln in detail.splitlines() if "/ropepatch/" in ln]
@@ -251,9 +254,11 @@ def main(argv=None) -> int:
     print(report(stats, secs))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": "python tools/fuzz_headers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            json.dump({"command": "python tools/fuzz_headers.py "
+                                  + " ".join(argv if argv is not None else sys.argv[1:]),
                        "cases": stats.cases, "calls": stats.calls, "outcomes": dict(stats.outcomes),
-                       "findings": [dict(zip(("kind", "target", "detail", "input_sha", "bytes"), v)) for v in stats.findings.values()],
+                       "findings": [dict(zip(("kind", "target", "detail", "input_sha", "bytes"), v))
+                                    for v in stats.findings.values()],
                        "disagreements": dict(stats.disagreements), "max_peak": stats.max_peak,
                        "seconds": round(secs, 1)}, f, indent=1)
     return 1 if stats.findings else 0

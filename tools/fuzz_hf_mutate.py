@@ -58,7 +58,8 @@ def _record_op(rng: random.Random, data: bytes) -> bytes:
         return data
     op = rng.randrange(8)
     if op <= 3:  # a field of another type or value
-        rec[_pick(rng, RECORD_FIELDS)] = _pick(rng, HOSTILE_VALUES + [rec.get("header_length", 0) + rng.choice([-8, -1, 1, 8])])
+        rec[_pick(rng, RECORD_FIELDS)] = _pick(rng, HOSTILE_VALUES
+                                               + [rec.get("header_length", 0) + rng.choice([-8, -1, 1, 8])])
     elif op == 4:
         rec.pop(_pick(rng, RECORD_FIELDS), None)
         if rng.random() < 0.3:
@@ -104,10 +105,11 @@ def _config_op(rng: random.Random, cfg: bytes) -> bytes:
     if op == 0:
         return _pick(rng, CONFIG_TEXT).encode()
     if op == 1:
-        return _pick(rng, [b"\xef\xbb\xbf" + cfg, cfg.replace(b'"llama"', b'"ll\xffama"'), cfg[: rng.randrange(len(cfg))],
-                           cfg + b"garbage", cfg.replace(b"10000.0", b"NaN"), cfg.replace(b"10000.0", b"Infinity"),
-                           cfg.replace(b"10000.0", b"1e400"), cfg.replace(b"128,", b"1" * 5000 + b","),
-                           cfg.replace(b'"llama"', b'"llama\\ud800"'), b'{"model_type": "llama", ' + cfg[1:]])
+        return _pick(rng, [b"\xef\xbb\xbf" + cfg, cfg.replace(b'"llama"', b'"ll\xffama"'),
+                           cfg[: rng.randrange(len(cfg))], cfg + b"garbage", cfg.replace(b"10000.0", b"NaN"),
+                           cfg.replace(b"10000.0", b"Infinity"), cfg.replace(b"10000.0", b"1e400"),
+                           cfg.replace(b"128,", b"1" * 5000 + b","), cfg.replace(b'"llama"', b'"llama\\ud800"'),
+                           b'{"model_type": "llama", ' + cfg[1:]])
     try:
         doc = json.loads(cfg)
     except ValueError:
@@ -124,7 +126,8 @@ def _config_op(rng: random.Random, cfg: bytes) -> bytes:
 
 def _index_op(rng: random.Random, index: bytes) -> bytes:
     if rng.random() < 0.3:
-        return _pick(rng, CONFIG_TEXT + ['{"weight_map": {"a": "model-00001-of-00002.safetensors"}, "weight_map": 5}']).encode()
+        return _pick(rng, CONFIG_TEXT
+                     + ['{"weight_map": {"a": "model-00001-of-00002.safetensors"}, "weight_map": 5}']).encode()
     try:
         doc = json.loads(index)
     except ValueError:

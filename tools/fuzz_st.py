@@ -80,7 +80,8 @@ def _mutate_st(rng: random.Random, data: bytes) -> bytes:
         t = raw.encode()
         return struct.pack("<Q", len(t)) + t + body
     elif op == 5:  # metadata values of other types
-        obj["__metadata__"] = rng.choice([None, 5, [], {"a": 1}, {"a": None}, {"a": "b" * 10000}, "x", {"a": {"b": "c"}}])
+        obj["__metadata__"] = rng.choice([None, 5, [], {"a": 1}, {"a": None}, {"a": "b" * 10000}, "x",
+                                          {"a": {"b": "c"}}])
     elif op == 6:  # duplicate key (in the text)
         raw = json.dumps(obj)
         first = raw[1:raw.index("}") + 1] if "}" in raw else ""

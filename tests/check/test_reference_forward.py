@@ -97,7 +97,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", ["tiny-llama-f32.gguf", "tiny-llama-q8_0.gguf", "tiny-qwen2-f32.gguf", "tiny-qwen2-q8_0.gguf"])
+@pytest.mark.parametrize("name", ["tiny-llama-f32.gguf", "tiny-llama-q8_0.gguf",
+                                  "tiny-qwen2-f32.gguf", "tiny-qwen2-q8_0.gguf"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_reference_forward_matches_runtime(name, case):
     m = model(name)

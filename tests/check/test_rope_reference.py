@@ -57,7 +57,8 @@ def test_position_zero_with_yarn_only_scales_by_mscale(layout):
         ({}, 1.0),
         ({"freq_scale": 0.125}, 1.0),  # linear
         ({"freq_scale": 0.125, "ext_factor": 1.0, "n_ctx_orig": 128}, 1 + 0.1 * math.log(8)),  # yarn
-        ({"freq_scale": 0.125, "ext_factor": 1.0, "n_ctx_orig": 128, "attn_factor": 0.5}, 0.5 * (1 + 0.1 * math.log(8))),
+        ({"freq_scale": 0.125, "ext_factor": 1.0, "n_ctx_orig": 128, "attn_factor": 0.5},
+         0.5 * (1 + 0.1 * math.log(8))),
         ({"attn_factor": 2.0}, 2.0),  # attn_factor scales even without yarn
     ],
 )
@@ -66,7 +67,8 @@ def test_pair_norms_preserved_times_mscale(layout, kw, mscale):
     pos = [3, 17, 999, 4096, 65535]
     out = apply_rope(x, pos, 16, 10000.0, layout=layout, **kw)
     np.testing.assert_allclose(_pair_norms(out, 16, layout), mscale * _pair_norms(x, 16, layout), rtol=1e-12)
-    assert yarn_mscale(kw.get("freq_scale", 1.0), kw.get("ext_factor", 0.0), kw.get("attn_factor", 1.0)) == pytest.approx(mscale)
+    assert yarn_mscale(kw.get("freq_scale", 1.0), kw.get("ext_factor", 0.0),
+                       kw.get("attn_factor", 1.0)) == pytest.approx(mscale)
 
 
 def test_norm_vs_neox_hand_computed_4_dims():
@@ -242,11 +244,13 @@ def test_ggml_rope_args_file_scaling():
     assert yarn["ext_factor"] == 1.0 and yarn["n_ctx_orig"] == 100
     assert yarn["attn_factor"] == pytest.approx(1.0, abs=2e-7)
     # the file's attn_factor multiplies for every type
-    assert ggml_rope_args(_params(scaling_type=ScalingType.LINEAR, scaling_factor=2.0, attn_factor=0.5))["attn_factor"] == 0.5
+    assert ggml_rope_args(_params(scaling_type=ScalingType.LINEAR, scaling_factor=2.0,
+                                  attn_factor=0.5))["attn_factor"] == 0.5
     y2 = ggml_rope_args(_params(scaling_type=ScalingType.YARN, scaling_factor=4.0, attn_factor=0.5))
     assert y2["attn_factor"] == pytest.approx(0.5, abs=1e-7)
     # net magnitude the kernel applies with yarn: 0.5 * (1 + 0.1 ln 4)
-    assert yarn_mscale(y2["freq_scale"], y2["ext_factor"], y2["attn_factor"]) == pytest.approx(0.5 * (1 + 0.1 * math.log(4)))
+    assert (yarn_mscale(y2["freq_scale"], y2["ext_factor"], y2["attn_factor"])
+            == pytest.approx(0.5 * (1 + 0.1 * math.log(4))))
 
 
 def test_ggml_rope_args_runtime_overrides():
@@ -255,7 +259,8 @@ def test_ggml_rope_args_runtime_overrides():
     lin = ggml_rope_args(p, rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["linear"], rope_freq_scale=0.125)
     assert (lin["freq_scale"], lin["ext_factor"]) == (0.125, 0.0)
     yarn = ggml_rope_args(
-        p, rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["yarn"], rope_freq_scale=0.125, yarn_orig_ctx=64, yarn_attn_factor=3.0
+        p, rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["yarn"], rope_freq_scale=0.125, yarn_orig_ctx=64,
+        yarn_attn_factor=3.0
     )
     # the caller's yarn_attn_factor is overwritten when ext_factor != 0
     assert (yarn["freq_scale"], yarn["ext_factor"], yarn["n_ctx_orig"]) == (0.125, 1.0, 64)
@@ -263,7 +268,8 @@ def test_ggml_rope_args_runtime_overrides():
     # ... but kept without yarn
     assert ggml_rope_args(p, yarn_attn_factor=3.0)["attn_factor"] == 3.0
     # runtime scaling type none drops a file's linear factor
-    assert ggml_rope_args(_params(scaling_type=ScalingType.LINEAR, scaling_factor=4.0), rope_scaling_type=0)["freq_scale"] == 1.0
+    assert ggml_rope_args(_params(scaling_type=ScalingType.LINEAR, scaling_factor=4.0),
+                          rope_scaling_type=0)["freq_scale"] == 1.0
     with pytest.raises(UsageError):
         ggml_rope_args(p, rope_scaling_type=7)
 

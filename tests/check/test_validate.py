@@ -206,7 +206,8 @@ def test_negative_wrong_yarn_original_ctx(copy_fixture):
     poke(path, "qwen2.rope.scaling.original_context_length", "<I", CTX)
     r = validate(path)
     assert statuses(r) == {"a": FAILED, "b": FAILED, "c": FAILED, "d": FAILED}, format_report(r)
-    assert "qwen2.rope.scaling.original_context_length is 1024 in the file, the recorded plan gives 128" in r.check("a").reason
+    assert ("qwen2.rope.scaling.original_context_length is 1024 in the file, the recorded plan gives 128"
+            in r.check("a").reason)
     assert "n_ctx_orig: runtime 1024, plan 128" in r.check("b").reason
     assert "parameters differ, not the kernel" in r.check("c").reason
 

@@ -47,7 +47,8 @@ def good(tmp_path):
 def test_not_a_gguf(tmp_path, assert_one_line_error):
     p = tmp_path / "x.gguf"
     p.write_bytes(b"PK\x03\x04 this is a zip")
-    assert_one_line_error(str(p), ["gguf", str(p), "--ctx", "512"], r"x\.gguf: not a GGUF file: expected magic b'GGUF' at offset 0, found b'PK\\x03\\x04'")
+    assert_one_line_error(str(p), ["gguf", str(p), "--ctx", "512"],
+                          r"x\.gguf: not a GGUF file: expected magic b'GGUF' at offset 0, found b'PK\\x03\\x04'")
 
 
 def test_empty_file(tmp_path, assert_one_line_error):
@@ -67,14 +68,17 @@ def test_truncated(good, assert_one_line_error):
     data = open(good, "rb").read()
     with open(good, "wb") as f:
         f.write(data[:100])
-    assert_one_line_error(good, ["gguf", good, "--ctx", "512"], r"m\.gguf: truncated or corrupt GGUF header: .* needs \d+ bytes at offset \d+, only \d+ remain")
+    assert_one_line_error(good, ["gguf", good, "--ctx", "512"],
+                          r"m\.gguf: truncated or corrupt GGUF header: .* needs "
+                          r"\d+ bytes at offset \d+, only \d+ remain")
 
 
 def test_truncated_data(good, assert_one_line_error):
     data = open(good, "rb").read()
     with open(good, "wb") as f:
         f.write(data[:-16])
-    assert_one_line_error(good, ["gguf", good, "--ctx", "512"], r"tensor 'token_embd.weight' .* lies outside the \d+ data bytes")
+    assert_one_line_error(good, ["gguf", good, "--ctx", "512"],
+                          r"tensor 'token_embd.weight' .* lies outside the \d+ data bytes")
 
 
 def test_unsupported_version(tmp_path, assert_one_line_error):
@@ -103,19 +107,22 @@ def test_absurd_string_length(good, assert_one_line_error):
     at = 24  # first key's length field
     data[at : at + 8] = struct.pack("<Q", (1 << 62))
     open(good, "wb").write(data)
-    assert_one_line_error(good, ["gguf", good, "--ctx", "512"], r"key of metadata entry 0 needs 4611686018427387904 bytes")
+    assert_one_line_error(good, ["gguf", good, "--ctx", "512"],
+                          r"key of metadata entry 0 needs 4611686018427387904 bytes")
 
 
 def test_absurd_array_count(tmp_path, assert_one_line_error):
     from ropepatch.formats.gguf.header import encode_value
 
-    p = build_gguf(tmp_path / "a.gguf", llama_kvs(extra=[("tokenizer.ggml.scores", T.ARRAY, (T.FLOAT32, b"\0" * 8, 2))]))
+    p = build_gguf(tmp_path / "a.gguf",
+                   llama_kvs(extra=[("tokenizer.ggml.scores", T.ARRAY, (T.FLOAT32, b"\0" * 8, 2))]))
     data = bytearray(open(p, "rb").read())
     at = data.index(b"tokenizer.ggml.scores") + len("tokenizer.ggml.scores") + 4 + 4
     data[at : at + 8] = struct.pack("<Q", 1 << 60)
     open(p, "wb").write(data)
     assert encode_value  # imported for symmetry with the writer
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"array of 1152921504606846976 elements in 'tokenizer.ggml.scores'")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"array of 1152921504606846976 elements in 'tokenizer.ggml.scores'")
 
 
 def test_unknown_value_type(good, assert_one_line_error):
@@ -123,12 +130,14 @@ def test_unknown_value_type(good, assert_one_line_error):
     at = data.index(b"general.architecture") + len("general.architecture")
     data[at : at + 4] = struct.pack("<I", 77)
     open(good, "wb").write(data)
-    assert_one_line_error(good, ["gguf", good, "--ctx", "512"], r"key 'general.architecture' has unknown value type 77 \(expected 0..12\)")
+    assert_one_line_error(good, ["gguf", good, "--ctx", "512"],
+                          r"key 'general.architecture' has unknown value type 77 \(expected 0..12\)")
 
 
 def test_architecture_without_rope(tmp_path, assert_one_line_error):
     p = build_gguf(tmp_path / "g.gguf", llama_kvs(arch="gpt2"))
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"architecture 'gpt2' does not use rotary position embeddings")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"architecture 'gpt2' does not use rotary position embeddings")
 
 
 def test_missing_architecture(tmp_path, assert_one_line_error):
@@ -138,33 +147,40 @@ def test_missing_architecture(tmp_path, assert_one_line_error):
 
 def test_odd_rotary_dims(tmp_path, assert_one_line_error):
     p = build_gguf(tmp_path / "o.gguf", llama_kvs(rope_dim=15))
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"key 'llama.rope.dimension_count': expected an even number of rotary dims > 2 and <= the head dim \(16\), found 15")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"key 'llama.rope.dimension_count': "
+                          r"expected an even number of rotary dims > 2 and <= the head dim \(16\), found 15")
 
 
 def test_missing_rotary_dims_and_head_info(tmp_path, assert_one_line_error):
     kvs = [kv for kv in llama_kvs(rope_dim=None) if "embedding_length" not in kv[0]]
     p = build_gguf(tmp_path / "r.gguf", kvs)
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"cannot find the rotary dimension count: 'llama.rope.dimension_count' is missing")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"cannot find the rotary dimension count: 'llama.rope.dimension_count' is missing")
 
 
 def test_wrong_key_type(tmp_path, assert_one_line_error):
     kvs = [kv for kv in llama_kvs() if "freq_base" not in kv[0]] + [("llama.rope.freq_base", T.FLOAT64, 10000.0)]
     p = build_gguf(tmp_path / "t.gguf", kvs)
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"key 'llama.rope.freq_base': expected type FLOAT32 \(llama.cpp requires it\), found FLOAT64")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"key 'llama.rope.freq_base': expected type FLOAT32 \(llama.cpp requires it\), found FLOAT64")
 
 
 def test_unknown_scaling_type(tmp_path, assert_one_line_error):
     p = build_gguf(tmp_path / "s.gguf", llama_kvs(extra=[("llama.rope.scaling.type", T.STRING, "dynamic")]))
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"expected one of none, linear, yarn, longrope, found 'dynamic' \(llama.cpp aborts on it\)")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"expected one of none, linear, yarn, longrope, found 'dynamic' \(llama.cpp aborts on it\)")
 
 
 def test_ctx_not_larger(good, assert_one_line_error):
-    assert_one_line_error(good, ["gguf", good, "--ctx", "128"], r"m\.gguf: --ctx must be larger than the model's original context 128, found 128")
+    assert_one_line_error(good, ["gguf", good, "--ctx", "128"],
+                          r"m\.gguf: --ctx must be larger than the model's original context 128, found 128")
 
 
 @pytest.mark.parametrize("alpha", ["nan", "-2", "0.5", "inf"])
 def test_bad_alpha(good, alpha, assert_one_line_error):
-    assert_one_line_error(good, ["gguf", good, "--ctx", "512", "--alpha", alpha], r"--alpha must be a finite number >= 1, found")
+    assert_one_line_error(good, ["gguf", good, "--ctx", "512", "--alpha", alpha],
+                          r"--alpha must be a finite number >= 1, found")
 
 
 def test_output_equal_to_input(good, assert_one_line_error):
@@ -174,7 +190,9 @@ def test_output_equal_to_input(good, assert_one_line_error):
 def test_existing_scaling_refused(tmp_path, cli, assert_one_line_error):
     p = build_gguf(tmp_path / "y.gguf", llama_kvs(extra=[
         ("llama.rope.scaling.type", T.STRING, "yarn"), ("llama.rope.scaling.factor", T.FLOAT32, 4.0)]))
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"already uses yarn rope scaling \(factor 4\); ntk cannot compose with it: pass --replace-scaling")
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"already uses yarn rope scaling \(factor 4\); "
+                          r"ntk cannot compose with it: pass --replace-scaling")
     r = cli("gguf", p, "--ctx", "512", "--replace-scaling")
     assert r.returncode == 0, r.stderr
     cur = gp.inspect_gguf(p).current
@@ -182,8 +200,10 @@ def test_existing_scaling_refused(tmp_path, cli, assert_one_line_error):
 
 
 def test_freq_factor_tensor_refused(tmp_path, assert_one_line_error):
-    p = build_gguf(tmp_path / "l3.gguf", llama_kvs(), tensors=[("token_embd.weight", (8, 4), 0), ("rope_freqs.weight", (8,), 0)])
-    assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"per-pair rope frequency factors \(llama3's rope_freqs or LongRoPE's")
+    p = build_gguf(tmp_path / "l3.gguf", llama_kvs(),
+                   tensors=[("token_embd.weight", (8, 4), 0), ("rope_freqs.weight", (8,), 0)])
+    assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                          r"per-pair rope frequency factors \(llama3's rope_freqs or LongRoPE's")
 
 
 @contextlib.contextmanager
@@ -207,7 +227,9 @@ def read_only(path):
 
 def test_read_only_file(good, assert_one_line_error):
     with read_only(good):
-        assert_one_line_error(good, ["gguf", good, "--ctx", "512"], r"m\.gguf: file is read-only; make it writable \(chmod u\+w\) or write a copy with -o OUT")
+        assert_one_line_error(good, ["gguf", good, "--ctx", "512"],
+                              r"m\.gguf: file is read-only; make it writable \(chmod u\+w\) "
+                              r"or write a copy with -o OUT")
 
 
 def test_read_only_directory(tmp_path, cli, assert_one_line_error):
@@ -215,7 +237,8 @@ def test_read_only_directory(tmp_path, cli, assert_one_line_error):
     d.mkdir()
     p = build_gguf(d / "m.gguf", llama_kvs())
     with read_only(d):
-        assert_one_line_error(p, ["gguf", p, "--ctx", "512"], r"directory .*ro is read-only; write a patched copy elsewhere with -o OUT")
+        assert_one_line_error(p, ["gguf", p, "--ctx", "512"],
+                              r"directory .*ro is read-only; write a patched copy elsewhere with -o OUT")
     # -o to a writable place works and leaves the input as it was
     out = str(tmp_path / "copy.gguf")
     before = sha256(p)

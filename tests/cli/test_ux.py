@@ -8,10 +8,10 @@ import argparse
 import io
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from pathlib import Path
 
 from ropepatch.quality.progress import Progress
 

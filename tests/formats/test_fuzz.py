@@ -71,12 +71,16 @@ EXPECT = {
     "record-data-offset-string.gguf": (gp.inspect_gguf, FormatError, "expected a ropepatch undo record"),
     "record-at-damaged.gguf": (gp.inspect_gguf, FormatError, "recorded key positions are damaged"),
     "record-padding-not-hex.gguf": (gp.revert_gguf, FormatError, "recorded padding is not hex"),
-    "record-data-offset-huge.gguf": (gp.revert_gguf, FormatError, "recorded original data offset 4611686018427387904 is past"),
-    "rp-keys-without-record.gguf": (lambda p: gp.patch_gguf(p, 1024, dry_run=True), FormatError, "has ropepatch.* keys but no undo record"),
+    "record-data-offset-huge.gguf": (gp.revert_gguf, FormatError,
+                                     "recorded original data offset 4611686018427387904 is past"),
+    "rp-keys-without-record.gguf": (lambda p: gp.patch_gguf(p, 1024, dry_run=True), FormatError,
+                                    "has ropepatch.* keys but no undo record"),
     "ctx-zero.gguf": (gp.inspect_gguf, FormatError, "expected a positive training context, found 0"),
     "ctx-negative-int8.gguf": (gp.inspect_gguf, FormatError, "expected a positive training context, found -128"),
-    "base-float32-max.gguf": (lambda p: gp.patch_gguf(p, 4096, "ntk", dry_run=True), UsageError, "beyond the largest GGUF float32"),
-    "duplicate-key.gguf": (gp.inspect_gguf, FormatError, "duplicate key 'llama.context_length' (metadata entries 3 and 16)"),
+    "base-float32-max.gguf": (lambda p: gp.patch_gguf(p, 4096, "ntk", dry_run=True), UsageError,
+                              "beyond the largest GGUF float32"),
+    "duplicate-key.gguf": (gp.inspect_gguf, FormatError,
+                           "duplicate key 'llama.context_length' (metadata entries 3 and 16)"),
 }
 
 
@@ -99,10 +103,12 @@ def test_damaged_informational_provenance_keys_do_not_block_revert(tmp_path):
 
 
 @pytest.mark.parametrize("args, text", [
-    (["gguf", "{f}", "--ctx", "1024", "--method", "linear", "--alpha", "1e39", "--dry-run"], "beyond the largest GGUF float32"),
+    (["gguf", "{f}", "--ctx", "1024", "--method", "linear", "--alpha", "1e39", "--dry-run"],
+     "beyond the largest GGUF float32"),
     (["gguf", "{f}", "--ctx", "1024", "--alpha", "1e31", "--dry-run"], "beyond the largest GGUF float32"),
     (["gguf", "{f}", "--ctx", "1024", "--alpha", "1e300", "--dry-run"], "--alpha 1e+300 is too large for ntk"),
-    (["plan", "--base", "10000", "--rope-dim", "64", "--orig-ctx", "4096", "--ctx", "8192", "--alpha", "1e300"], "too large"),
+    (["plan", "--base", "10000", "--rope-dim", "64", "--orig-ctx", "4096", "--ctx", "8192", "--alpha", "1e300"],
+     "too large"),
     (["inspect", str(CORPUS / "record-deep-json.gguf")], "expected a ropepatch undo record"),
     (["gguf", str(CORPUS / "ctx-zero.gguf"), "--ctx", "1024"], "expected a positive training context"),
 ])
@@ -176,7 +182,8 @@ def test_hf_corpus_through_the_cli(args, cli, tmp_path):
             bad.append(f"{n}: {type(e).__name__}: {e}")
             continue
         lines = r.stderr.splitlines()
-        if not (r.returncode == 0 or (r.returncode == 2 and len(lines) == 1 and lines[0].startswith("ropepatch: error: "))):
+        if not (r.returncode == 0
+                or (r.returncode == 2 and len(lines) == 1 and lines[0].startswith("ropepatch: error: "))):
             bad.append(f"{n}: exit {r.returncode}: {r.stderr.strip().splitlines()[-1:]}")
     assert bad == []
 

@@ -52,7 +52,8 @@ def test_every_repatch_is_one_write_inside_one_page(copy_fixture, monkeypatch, f
     path = copy_fixture(fixture)
     writes = []
     real = safecommit.write_spans_in_place
-    monkeypatch.setattr(safecommit, "write_spans_in_place", lambda p, spans, size: (writes.append(spans), real(p, spans, size)))
+    monkeypatch.setattr(safecommit, "write_spans_in_place",
+                        lambda p, spans, size: (writes.append(spans), real(p, spans, size)))
     gp.patch_gguf(path, 1024, "yarn")
     for method, ctx in (("ntk", 2048), ("yarn", 4096), ("yarn", 8192), ("linear", 300), ("dynamic", 512),
                         ("none", 256), ("ntk", 4096)):

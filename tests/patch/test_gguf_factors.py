@@ -315,7 +315,8 @@ def test_cli_factor_options_json_and_refusals(cli, copy_fixture):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     want = list(ff.profile_factors(N_PAIRS, (1.0, 1.5, 3.0)))
-    assert d["plan"]["params"]["freq_factors"] == want and d["plan"]["options"] == {"points": [1.0, 1.5, 3.0], "attn_factor": 1.0}
+    assert (d["plan"]["params"]["freq_factors"] == want
+            and d["plan"]["options"] == {"points": [1.0, 1.5, 3.0], "attn_factor": 1.0})
     assert d["tensor_change"].startswith(f"{ROPE_FREQS} added") and d["mode"] == "rewrite"
     assert "rope flags" not in d["next_steps"]["llama-server"] and d["next_steps"]["llama-server"].endswith("-c 512")
     r = cli("gguf", path, "--ctx", "512", "--method", "ntk-parts", "--beta-fast", "16")

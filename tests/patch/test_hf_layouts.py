@@ -52,7 +52,8 @@ def test_single_safetensors_path(tmp_path):
 
 def test_one_shard_of_sharded_model_refused(tmp_path):
     d = make_model(tmp_path / "m", shards=2)
-    with pytest.raises(UsageError, match=r"model-00001-of-00002\.safetensors: one shard of a 2-shard model; pass the directory .*/m so config\.json and every shard stay consistent"):
+    with pytest.raises(UsageError, match=r"model-00001-of-00002\.safetensors: one shard of a 2-shard model; pass the "
+                                         r"directory .*/m so config\.json and every shard stay consistent"):
         patch_hf(str(d / "model-00001-of-00002.safetensors"), N, "ntk")
 
 
@@ -119,7 +120,8 @@ def test_symlink_restored_as_regular_file_when_blob_changed(tmp_path):
     blobs, snap = make_hf_cache(tmp_path)
     snap_before = snapshot(snap)
     patch_hf(str(snap), N, "ntk")
-    target = os.path.realpath(tmp_path / "models--org--tiny" / "blobs" / os.path.basename(snap_before["model.safetensors"][1]))
+    target = os.path.realpath(tmp_path / "models--org--tiny" / "blobs"
+                              / os.path.basename(snap_before["model.safetensors"][1]))
     os.chmod(target, 0o644)
     with open(target, "r+b") as f:  # somebody else changed the blob
         f.seek(-1, 2)
@@ -158,7 +160,8 @@ def test_transformers_v5_rope_parameters(tmp_path):
         "factor": 4.0, "original_max_position_embeddings": L, "rope_theta": 500000.0, "rope_type": "yarn"}
     assert new["max_position_embeddings"] == N
     patch_hf(str(d), N, "ntk")
-    assert cfg_of(d)["rope_parameters"] == {"rope_theta": pytest.approx(500000.0 * 4 ** (16 / 14)), "rope_type": "default"}
+    assert cfg_of(d)["rope_parameters"] == {"rope_theta": pytest.approx(500000.0 * 4 ** (16 / 14)),
+                                            "rope_type": "default"}
     revert_hf(str(d))
     assert snapshot(d) == before
 
@@ -183,7 +186,10 @@ def test_replace_existing_scaling(tmp_path):
               "original_max_position_embeddings": 128, "rope_type": "llama3"}
     d = make_model(tmp_path / "m", llama_config(rope_scaling=llama3, max_position_embeddings=1024))
     before = snapshot(d)
-    with pytest.raises(UnsupportedModelError, match=r"config\.json: rope_scaling\.rope_type is 'llama3' \(factor 8\); yarn cannot compose with an existing llama3 scaling: ropepatch hf --replace-scaling \(replace_scaling=True\) discards it and applies yarn to the unscaled model \(original context 128\)"):
+    with pytest.raises(UnsupportedModelError, match=r"config\.json: rope_scaling\.rope_type is 'llama3' \(factor 8\); "
+                                                    r"yarn cannot compose with an existing llama3 scaling: ropepatch "
+                                                    r"hf --replace-scaling \(replace_scaling=True\) discards it and "
+                                                    r"applies yarn to the unscaled model \(original context 128\)"):
         patch_hf(str(d), 4096, "yarn")
     assert snapshot(d) == before
     r = patch_hf(str(d), 4096, "yarn", replace_scaling=True)
@@ -202,7 +208,8 @@ def test_replace_existing_scaling(tmp_path):
     [
         ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
          r"rope_scaling\.rope_type is 'yarn' \(factor 4\); ntk cannot compose with an existing yarn scaling"),
-        ({"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8, "original_max_position_embeddings": 64},
+        ({"type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+          "original_max_position_embeddings": 64},
          r"rope_scaling\.rope_type is 'longrope' \(no factor\); ntk cannot compose with an existing longrope scaling"),
         ({"type": "linear", "factor": 2.0},
          r"rope_scaling\.rope_type is 'linear' \(factor 2\); ntk cannot compose with an existing linear scaling"),
@@ -220,7 +227,9 @@ def test_incompatible_scaling_refused(tmp_path, scaling, pattern):
 
 def test_model_type_rope_restrictions_and_legacy_keys(tmp_path):
     d = make_model(tmp_path / "phi3", llama_config(model_type="phi3", architectures=["Phi3ForCausalLM"]))
-    with pytest.raises(UnsupportedModelError, match=r"config\.json: transformers' phi3 config accepts rope_type default or longrope only, and yarn writes 'yarn': use --method ntk \(it changes rope_theta only\)"):
+    with pytest.raises(UnsupportedModelError, match=r"config\.json: transformers' phi3 config accepts rope_type "
+                                                    r"default or longrope only, and yarn writes 'yarn': use --method "
+                                                    r"ntk \(it changes rope_theta only\)"):
         patch_hf(str(d), N, "yarn")
     patch_hf(str(d), N, "ntk")
     # GPT-NeoX spellings: rotary_emb_base is the base, rotary_pct the rotated fraction
@@ -244,5 +253,7 @@ def test_factor_one_scaling_is_no_scaling(tmp_path):
 
 def test_mrope_refused_even_with_replace(tmp_path):
     d = make_model(tmp_path / "m", llama_config(rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}))
-    with pytest.raises(UnsupportedModelError, match=r"rope_scaling uses multimodal rotary sections \(mrope_section\); ropepatch cannot rewrite it without breaking the vision positions: edit config\.json by hand"):
+    with pytest.raises(UnsupportedModelError, match=r"rope_scaling uses multimodal rotary sections \(mrope_section\); "
+                                                    r"ropepatch cannot rewrite it without breaking the vision "
+                                                    r"positions: edit config\.json by hand"):
         patch_hf(str(d), N, "yarn", replace_scaling=True)

@@ -36,16 +36,16 @@ gguf = require("gguf")
 require("llama_cpp")
 
 from ropepatch.check.ggml_args import ggml_rope_args  # noqa: E402
-from ropepatch.check.rope_reference import (
+from ropepatch.check.rope_reference import (  # noqa: E402
     apply_rope_op,
     rope_angles,
     yarn_mscale,
 )
-from ropepatch.rope.arch import rope_layout
+from ropepatch.rope.arch import rope_layout  # noqa: E402
 from ropepatch.rope.params import (  # noqa: E402
     LLAMA_ROPE_SCALING_TYPE,
     RopeLayout,
-    RopeParams,  # noqa: E402
+    RopeParams,
     ScalingType,
 )
 from ropepatch.runtime.probe import ProbeResult, RopeOpParams, gpu_available, probe  # noqa: E402
@@ -196,9 +196,12 @@ OVERRIDES = {
     "base-odd": dict(rope_freq_base=123456.789),  # not a float32: stored rounded
     "linear": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["linear"], rope_freq_scale=0.25),
     "yarn": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["yarn"], rope_freq_scale=0.125, yarn_orig_ctx=128),
-    "yarn-orig64-third": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["yarn"], rope_freq_scale=1 / 3, yarn_orig_ctx=64),
-    "yarn-attn-ignored": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["yarn"], rope_freq_scale=0.0625, yarn_attn_factor=3.0),
-    "linear-attn": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["linear"], rope_freq_scale=0.5, yarn_attn_factor=0.75),
+    "yarn-orig64-third": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["yarn"], rope_freq_scale=1 / 3,
+                              yarn_orig_ctx=64),
+    "yarn-attn-ignored": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["yarn"], rope_freq_scale=0.0625,
+                              yarn_attn_factor=3.0),
+    "linear-attn": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["linear"], rope_freq_scale=0.5,
+                        yarn_attn_factor=0.75),
     "none-drops-scale": dict(rope_scaling_type=LLAMA_ROPE_SCALING_TYPE["none"], rope_freq_scale=0.25),
 }
 
