@@ -1,4 +1,4 @@
-"""Shared by the test_eval_*.py files: the tiny llama fixture (training ctx 128, byte-level
+"""Shared by the test_eval_*.py files and test_factor_model.py: the tiny llama fixture (training ctx 128, byte-level
 vocabulary, random weights) evaluated at ctx 512, and module-scoped fixtures for a text, the
 loaded model and the text's tokens (import them by name into a test module)."""
 

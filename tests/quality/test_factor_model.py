@@ -16,12 +16,15 @@ from conftest import FIXTURES, require, run_cli, sha256
 
 require("llama_cpp")
 
+from _helpers_eval import MODEL  # noqa: E402
+from _helpers_eval import model as model  # noqa: E402  (a fixture: the loaded tiny model)
+from _helpers_eval import tokens as tokens  # noqa: E402  (a fixture: this module's text, tokenized)
+
 from ropepatch.errors import UnsupportedModelError, UsageError  # noqa: E402
 from ropepatch.quality import evaluate as E  # noqa: E402
 from ropepatch.quality import factor_model as FM  # noqa: E402
 from ropepatch.quality.scoring import runtime_settings_for  # noqa: E402
 
-MODEL = str(FIXTURES / "tiny-llama-f32.gguf")
 QWEN = str(FIXTURES / "tiny-qwen2-f32.gguf")
 CTX = 512
 
@@ -32,17 +35,6 @@ def text() -> str:
 
     with open(_pydecimal.__file__, encoding="utf-8") as f:
         return f.read()[:4000]
-
-
-@pytest.fixture(scope="module")
-def model():
-    with E.Model(MODEL, n_threads=2, n_batch=128) as m:
-        yield m
-
-
-@pytest.fixture(scope="module")
-def tokens(model, text):
-    return model.tokenize(text)
 
 
 def _copies(d) -> list[str]:
