@@ -40,6 +40,7 @@ where one is available; the report names the machine, and results must not depen
     python tools/bench_quality.py --ctx 16384 --methods window,yarn,ntk-parts,tuned --budget 20 --no-passkey
     python tools/bench_quality.py --ctx 32768 --texts topics --methods window,ntk,yarn,ntk-parts,tuned --no-passkey
     python tools/bench_quality.py --ctx 32768 --passkey-only --texts topics --methods window,yarn,ntk-parts,tuned
+    python tools/bench_quality.py --ctx 16384 --passkey-only --texts topics --methods yarn@3 --depths 0.1
     python tools/bench_quality.py --report-only                 # rewrite docs/results.md from the cache
     python tools/bench_quality.py --model fixtures/tiny-llama-f32.gguf --ctx 256,512 --goal-ctx 256,512 \\
         --budget 0.05 --cache /tmp/bq-cache --out /tmp/bq-out  # a quick check of the tool itself
@@ -75,7 +76,7 @@ from bench_jobs import (  # noqa: E402
 from ropepatch.errors import RopepatchError  # noqa: E402
 from ropepatch.quality import evaluate as E  # noqa: E402
 from ropepatch.quality import factor_model  # noqa: E402
-from ropepatch.quality.specs import WINDOW, MethodSpec  # noqa: E402
+from ropepatch.quality.specs import WINDOW, MethodSpec, parse_methods  # noqa: E402
 
 # ---- main -----------------------------------------------------------------------------------
 
@@ -118,14 +119,21 @@ def parse_args(argv):
                     help="copy the cache's complete entries into the archive, then report")
     ap.add_argument("--model", default=None, help="GGUF to use (default: SmolLM2 from tools/get_smollm2.py)")
     a = ap.parse_args(argv)
+    a.specs = {}
     a.ctxs = [int(x) for x in _list(a.ctx)]
     a.text_list, a.method_list, a.tune_list = _list(a.texts), _list(a.methods), _list(a.tune_methods)
     for t in a.text_list:
         if t not in TEXTS:
             ap.error(f"--texts: unknown text {t!r}: expected some of {', '.join(TEXTS)}")
     for m in a.method_list:
-        if m not in ALL_METHODS:
-            ap.error(f"--methods: unknown method {m!r}: expected some of {', '.join(ALL_METHODS)}")
+        name, at, _ = m.partition("@")
+        if name not in ALL_METHODS or (at and name in (WINDOW, TUNED)):
+            ap.error(f"--methods: unknown method {m!r}: expected some of {', '.join(ALL_METHODS)}, "
+                     f"a scaled one optionally as METHOD@FACTOR (e.g. yarn@3)")
+        try:
+            a.specs[m] = MethodSpec(m, m) if m in (WINDOW, TUNED) else parse_methods([m])[0]
+        except RopepatchError as e:
+            ap.error(str(e))
     from ropepatch.quality.tune import TUNABLE
 
     for m in a.tune_list:
@@ -146,11 +154,12 @@ def run_jobs(bench: Bench, a, report) -> None:
         for ctx in a.ctxs:
             for text in a.text_list:
                 for m in plain:
-                    why = factor_model.refusal(bench.original, ctx, m) if m != WINDOW else None
+                    spec = a.specs[m]
+                    why = factor_model.refusal(bench.original, ctx, spec.method) if m != WINDOW else None
                     if why:
                         log(f"skipping {m} at {ctx}: {why}")
                         continue
-                    bench.eval(text, ctx, MethodSpec(m, m), a.windows)
+                    bench.eval(text, ctx, spec, a.windows)
                     report()
         if TUNED in a.method_list:
             for ctx in a.ctxs:
@@ -164,7 +173,7 @@ def run_jobs(bench: Bench, a, report) -> None:
     if a.no_passkey:
         return
     for ctx in a.ctxs:
-        jobs = [(MethodSpec(m, m), m) for m in plain]
+        jobs = [(a.specs[m], m) for m in plain]
         if TUNED in a.method_list:
             for text in a.text_list:
                 for tm in a.tune_list:

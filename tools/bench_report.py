@@ -62,12 +62,25 @@ class Table:
             w = t["result"].get("winner")
             if w:
                 self._add(bench, f"tuned {tm}", bench.canon(spec_of(w), ctx).label)
+        tuned = {bench.canon(spec_of(w), ctx).label for _, t in self.tunes if (w := t["result"].get("winner"))}
+        for label in self._scaled_labels(bench):  # METHOD@FACTOR rows (--methods yarn@3), where measured
+            if label not in tuned:
+                self._add(bench, label, label)
         L = bench.L
         timing = E.Timing(sum(r.seconds for r in self.rows.values()),
                           sum(r.decode_seconds for r in self.rows.values()),
                           sum(r.tokens_decoded for r in self.rows.values()), a.windows, 0, bench.n_batch, bench.threads)
         self.result = E.EvalResult(os.path.basename(bench.path), L, ctx, a.windows * (ctx - 1), dict(self.rows),
                                    timing)
+
+    def _scaled_labels(self, bench) -> list[str]:
+        """The labels of the METHOD@FACTOR entries cached for this (text, ctx, windows)."""
+        found = []
+        for p in bench.store.paths(f"ppl-{self.text}-{self.ctx}-w{self.windows}-*_a*.json"):
+            label = ((bench.store.read(p) or {}).get("key") or {}).get("label", "")
+            if "@" in label and label not in found:
+                found.append(label)
+        return found
 
     def _add(self, bench, name: str, label: str) -> None:
         d = bench.eval_cached(self.text, self.ctx, label, self.windows)

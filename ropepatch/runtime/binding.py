@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import threading
@@ -25,6 +26,13 @@ from ropepatch.safeio.paths import regular_input
 INSTALL_HINT = "pip install 'ropepatch[validate]' (builds llama-cpp-python; needs a C/C++ compiler)"
 INT32_MAX = 0x7FFFFFFF  # n_gpu_layers: llama.cpp clamps it to the model's layer count
 SHOW_LOG_ENV = "ROPEPATCH_WORKER_LOG"  # set: llama.cpp's log is shown even when quiet
+# 1: load without llama.cpp's extra CPU buffer types (weight repacking for AMX / AVX-512 / AVX2
+# kernels), as llama-server --no-repack; 0: with them. Unset: off on a CPU with AMX, on elsewhere.
+# llama.cpp's AMX kernels crash at the first decode on some hosts (llama.cpp issue #20824, PR
+# #26954 open): measured 2026-12-02 on a Xeon VM with amx_int8, SmolLM2 Q4_1 and the Q8_0
+# fixtures SIGSEGV with them and run without. The isolated runner also retries once with 1 when
+# a first CPU try crashes before its first result (:mod:`.isolate`).
+NO_REPACK_ENV = "ROPEPATCH_NO_REPACK"
 LOCK = threading.RLock()  # llama_backend_init, the log level and the eval callback are process-global
 _state: dict[str, object] = {}
 
@@ -143,6 +151,24 @@ class LoadedModel:
         self.close()
 
 
+def repack_off() -> bool:
+    """Is llama.cpp's CPU weight repacking off: ``ROPEPATCH_NO_REPACK`` 1 / 0, else on AMX CPUs."""
+    value = os.environ.get(NO_REPACK_ENV, "").strip()
+    if value:
+        return value != "0"
+    return cpu_has_amx()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """Does /proc/cpuinfo list ``amx_tile`` (False where it cannot be read: not Linux)?"""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
+    except OSError:
+        return False
+
+
 def load_model(path: str | os.PathLike, *, n_gpu_layers: int = 0,
                kv_overrides: Mapping[str, object] | None = None, quiet: bool = True) -> LoadedModel:
     """Load a GGUF's weights and vocabulary (no context): the one place ropepatch calls
@@ -156,6 +182,8 @@ def load_model(path: str | os.PathLike, *, n_gpu_layers: int = 0,
     mp.split_mode, mp.main_gpu = ll.LLAMA_SPLIT_MODE_LAYER, 0
     if hasattr(ll, "LLAMA_LOAD_MODE_MMAP") and hasattr(mp, "load_mode"):
         mp.load_mode = ll.LLAMA_LOAD_MODE_MMAP
+    if repack_off() and hasattr(mp, "use_extra_bufts"):
+        mp.use_extra_bufts = False
     keep: tuple = ()
     if kv_overrides:
         arr = _kv_override_array(ll, kv_overrides)

@@ -8,7 +8,11 @@ returns or raises. The parent never loads llama.cpp itself.
 
 If the child dies without an answer (SIGSEGV, SIGABRT, an OOM kill), :class:`RuntimeCrash` says
 which step, which file, which device and which signal, in one line; whatever the callbacks
-already received (e.g. validate's finished checks) is the caller's to report.
+already received (e.g. validate's finished checks) is the caller's to report. A crash on the CPU
+(SIGSEGV, SIGILL, SIGBUS) before the first event other than a step is tried once more with
+llama.cpp's weight repacking off (``ROPEPATCH_NO_REPACK``, see :mod:`.binding`): some CPUs'
+repacked kernels crash (AMX in some VMs) where the plain ones run; nothing was reported yet, so
+the retry repeats nothing the caller saw but step names.
 
 Protocol (child -> parent, over an inherited pipe): pickled tuples ``("event", name, payload)``,
 then exactly one of ``("result", value)``, ``("error", (module, class, message))``,
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ropepatch.errors import RopepatchError
+from ropepatch.runtime.binding import NO_REPACK_ENV, repack_off
 
 STEP = "on_step"  # the callback name whose payload (a string) names the step now running
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the ropepatch package
@@ -37,6 +42,7 @@ class RuntimeCrash(RopepatchError):
     """The llama.cpp runtime child died without an answer (a signal or an abrupt exit)."""
 
     exit_code = 1
+    rc: int = 0  # the child's exit status (negative: the signal)
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,8 @@ class Outcome:
     events: int = 0
     started: float = 0.0
     first_event_s: float | None = None  # seconds from spawn to the child's first event
+    results: int = 0  # events other than steps: something was computed and reported
+    repack_off: bool = False  # the run that answered had llama.cpp's weight repacking off
 
 
 def device_label(n_gpu_layers: int) -> str:
@@ -73,13 +81,15 @@ def _signal_name(rc: int) -> str:
         return f"signal {-rc}"
 
 
-def crash_line(rc: int, file: str, device: str, step: str) -> str:
+def crash_line(rc: int, file: str, device: str, step: str, retried: bool = False) -> str:
     if rc < 0:
         how = f"crashed with {_signal_name(rc)}"
         if -rc == signal.SIGKILL:
             how += " (killed: out of memory?)"
     else:
         how = f"exited with status {rc} without an answer"
+    if retried:  # the retry without weight repacking crashed too
+        how += " (also with its weight repacking off)"
     retry = "try --gpu-layers 0, or run" if device != "cpu" else "run"
     return (f"{file}: the llama.cpp runtime {how} while {step} on {device}; the parent process is "
             f"intact and wrote nothing; {retry} the same command with ROPEPATCH_WORKER_LOG=1 to "
@@ -102,8 +112,8 @@ def _rebuild_error(payload) -> RopepatchError:
     return err
 
 
-def _spawn(write_fd: int) -> subprocess.Popen:
-    env = dict(os.environ)
+def _spawn(write_fd: int, extra_env: Mapping[str, str]) -> subprocess.Popen:
+    env = {**os.environ, **extra_env}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_ROOT, env.get("PYTHONPATH", "")) if p)
     try:
         out = sys.stderr.fileno()
@@ -123,13 +133,30 @@ def run_isolated(job: Job, *, file: str, device: str = "cpu",
     """Run ``job`` in a runtime worker; return its result or raise its :class:`RopepatchError`.
 
     ``callbacks`` receive the events of the same names (every name in ``job.callbacks`` may have
-    one). ``file`` and ``device`` name the model and the device in a crash message."""
+    one). ``file`` and ``device`` name the model and the device in a crash message. A CPU crash
+    before any result is retried once with weight repacking off (module docstring)."""
     callbacks = dict(callbacks or {})
     outcome = outcome if outcome is not None else Outcome()
+    try:
+        return _run_once(job, file, device, callbacks, outcome, {})
+    except RuntimeCrash as crash:
+        if not _repack_may_be_at_fault(crash.rc, device, outcome):
+            raise
+    outcome.repack_off = True
+    return _run_once(job, file, device, callbacks, outcome, {NO_REPACK_ENV: "1"})
+
+
+def _repack_may_be_at_fault(rc: int, device: str, outcome: Outcome) -> bool:
+    """A CPU run killed by a fault signal before it reported anything, with repacking still on."""
+    faults = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
+    return device == "cpu" and rc < 0 and -rc in faults and outcome.results == 0 and not repack_off()
+
+
+def _run_once(job: Job, file: str, device: str, callbacks, outcome: Outcome, env: Mapping[str, str]) -> Any:
     outcome.started = time.perf_counter()
     read_fd, write_fd = os.pipe()
     try:
-        proc = _spawn(write_fd)
+        proc = _spawn(write_fd, env)
     except OSError as exc:
         os.close(read_fd)
         raise RopepatchError(f"{file}: cannot start the runtime worker ({exc.strerror or exc})") from None
@@ -168,6 +195,8 @@ def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str) 
                 outcome.first_event_s = time.perf_counter() - outcome.started
             if name == STEP:
                 outcome.step = str(payload)
+            else:
+                outcome.results += 1
             cb = callbacks.get(name)
             if cb is not None:
                 cb(payload)
@@ -179,4 +208,6 @@ def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str) 
             raise _rebuild_error(msg[1])
         raise RopepatchError(f"{file}: the runtime worker failed while {outcome.step}: {msg[1]}")
     rc = proc.wait()
-    raise RuntimeCrash(crash_line(rc, file, device, outcome.step))
+    crash = RuntimeCrash(crash_line(rc, file, device, outcome.step, outcome.repack_off))
+    crash.rc = rc
+    raise crash
