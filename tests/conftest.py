@@ -36,11 +36,35 @@ def require(module: str):
     """Import a module the suite needs (the README's test command installs it). A missing or
     broken install FAILS the run with one line saying what to install: it is never a skip."""
     try:
-        return importlib.import_module(module)
+        mod = importlib.import_module(module)
     except Exception as exc:  # ImportError, or OSError from a broken llama-cpp-python build
         extra = EXTRAS.get(module, "test")
         pytest.fail(f"{module} is required by the test suite and does not import ({type(exc).__name__}: "
                     f"{exc}); install it: pip install -e '.[{extra}]'", pytrace=False)
+    if module == "llama_cpp":
+        _llama_defaults_as_ropepatch_loads(mod)
+    return mod
+
+
+def _llama_defaults_as_ropepatch_loads(llama_cpp) -> None:
+    """Tests that call ``llama_cpp.Llama`` directly load as ropepatch's binding does: without
+    weight repacking where :func:`ropepatch.runtime.binding.repack_off` says so (a CPU with AMX,
+    whose repacked kernels SIGSEGV the whole test process on some hosts: llama.cpp #20824;
+    measured on a Xeon VM with the Q8_0 fixtures). Elsewhere nothing changes."""
+    from ropepatch.runtime.binding import repack_off
+
+    low = llama_cpp.llama_cpp  # the module whose default params ``Llama.__init__`` asks for
+    if not repack_off() or getattr(low, "_ropepatch_no_repack", False):
+        return
+    plain = low.llama_model_default_params
+
+    def defaults():
+        params = plain()
+        params.use_extra_bufts = False
+        return params
+
+    low.llama_model_default_params = defaults
+    low._ropepatch_no_repack = True
 
 
 def sha256(path) -> str:
