@@ -90,7 +90,8 @@ def parse_args(argv):
     ap.add_argument("--ctx", default="16384,32768", help="comma-separated contexts (default 16384,32768)")
     ap.add_argument("--texts", default=",".join(TEXTS), help=f"comma-separated texts: {', '.join(TEXTS)}")
     ap.add_argument("--methods", default=",".join(ALL_METHODS),
-                    help=f"comma-separated subset of {', '.join(ALL_METHODS)} (default all)")
+                    help=f"comma-separated subset of {', '.join(ALL_METHODS)} (default all); a scaled "
+                         "method may take another factor than ctx/L as METHOD@FACTOR (yarn@3 at 16384)")
     ap.add_argument("--tune-methods", default=",".join(TUNE_METHODS),
                     help="methods `tuned` tunes, one row each (default factors; any tunable method)")
     ap.add_argument("--budget", type=float, default=DEFAULT_BUDGET,

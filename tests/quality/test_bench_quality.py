@@ -124,3 +124,27 @@ def test_archive_keeps_float32_sums_and_archive_cache_copies_entries(tmp_path):
     assert store.get("ppl-b.json", {"k": 1})["complete"] is False and store.get("ppl-a.json", {"k": 2}) is None
     (tmp_path / "cache" / "ppl-a.json").unlink()
     assert store.get("ppl-a.json", {"k": 1})["method"]["nll_sum"] == ba.expand(small)["method"]["nll_sum"]
+
+
+def test_a_method_at_another_factor_is_its_own_row(tmp_path):
+    """``--methods yarn@3`` at ctx 512 on the 128-token fixture (s = 4 would be ctx/L): scored
+    with alpha 3, cached under its own label, a row of its own in the perplexity table and the
+    passkey table, the report rebuilt from the cache alone (``--report-only``) included."""
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "window,yarn,yarn@3", "--depths", "0.5")
+    _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "window", "--report-only", "--depths", "0.5")
+    md = (tmp_path / "out" / "results.md").read_text()
+    ppl = [ln for ln in md.split("## Passkey retrieval")[0].splitlines() if ln.startswith("| yarn@3 | ")]
+    assert len(ppl) == 1 and ppl[0].count("[") >= 3
+    assert sum(ln.startswith("| yarn@3 | ") and "/2 [" in ln for ln in md.splitlines()) == 1
+    entry = json.loads(next((tmp_path / "cache").rglob("ppl-topics-512-w1-yarn_a3.json")).read_text())
+    assert entry["key"]["label"] == "yarn@3" and entry["method"]["alpha"] == 3.0
+
+
+def test_method_at_factor_is_checked_like_the_cli(capsys):
+    import pytest
+
+    for bad, said in (("window@3", "unknown method 'window@3'"), ("yarn@x", "expected METHOD@ALPHA with a number"),
+                      ("yarn@0.5", "expected a finite number >= 1")):
+        with pytest.raises(SystemExit):
+            bq.parse_args(["--methods", bad])
+        assert said in capsys.readouterr().err
