@@ -31,8 +31,9 @@ SHOW_LOG_ENV = "ROPEPATCH_WORKER_LOG"  # set: llama.cpp's log is shown even when
 # llama.cpp's AMX kernels crash at the first decode on some hosts (llama.cpp issue #20824, PR
 # #26954 open): measured 2026-12-02 on a Xeon VM with amx_int8, SmolLM2 Q4_1 and the Q8_0
 # fixtures SIGSEGV with them and run without. The isolated runner also retries once with 1 when
-# a first CPU try crashes before its first result (:mod:`.isolate`).
+# a first CPU try crashes before its first decode returns (:mod:`.isolate`).
 NO_REPACK_ENV = "ROPEPATCH_NO_REPACK"
+DECODED = "decoded"  # the worker's mark once this process's first llama_decode has returned
 LOCK = threading.RLock()  # llama_backend_init, the log level and the eval callback are process-global
 _state: dict[str, object] = {}
 
@@ -149,6 +150,19 @@ class LoadedModel:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def on_first_decode(hook) -> None:
+    """Call ``hook()`` once, after the first ``llama_decode`` of this process returns (the
+    runtime worker tells its parent, which retries a crash before it without repacking)."""
+    _state["first_decode_hook"] = hook
+
+
+def decoded() -> None:
+    """Every successful ``llama_decode`` calls this (session and probe): runs the hook once."""
+    hook = _state.pop("first_decode_hook", None)
+    if hook is not None:
+        hook()
 
 
 def repack_off() -> bool:

@@ -9,10 +9,11 @@ returns or raises. The parent never loads llama.cpp itself.
 If the child dies without an answer (SIGSEGV, SIGABRT, an OOM kill), :class:`RuntimeCrash` says
 which step, which file, which device and which signal, in one line; whatever the callbacks
 already received (e.g. validate's finished checks) is the caller's to report. A crash on the CPU
-(SIGSEGV, SIGILL, SIGBUS) before the first event other than a step is tried once more with
-llama.cpp's weight repacking off (``ROPEPATCH_NO_REPACK``, see :mod:`.binding`): some CPUs'
-repacked kernels crash (AMX in some VMs) where the plain ones run; nothing was reported yet, so
-the retry repeats nothing the caller saw but step names.
+(SIGSEGV, SIGILL, SIGBUS) before the first ``llama_decode`` returned (the worker marks it) is
+tried once more with llama.cpp's weight repacking off (``ROPEPATCH_NO_REPACK``, see
+:mod:`.binding`): some CPUs' repacked kernels crash at the first decode (AMX in some VMs) where
+the plain ones run. The retry runs the same job; the events the first try already delivered
+(e.g. validate's check a) are not delivered again, step names aside.
 
 Protocol (child -> parent, over an inherited pipe): pickled tuples ``("event", name, payload)``,
 then exactly one of ``("result", value)``, ``("error", (module, class, message))``,
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ropepatch.errors import RopepatchError
-from ropepatch.runtime.binding import NO_REPACK_ENV, repack_off
+from ropepatch.runtime.binding import DECODED, NO_REPACK_ENV, repack_off
 
 STEP = "on_step"  # the callback name whose payload (a string) names the step now running
 _PKG_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the ropepatch package
@@ -64,7 +65,8 @@ class Outcome:
     events: int = 0
     started: float = 0.0
     first_event_s: float | None = None  # seconds from spawn to the child's first event
-    results: int = 0  # events other than steps: something was computed and reported
+    results: int = 0  # events other than steps delivered to the callbacks
+    decoded: bool = False  # the worker marked its first successful llama_decode
     repack_off: bool = False  # the run that answered had llama.cpp's weight repacking off
 
 
@@ -134,7 +136,7 @@ def run_isolated(job: Job, *, file: str, device: str = "cpu",
 
     ``callbacks`` receive the events of the same names (every name in ``job.callbacks`` may have
     one). ``file`` and ``device`` name the model and the device in a crash message. A CPU crash
-    before any result is retried once with weight repacking off (module docstring)."""
+    before the first decode returned is retried once with weight repacking off (module docstring)."""
     callbacks = dict(callbacks or {})
     outcome = outcome if outcome is not None else Outcome()
     try:
@@ -143,16 +145,17 @@ def run_isolated(job: Job, *, file: str, device: str = "cpu",
         if not _repack_may_be_at_fault(crash.rc, device, outcome):
             raise
     outcome.repack_off = True
-    return _run_once(job, file, device, callbacks, outcome, {NO_REPACK_ENV: "1"})
+    return _run_once(job, file, device, callbacks, outcome, {NO_REPACK_ENV: "1"}, skip=outcome.results)
 
 
 def _repack_may_be_at_fault(rc: int, device: str, outcome: Outcome) -> bool:
-    """A CPU run killed by a fault signal before it reported anything, with repacking still on."""
+    """A CPU run killed by a fault signal before its first decode returned, repacking still on."""
     faults = {signal.SIGSEGV, signal.SIGILL, signal.SIGBUS}
-    return device == "cpu" and rc < 0 and -rc in faults and outcome.results == 0 and not repack_off()
+    return device == "cpu" and rc < 0 and -rc in faults and not outcome.decoded and not repack_off()
 
 
-def _run_once(job: Job, file: str, device: str, callbacks, outcome: Outcome, env: Mapping[str, str]) -> Any:
+def _run_once(job: Job, file: str, device: str, callbacks, outcome: Outcome, env: Mapping[str, str],
+              skip: int = 0) -> Any:
     outcome.started = time.perf_counter()
     read_fd, write_fd = os.pipe()
     try:
@@ -169,7 +172,7 @@ def _run_once(job: Job, file: str, device: str, callbacks, outcome: Outcome, env
         except (BrokenPipeError, OSError):
             pass  # the child died at once: reported below from its exit status
         with os.fdopen(read_fd, "rb") as stream:
-            return _receive(stream, proc, callbacks, outcome, file, device)
+            return _receive(stream, proc, callbacks, outcome, file, device, skip)
     except BaseException:
         if proc.poll() is None:
             proc.kill()
@@ -177,7 +180,7 @@ def _run_once(job: Job, file: str, device: str, callbacks, outcome: Outcome, env
         raise
 
 
-def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str) -> Any:
+def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str, skip: int = 0) -> Any:
     while True:
         try:
             msg = pickle.load(stream)
@@ -188,6 +191,9 @@ def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str) 
                 break
             raise RopepatchError(f"{file}: garbled answer from the runtime worker ({exc})") from None
         kind = msg[0]
+        if kind == "mark":
+            outcome.decoded = outcome.decoded or msg[1] == DECODED
+            continue
         if kind == "event":
             _, name, payload = msg
             outcome.events += 1
@@ -195,6 +201,9 @@ def _receive(stream, proc, callbacks, outcome: Outcome, file: str, device: str) 
                 outcome.first_event_s = time.perf_counter() - outcome.started
             if name == STEP:
                 outcome.step = str(payload)
+            elif skip:  # delivered by the first try (a retry's repeat)
+                skip -= 1
+                continue
             else:
                 outcome.results += 1
             cb = callbacks.get(name)

@@ -207,6 +207,7 @@ def _decode(model, cparams, toks: np.ndarray, pos: np.ndarray, logits: bool, rec
         if rc != 0:
             raise ProbeError(f"{path}: llama_decode returned {rc} (positions {pos[0]}..{pos[-1]}, "
                              f"n_ctx {cparams.n_ctx})")
+        binding.decoded()
         out_logits = None
         if logits:
             ptr = ll.llama_get_logits(ctx)

@@ -192,6 +192,7 @@ class Context:
         self.decode_seconds += time.perf_counter() - t0
         if rc != 0:
             raise RopepatchError(f"llama_decode failed (code {rc}) at positions {pos0}..{pos0 + n - 1}")
+        binding.decoded()
         if not n_out:
             return None
         ptr = self._ll.llama_get_logits(self._ctx)

@@ -53,6 +53,11 @@ class _Channel:
             self.count += 1
             self._maybe_crash()
 
+    def mark(self, name: str) -> None:
+        """An internal event for the runner (not a callback's, not counted by the crash hook)."""
+        pickle.dump(("mark", name), self.stream, protocol=pickle.HIGHEST_PROTOCOL)
+        self.stream.flush()
+
     def sender(self, name: str):
         return lambda payload=None: self.send("event", name, payload)
 
@@ -61,8 +66,10 @@ def _run(chan: _Channel) -> None:
     import importlib  # noqa: PLC0415
 
     from ropepatch.errors import RopepatchError  # noqa: PLC0415
+    from ropepatch.runtime.binding import DECODED, on_first_decode  # noqa: PLC0415
 
     job = pickle.load(sys.stdin.buffer)
+    on_first_decode(lambda: chan.mark(DECODED))
     module, _, func = job.target.partition(":")
     kwargs = dict(job.kwargs)
     for name in job.callbacks:

@@ -1,4 +1,4 @@
-"""A CPU crash before any result is retried once with llama.cpp's weight repacking off
+"""A CPU crash before the first decode returned is retried once with llama.cpp's weight repacking off
 (ROPEPATCH_NO_REPACK): measured on a Xeon with AMX in a VM, where SmolLM2 Q4_1 crashes with
 SIGSEGV at its first decode unless repacking is off. The crashes here are real signals of a real
 child; the target crashes only while the variable is unset, as that machine's kernels did."""
@@ -15,13 +15,16 @@ from ropepatch.runtime.isolate import Job, Outcome, RuntimeCrash, run_isolated
 
 TARGETS = '''
 import os, signal
+from ropepatch.runtime.binding import decoded
 
-def crashes_with_repack(on_step=None, progress=None, report_first=False):
+def crashes_with_repack(on_step=None, progress=None, decode_first=False):
     on_step("loading")
-    if report_first:
-        progress(1)
+    progress(1)  # a result before any decode (as validate's check a)
+    if decode_first:
+        decoded()
     if os.environ.get("ROPEPATCH_NO_REPACK") != "1":
-        os.kill(os.getpid(), signal.SIGSEGV)
+        os.kill(os.getpid(), signal.SIGSEGV)  # the first decode crashes
+    decoded()
     progress(2)
     return "answered"
 
@@ -44,11 +47,11 @@ def _job(targets, name="crashes_with_repack", **kw):
     return Job(f"{targets}:{name}", (), kw, callbacks=("on_step", "progress"))
 
 
-def test_cpu_crash_before_any_result_is_retried_without_repacking(targets):
+def test_cpu_crash_before_the_first_decode_is_retried_without_repacking(targets):
     seen, out = [], Outcome()
     res = run_isolated(_job(targets), file="m.gguf", callbacks={"progress": seen.append}, outcome=out)
-    assert res == "answered" and out.repack_off
-    assert seen == [2]  # nothing was delivered twice: the first try reported no result
+    assert res == "answered" and out.repack_off and out.decoded
+    assert seen == [1, 2]  # the result the first try delivered is not delivered again
 
 
 def test_no_retry_on_gpu(targets):
@@ -59,12 +62,14 @@ def test_no_retry_on_gpu(targets):
     assert "repacking" not in str(e.value)
 
 
-def test_no_retry_after_a_result_was_reported(targets):
+def test_no_retry_after_a_decode_returned(targets):
+    """A crash after llama.cpp has decoded is not the repacked kernels' first-decode crash: no
+    retry (a long run is not run twice)."""
     seen, out = [], Outcome()
     with pytest.raises(RuntimeCrash) as e:
-        run_isolated(_job(targets, report_first=True), file="m.gguf", callbacks={"progress": seen.append},
+        run_isolated(_job(targets, decode_first=True), file="m.gguf", callbacks={"progress": seen.append},
                      outcome=out)
-    assert seen == [1] and not out.repack_off and "repacking" not in str(e.value)
+    assert seen == [1] and out.decoded and not out.repack_off and "repacking" not in str(e.value)
 
 
 def test_no_retry_when_the_user_already_switched_repacking_off(targets, monkeypatch):
