@@ -74,13 +74,12 @@ class Table:
                                    timing)
 
     def _scaled_labels(self, bench) -> list[str]:
-        """The labels of the METHOD@FACTOR entries cached for this (text, ctx, windows)."""
-        found = []
-        for p in bench.store.paths(f"ppl-{self.text}-{self.ctx}-w{self.windows}-*_a*.json"):
-            label = ((bench.store.read(p) or {}).get("key") or {}).get("label", "")
-            if "@" in label and label not in found:
-                found.append(label)
-        return found
+        """The labels of the METHOD@FACTOR entries cached for this (text, ctx, windows), from the
+        file names (``safe`` spells ``@`` as ``_a``); :meth:`_add` reads each entry once and
+        checks its key, so a name that does not map back is simply not found."""
+        head = f"ppl-{self.text}-{self.ctx}-w{self.windows}-"
+        return [p.name[len(head):-len(".json")].replace("_a", "@", 1)
+                for p in bench.store.paths(f"{head}*_a*.json")]
 
     def _add(self, bench, name: str, label: str) -> None:
         d = bench.eval_cached(self.text, self.ctx, label, self.windows)
