@@ -15,12 +15,17 @@ Stages, each candidate scored once (a profile already tried is not scored again)
    point --; then the same ramp with no temperature (M = 1), the NTK base change written as
    factors (``s^(2i/(d-2))``) and linear interpolation (every divisor s), each read off at the K
    control points;
-2. ``coord``: coordinate search from the best candidate: for each control point (lowest
+2. ``shrink``, only when no starting profile keeps ppl_in within the tolerance (at ctx = 4L
+   on SmolLM2 none does): yarn as factors at the scales s^(7/8), s^(6/8), .., s^(1/8), largest
+   first, up to the first that keeps it (positions < L see only the profile, never ctx, so
+   this is the largest yarn ramp the tolerance allows at any ctx; each one over it costs L
+   tokens); the walk below would otherwise spend its budget on one point at a time;
+3. ``coord``: coordinate search from the best candidate: for each control point (lowest
    frequency first) try multiplying it by r and by 1/r (the points after it raised, or the ones
    before it lowered, so the profile stays monotone; every divisor >= 1), then M by r^(1/4) and
    r^(-1/4) (clamped to [0.5, 2]), and keep the first that improves; when a whole pass improves
    nothing, r shrinks to sqrt(r) (1.2 down to 1.02);
-3. ``evolve``: a few rounds of uniform crossover of the best candidates plus log-normal
+4. ``evolve``: a few rounds of uniform crossover of the best candidates plus log-normal
    mutation (made monotone again; M taken from one parent), then one more short coordinate
    pass when they improved.
 
@@ -54,6 +59,7 @@ METHOD = "factors"
 DEFAULT_BUDGET = 30.0  # minutes
 R_START, R_MIN = 1.2, 1.02  # coordinate step ratios (1.2: see docs/methods.md, "the search")
 EVOLVE_ROUNDS, CHILDREN, PARENTS, SIGMA = 2, 4, 4, 0.15
+SHRINK_STEPS = 8  # the shrink stage's scales s^(k/8), k = 7 .. 1
 MAX_DIVISOR = 1e6
 ATTN_MIN, ATTN_MAX = 0.5, 2.0  # the attn_factor range (rope.factors.check_attn_factor)
 
@@ -116,13 +122,38 @@ def start_profiles(original: RopeParams, ctx: int, count: int = ff.DEFAULT_POINT
     s = ctx / L
     k = max(2, min(count, n))
     ntk = [s ** (2 * i / (d - 2)) for i in range(n)] if d > 2 else [s] * n
-    ramp = round_points(ff.sample_points(ff.ntk_parts_factors(d, original.freq_base, L, s), k))
+    ramp, attn = yarn_profile(original, s, count)
     return [
-        ("yarn as factors", ramp, round_attn(ff.yarn_attn_factor(s))),
+        ("yarn as factors", ramp, attn),
         ("ntk-parts ramp", ramp, 1.0),
         ("ntk as factors", round_points(ff.sample_points(ntk, k)), 1.0),
         ("linear", round_points([s] * k), 1.0),
     ]
+
+
+def yarn_profile(original: RopeParams, s: float, count: int = ff.DEFAULT_POINTS) -> Candidate:
+    """YaRN at scale ``s`` as a candidate: the ntk-parts ramp read off at the control points,
+    with YaRN's temperature 1 + 0.1 ln s."""
+    d, L = original.rope_dim, original.n_ctx_train
+    k = max(2, min(count, d // 2))
+    ramp = ff.ntk_parts_factors(d, original.freq_base, L, s)
+    return round_points(ff.sample_points(ramp, k)), round_attn(ff.yarn_attn_factor(s))
+
+
+def shrink_profiles(original: RopeParams, ctx: int, count: int = ff.DEFAULT_POINTS
+                    ) -> list[tuple[str, tuple[float, ...], float]]:
+    """The ``shrink`` stage's candidates: yarn as factors at the smaller scales s^(k/N),
+    k = N-1 .. 1 (N = :data:`SHRINK_STEPS`), largest first. Positions < L see only the
+    profile, not ctx, so a ppl_in over the limit at ctx / L is over it at any ctx: the first
+    of these within the limit is the largest yarn that keeps ppl_in, and the search goes on
+    from there (LongRoPE's progressive extension, in one step)."""
+    s = ctx / original.n_ctx_train
+    out = []
+    for k in range(SHRINK_STEPS - 1, 0, -1):
+        sk = s ** (k / SHRINK_STEPS)
+        if sk > 1.0 + 1e-9:
+            out.append((f"yarn as factors at s = {sk:.3g}", *yarn_profile(original, sk, count)))
+    return out
 
 
 def start_cand(start: Sequence) -> Candidate:
@@ -202,14 +233,20 @@ class FactorSearch:
         return tuple(self.tried.values())  # in the order they were scored
 
     # -- stages
-    def run(self, starts: Sequence[Sequence], *, r_start: float = R_START,
+    def run(self, starts: Sequence[Sequence], *, shrink: Sequence[Sequence] = (), r_start: float = R_START,
             evolve_rounds: int = EVOLVE_ROUNDS) -> None:
-        """Every stage, until done or out of budget (then ``out_of_budget`` is set); ``starts``:
-        (name, points[, attn_factor]) each."""
+        """Every stage, until done or out of budget (then ``out_of_budget`` is set); ``starts``
+        and ``shrink``: (name, points[, attn_factor]) each; ``shrink`` is scored in order, only
+        while no candidate is feasible, up to the first feasible one."""
         try:
             for start in starts:
                 pts, attn = start_cand(start)
                 self.trial(pts, "start", start[0], attn)
+            for cand in shrink:
+                if self.best() is not None:
+                    break
+                pts, attn = start_cand(cand)
+                self.trial(pts, "shrink", cand[0], attn)
             self.coordinate(r_start)
             if self.evolve(evolve_rounds):
                 self.coordinate(math.sqrt(r_start))
@@ -283,7 +320,8 @@ def budget_note(search: FactorSearch, budget_min: float | None) -> str:
     return f"{n} profiles scored; the search converged (coordinate steps down to x{R_MIN:g})"
 
 
-def tuning_note(search: FactorSearch, starts: Sequence[Sequence], budget_min: float | None) -> str:
+def tuning_note(search: FactorSearch, starts: Sequence[Sequence], budget_min: float | None,
+                shrink: Sequence[Sequence] = ()) -> str:
     """The best candidate against the untuned first start (yarn as factors for alpha = s)."""
     names = {start_cand(st): st[0] for st in starts}
     start, first = start_cand(starts[0]), starts[0][0]
@@ -294,6 +332,11 @@ def tuning_note(search: FactorSearch, starts: Sequence[Sequence], budget_min: fl
         head = "no factors profile kept ppl_in within the tolerance"
     elif d is None or not d.feasible or d.ppl_ext is None:
         head = f"best profile {cand_text(cand_of(w))}: ppl_ext {w.ppl_ext:.4g}"
+        tried_shrink = [search.tried[c] for c in map(start_cand, shrink) if c in search.tried]
+        found = next((t for t in tried_shrink if t.feasible), None)
+        if d is not None and found is not None:
+            head = (f"no starting profile (alpha = ctx/L) kept ppl_in within the tolerance; the search went on from "
+                    f"the largest yarn that did, {found.note or cand_text(cand_of(found))}; {head}")
     elif cand_of(w) == start:
         head = f"the {first} start (alpha = ctx/L) is already the best profile tried (ppl_ext {w.ppl_ext:.4g})"
     else:
@@ -317,15 +360,16 @@ def search_factors(shared: TuneShared, method: str = METHOD) -> TuneResult:
     budget = DEFAULT_BUDGET if shared.budget_min is None else shared.budget_min
     factor_model.check_specs(shared.model_path, shared.original, shared.ctx, [MethodSpec(method, method)])
     starts = start_profiles(shared.original, shared.ctx)
+    shrink = shrink_profiles(shared.original, shared.ctx)
     search = FactorSearch(spec_measure(shared.scorer, shared.L, shared.step), shared.L, shared.limit,
                           budget_s=60.0 * budget, say=shared.log)
     shared.log(f"factors: {len(starts[0][1])} control points, budget {budget:g} min")
-    search.run(starts)
-    names = {start_cand(st): st[0] for st in starts}
+    search.run(starts, shrink=shrink)
+    names = {start_cand(st): st[0] for st in [*shrink, *starts]}
     table = [_shown(t, names.get(cand_of(t), "")) for t in search.table()]
     best = search.best()
     winner = next((t for t in table if best is not None and cand_of(t) == cand_of(best)), None)
-    return shared.finish(method, table, winner, tuning_note(search, starts, budget))
+    return shared.finish(method, table, winner, tuning_note(search, starts, budget, shrink))
 
 
 SEARCHES = {METHOD: search_factors}  # tune_all's plug-in table

@@ -100,6 +100,36 @@ def test_search_walks_toward_feasibility_when_the_start_is_infeasible():
     assert s.best() is not None and s.best().ppl_in <= LIMIT
 
 
+def test_shrink_profiles_are_yarn_at_smaller_scales_largest_first():
+    orig = RopeParams(arch="llama", n_ctx_train=8192, rope_dim=64, head_dim=64, freq_base=100000.0)
+    shrink = TF.shrink_profiles(orig, 4 * 8192)
+    scales = [4 ** (k / 8) for k in range(7, 0, -1)]
+    assert [n for n, _, _ in shrink] == [f"yarn as factors at s = {x:.3g}" for x in scales]
+    for (_, pts, attn), x in zip(shrink, scales):
+        assert (pts, attn) == TF.yarn_profile(orig, x)
+        assert pts[0] == 1.0 and pts[-1] == pytest.approx(x, rel=1e-3) and attn == round(1 + 0.1 * math.log(x), 3)
+        assert all(b >= a for a, b in zip(pts, pts[1:]))
+    assert (TF.start_profiles(orig, 4 * 8192)[0][1:]) == TF.yarn_profile(orig, 4.0)
+    assert TF.shrink_profiles(orig, 8192) == []  # s = 1: nothing smaller to try
+
+
+def test_shrink_runs_only_while_nothing_is_feasible_and_stops_at_the_first_feasible():
+    # synthetic: ppl_in = 1 + 0.3 * 4 ln x for a flat profile x: 3.0 and 1.4 are over LIMIT, 1.1 is not
+    shrink = [(f"flat {x}", [x] * 8) for x in (3.0, 1.4, 1.1, 1.05)]
+    s = TF.FactorSearch(synthetic([]), 128, LIMIT)
+    s.run([("too high", [3.5] * 8)], shrink=shrink)
+    stages = [(t.stage, t.note) for t in s.tried.values()]
+    assert stages[:4] == [("start", "too high"), ("shrink", "flat 3.0"), ("shrink", "flat 1.4"), ("shrink", "flat 1.1")]
+    assert [st for st, _ in stages[4:]] and all(st != "shrink" for st, _ in stages[4:])  # the search went on
+    assert s.best() is not None and s.best().ppl_in <= LIMIT
+    note = TF.tuning_note(s, [("too high", [3.5] * 8)], None, shrink)
+    assert note.startswith("no starting profile (alpha = ctx/L) kept ppl_in within the tolerance; the search "
+                           "went on from the largest yarn that did, flat 1.1; best profile "), note
+    s2 = TF.FactorSearch(synthetic([]), 128, LIMIT, max_trials=3)
+    s2.run([("feasible", [1.05] * 8)], shrink=shrink)
+    assert all(t.stage != "shrink" for t in s2.tried.values())
+
+
 def test_budget_stops_the_search_and_keeps_the_best_so_far():
     clock = itertools.count()  # one "second" per reading
     s = TF.FactorSearch(synthetic([]), 128, LIMIT, budget_s=5, clock=lambda: next(clock))
