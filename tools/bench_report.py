@@ -65,7 +65,7 @@ class Table:
         tuned = {bench.canon(spec_of(w), ctx).label for _, t in self.tunes if (w := t["result"].get("winner"))}
         for label in self._scaled_labels(bench):  # METHOD@FACTOR rows (--methods yarn@3), where measured
             if label not in tuned:
-                self._add(bench, label, label)
+                self._add(bench, label, label, listed=False)
         L = bench.L
         timing = E.Timing(sum(r.seconds for r in self.rows.values()),
                           sum(r.decode_seconds for r in self.rows.values()),
@@ -75,16 +75,19 @@ class Table:
 
     def _scaled_labels(self, bench) -> list[str]:
         """The labels of the METHOD@FACTOR entries cached for this (text, ctx, windows), from the
-        file names (``safe`` spells ``@`` as ``_a``); :meth:`_add` reads each entry once and
-        checks its key, so a name that does not map back is simply not found."""
+        file names (``safe`` spells ``@`` as ``_a``), of the plain methods only: a tune's
+        candidates (``factors_1_1_..._a1.087``) are not rows; :meth:`_add` checks each entry's key."""
         head = f"ppl-{self.text}-{self.ctx}-w{self.windows}-"
-        return [p.name[len(head):-len(".json")].replace("_a", "@", 1)
-                for p in bench.store.paths(f"{head}*_a*.json")]
+        names = (p.name[len(head):-len(".json")].replace("_a", "@", 1) for p in bench.store.paths(f"{head}*_a*.json"))
+        return [n for n in names if n.partition("@")[0] in ALL_METHODS]
 
-    def _add(self, bench, name: str, label: str) -> None:
+    def _add(self, bench, name: str, label: str, listed: bool = True) -> None:
+        """The row ``name`` from the cached entry ``label``; when it is not there, "not measured
+        yet" if ``listed`` (a row the report always has), else no row."""
         d = bench.eval_cached(self.text, self.ctx, label, self.windows)
         if d is None:
-            self.missing.append(name)
+            if listed:
+                self.missing.append(name)
             return
         self.entries[name] = d
         self.rows[name] = method_from_cache(d["method"], name)

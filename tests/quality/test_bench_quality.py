@@ -131,8 +131,12 @@ def test_a_method_at_another_factor_is_its_own_row(tmp_path):
     with alpha 3, cached under its own label, a row of its own in the perplexity table and the
     passkey table, the report rebuilt from the cache alone (``--report-only``) included."""
     _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "window,yarn,yarn@3", "--depths", "0.5")
+    y3 = next((tmp_path / "cache").rglob("ppl-topics-512-w1-yarn_a3.json"))
+    # a tune candidate's entry (stopped, with an attn_factor: "_a" in its name) is not a row
+    (y3.parent / "ppl-topics-512-w1-factors_1_1_2__a1.1.json").write_text(y3.read_text())
     _run(tmp_path, "--ctx", "512", "--texts", "topics", "--methods", "window", "--report-only", "--depths", "0.5")
     md = (tmp_path / "out" / "results.md").read_text()
+    assert "factors_1_1_2" not in md
     ppl = [ln for ln in md.split("## Passkey retrieval")[0].splitlines() if ln.startswith("| yarn@3 | ")]
     assert len(ppl) == 1 and ppl[0].count("[") >= 3
     assert sum(ln.startswith("| yarn@3 | ") and "/2 [" in ln for ln in md.splitlines()) == 1
