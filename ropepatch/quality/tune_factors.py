@@ -320,8 +320,7 @@ def budget_note(search: FactorSearch, budget_min: float | None) -> str:
     return f"{n} profiles scored; the search converged (coordinate steps down to x{R_MIN:g})"
 
 
-def tuning_note(search: FactorSearch, starts: Sequence[Sequence], budget_min: float | None,
-                shrink: Sequence[Sequence] = ()) -> str:
+def tuning_note(search: FactorSearch, starts: Sequence[Sequence], budget_min: float | None) -> str:
     """The best candidate against the untuned first start (yarn as factors for alpha = s)."""
     names = {start_cand(st): st[0] for st in starts}
     start, first = start_cand(starts[0]), starts[0][0]
@@ -332,11 +331,10 @@ def tuning_note(search: FactorSearch, starts: Sequence[Sequence], budget_min: fl
         head = "no factors profile kept ppl_in within the tolerance"
     elif d is None or not d.feasible or d.ppl_ext is None:
         head = f"best profile {cand_text(cand_of(w))}: ppl_ext {w.ppl_ext:.4g}"
-        tried_shrink = [search.tried[c] for c in map(start_cand, shrink) if c in search.tried]
-        found = next((t for t in tried_shrink if t.feasible), None)
-        if d is not None and found is not None:
+        found = next((t for t in search.tried.values() if t.stage == "shrink" and t.feasible), None)
+        if found is not None:  # the shrink stage stops at its first feasible candidate
             head = (f"no starting profile (alpha = ctx/L) kept ppl_in within the tolerance; the search went on from "
-                    f"the largest yarn that did, {found.note or cand_text(cand_of(found))}; {head}")
+                    f"the largest yarn that did, {found.note}; {head}")
     elif cand_of(w) == start:
         head = f"the {first} start (alpha = ctx/L) is already the best profile tried (ppl_ext {w.ppl_ext:.4g})"
     else:
@@ -369,7 +367,7 @@ def search_factors(shared: TuneShared, method: str = METHOD) -> TuneResult:
     table = [_shown(t, names.get(cand_of(t), "")) for t in search.table()]
     best = search.best()
     winner = next((t for t in table if best is not None and cand_of(t) == cand_of(best)), None)
-    return shared.finish(method, table, winner, tuning_note(search, starts, budget, shrink))
+    return shared.finish(method, table, winner, tuning_note(search, starts, budget))
 
 
 SEARCHES = {METHOD: search_factors}  # tune_all's plug-in table

@@ -122,7 +122,7 @@ def test_shrink_runs_only_while_nothing_is_feasible_and_stops_at_the_first_feasi
     assert stages[:4] == [("start", "too high"), ("shrink", "flat 3.0"), ("shrink", "flat 1.4"), ("shrink", "flat 1.1")]
     assert [st for st, _ in stages[4:]] and all(st != "shrink" for st, _ in stages[4:])  # the search went on
     assert s.best() is not None and s.best().ppl_in <= LIMIT
-    note = TF.tuning_note(s, [("too high", [3.5] * 8)], None, shrink)
+    note = TF.tuning_note(s, [("too high", [3.5] * 8)], None)
     assert note.startswith("no starting profile (alpha = ctx/L) kept ppl_in within the tolerance; the search "
                            "went on from the largest yarn that did, flat 1.1; best profile "), note
     s2 = TF.FactorSearch(synthetic([]), 128, LIMIT, max_trials=3)
